@@ -1,0 +1,305 @@
+"""Wan2.1-I2V and Wan2.2-I2V-A14B on diffusers: how this model family encodes, packs and predicts.
+
+The method (which pixels are kept, what the LoRA learns from) lives in `conditioning`; this module only
+says how Wan wants it: VAE latents normalised by the VAE config's mean/std, the 4 mask channels then
+16 condition channels, text embeddings padded to exactly 512 tokens, CLIP hidden states (Wan2.1 only),
+and for Wan2.2 two experts switched at a timestep boundary.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import WanImageToVideoPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from .. import conditioning
+from ..conditioning import Sample
+from ..errors import InputError
+
+#: Wan's cross-attention splits its context as [image tokens, 512 text tokens] (hard-coded in
+#: diffusers' attention processor): any other text length silently routes image tokens to the text
+#: branch. Every text embedding in this project is exactly this long.
+TEXT_TOKENS = 512
+
+#: Wan's standard negative prompt (English rendering of the one shipped with Wan2.1).
+WAN_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
+    "picture, messy background, three legs, many people in the background, walking backwards"
+)
+
+#: LoRA targets of the authors: every Linear of every block (self- and cross-attention q/k/v/o, both FFN
+#: layers) except the CLIP image key/value projections (add_k_proj / add_v_proj). A peft regex, matched
+#: against the full module name, so nothing outside `blocks.N` is touched.
+DEFAULT_LORA_TARGETS = r"blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.0\.proj|ffn\.net\.2)"
+
+REQUIRED_FILES = ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
+                  "scheduler/scheduler_config.json")
+
+
+@dataclass(frozen=True)
+class Expert:
+    """One transformer of the model and the noise levels (sigma in [0, 1]) it handles."""
+
+    name: str  # attribute of the pipeline: "transformer" or "transformer_2"
+    sigma_low: float
+    sigma_high: float
+
+
+@dataclass
+class EncodedSample:
+    """A `Sample` in the model's input space, ready for training (cacheable, no encoder needed)."""
+
+    name: str
+    condition: torch.Tensor  # [4 + C, T', h, w]: mask channels, then condition latents
+    text: torch.Tensor  # [512, text_dim]
+    image: torch.Tensor | None  # [N, image_dim] CLIP tokens (Wan2.1) or None
+    target: torch.Tensor | None  # [C, T', h, w] normalised VAE latents of the target
+
+
+class MaskAwareWanImageToVideoPipeline(WanImageToVideoPipeline):
+    """diffusers' Wan I2V pipeline, unchanged except that the condition can be given instead of built.
+
+    `prepare_latents` is the one place where the stock pipeline builds its condition (first frame +
+    zeros, mask 1 on frame 0). When `condition` is passed to `__call__`, that condition (mask channels
+    + latents, built by `conditioning` and the backend) replaces it; noise is drawn as usual.
+    `clip_embeds` likewise replaces `encode_image` with embeddings computed (and cached) beforehand:
+    the stock pipeline refuses `image_embeds` together with `image`, and crashes without `image`.
+    """
+
+    _given_condition: torch.Tensor | None = None
+    _given_clip_embeds: torch.Tensor | None = None
+
+    def __call__(self, *args, condition: torch.Tensor | None = None, clip_embeds: torch.Tensor | None = None,
+                 **kwargs):
+        self._given_condition, self._given_clip_embeds = condition, clip_embeds
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self._given_condition = self._given_clip_embeds = None
+
+    def encode_image(self, image, device=None):
+        if self._given_clip_embeds is None:
+            return super().encode_image(image, device)
+        embeds = self._given_clip_embeds
+        return (embeds[None] if embeds.dim() == 2 else embeds).to(device or self._execution_device)
+
+    def prepare_latents(self, image, batch_size, num_channels_latents=16, height=480, width=832, num_frames=81,
+                        dtype=None, device=None, generator=None, latents=None, last_image=None):
+        if self._given_condition is None:
+            return super().prepare_latents(image, batch_size, num_channels_latents, height, width, num_frames,
+                                           dtype, device, generator, latents, last_image)
+        condition = self._given_condition.to(device=device, dtype=dtype)
+        if condition.dim() == 4:
+            condition = condition[None]
+        t_lat, h_lat, w_lat = condition.shape[-3:]
+        shape = (batch_size, num_channels_latents, t_lat, h_lat, w_lat)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return latents.to(device=device, dtype=dtype), condition.expand(batch_size, *condition.shape[1:])
+
+
+class WanBackend:
+    """A loaded Wan I2V model folder (diffusers layout) and everything the method needs from it."""
+
+    def __init__(self, pipe: MaskAwareWanImageToVideoPipeline, model_dir: Path, device: torch.device,
+                 dtype: torch.dtype, info: dict):
+        self.pipe = pipe
+        self.model_dir = model_dir
+        self.device = device
+        self.dtype = dtype
+        self.info = info
+        vae_cfg = pipe.vae.config
+        self.spatial_factor = int(getattr(vae_cfg, "scale_factor_spatial", 8))
+        self.temporal_factor = int(getattr(vae_cfg, "scale_factor_temporal", 4))
+        self.latent_channels = int(vae_cfg.z_dim)
+        self._latents_mean = torch.tensor(vae_cfg.latents_mean).view(-1, 1, 1, 1)
+        self._latents_std = torch.tensor(vae_cfg.latents_std).view(-1, 1, 1, 1)
+
+    # ---- identity -----------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return "wan2.2-i2v" if self.pipe.transformer_2 is not None else "wan2.1-i2v"
+
+    @property
+    def uses_clip(self) -> bool:
+        t = self.pipe.transformer
+        return t is not None and t.config.image_dim is not None and self.pipe.image_encoder is not None
+
+    @property
+    def working_size(self) -> tuple[int, int]:
+        """(width, height) the model was trained at: the folder's `loraedit_model.json`, else 832x480."""
+        return tuple(self.info.get("working_size", (832, 480)))
+
+    @property
+    def default_frames(self) -> int:
+        return int(self.info.get("frames", 49))
+
+    @property
+    def experts(self) -> list[Expert]:
+        """Wan2.1: one transformer for all noise levels. Wan2.2: high-noise above the boundary."""
+        boundary = self.pipe.config.boundary_ratio
+        if self.pipe.transformer_2 is None or boundary is None:
+            return [Expert("transformer", 0.0, 1.0)]
+        return [Expert("transformer", float(boundary), 1.0), Expert("transformer_2", 0.0, float(boundary))]
+
+    def transformer(self, name: str) -> torch.nn.Module:
+        return getattr(self.pipe, name)
+
+    def fingerprint(self) -> str:
+        """Identifies the model for cache keys: its configs and the names and sizes of its weight files."""
+        h = hashlib.sha256()
+        for p in sorted(self.model_dir.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(self.model_dir).as_posix()
+                h.update(rel.encode())
+                h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
+        return h.hexdigest()[:16]
+
+    # ---- encoders -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """[T, 3, H, W] in [-1, 1] -> normalised latents [C, T', H/s, W/s] (the VAE's mode, no sampling)."""
+        vae = self.pipe.vae
+        x = video.permute(1, 0, 2, 3)[None].to(self._vae_device(), vae.dtype)  # [1, 3, T, H, W]
+        latents = vae.encode(x).latent_dist.mode()[0].float().cpu()
+        return (latents - self._latents_mean) / self._latents_std
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [C, T', h, w] -> video [T, 3, H, W] in [-1, 1]."""
+        vae = self.pipe.vae
+        z = latents.float() * self._latents_std + self._latents_mean
+        video = vae.decode(z[None].to(self._vae_device(), vae.dtype)).sample[0]  # [3, T, H, W]
+        return video.float().cpu().clamp(-1, 1).permute(1, 0, 2, 3)
+
+    @torch.no_grad()
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """Text -> UMT5 embedding [512, text_dim], zero-padded past the prompt's tokens."""
+        if self.pipe.text_encoder is None:
+            raise RuntimeError("the text encoder was freed; encode prompts before training")
+        emb = self.pipe._get_t5_prompt_embeds(text, max_sequence_length=TEXT_TOKENS, device=torch.device("cpu"),
+                                              dtype=torch.float32)[0]
+        if emb.shape[0] != TEXT_TOKENS:
+            raise RuntimeError(f"text embedding has {emb.shape[0]} tokens, Wan needs exactly {TEXT_TOKENS}")
+        return emb
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor | None:
+        """[3, H, W] in [-1, 1] -> CLIP penultimate hidden states [N, D] (None for models without CLIP)."""
+        if not self.uses_clip:
+            return None
+        processor, encoder = self.pipe.image_processor, self.pipe.image_encoder
+        pixels = processor(images=((image + 1) / 2).clamp(0, 1)[None], do_rescale=False, return_tensors="pt")
+        pixel_values = pixels["pixel_values"].to(encoder.device, encoder.dtype)
+        out = encoder(pixel_values=pixel_values, output_hidden_states=True)
+        return out.hidden_states[-2][0].float().cpu()
+
+    def condition_tensor(self, sample: Sample, mask_mode: str = "maxpool") -> torch.Tensor:
+        """The model's condition channels for a sample: packed keep mask, then latents of V_cond."""
+        mask = conditioning.latent_keep_mask(sample.keep_mask, self.spatial_factor, self.temporal_factor, mask_mode)
+        return conditioning.pack_condition(mask, self.encode_video(sample.condition_video))
+
+    def free_encoders(self) -> None:
+        """Drop the text and image encoders (they are only needed before training) and park the VAE on CPU."""
+        self.pipe.text_encoder = None
+        self.pipe.image_encoder = None
+        self.pipe.vae.to("cpu")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _vae_device(self) -> torch.device:
+        return next(self.pipe.vae.parameters()).device
+
+    # ---- the denoiser -------------------------------------------------------------------------------
+    def predict(self, transformer: torch.nn.Module, noisy: torch.Tensor, condition: torch.Tensor,
+                timestep: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        """Velocity prediction for a batch: inputs [B, C, T', h, w], [B, 4+C, T', h, w], [B], [B, 512, D]."""
+        hidden = torch.cat([noisy, condition], dim=1)  # [B, 16 + 4 + 16, T', h, w]: Wan's channel order
+        return transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text,
+                           encoder_hidden_states_image=image, return_dict=False)[0]
+
+    # ---- sampling -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
+                 negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
+                 shift: float, seed: int, guidance_2: float | None = None) -> torch.Tensor:
+        """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1]."""
+        self._set_shift(shift)
+        t_lat, h_lat, w_lat = condition.shape[-3:]
+        num_frames = (t_lat - 1) * self.temporal_factor + 1
+        height, width = h_lat * self.spatial_factor, w_lat * self.spatial_factor
+        self.pipe.vae.to(self.device)
+        out = self.pipe(
+            image=((first_frame + 1) / 2).clamp(0, 1)[None].to(self.device),
+            prompt_embeds=text[None].to(self.device, self.dtype),
+            negative_prompt_embeds=negative_text[None].to(self.device, self.dtype),
+            clip_embeds=image,
+            height=height, width=width, num_frames=num_frames, num_inference_steps=steps,
+            guidance_scale=guidance, guidance_scale_2=guidance_2 if self.pipe.transformer_2 is not None else None,
+            generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", condition=condition,
+        ).frames
+        latents = out[0].float().cpu()  # normalised latents [C, T', h, w]
+        return self.decode_latents(latents)
+
+    def _set_shift(self, shift: float) -> None:
+        cfg = dict(self.pipe.scheduler.config)
+        key = "flow_shift" if "flow_shift" in cfg else "shift"
+        if cfg.get(key) != shift:
+            cfg[key] = shift
+            self.pipe.scheduler = type(self.pipe.scheduler).from_config(cfg)
+
+
+def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    """bf16 on a GPU, fp32 on CPU (CPU bf16 is slow and lossy)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def check_model_folder(model_dir: Path) -> dict:
+    """Validate a diffusers Wan I2V folder before loading it; returns model_index.json."""
+    if not model_dir.is_dir():
+        raise InputError(f"model folder {model_dir} does not exist: give a local diffusers-format Wan I2V folder")
+    missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise InputError(f"model folder {model_dir} lacks {', '.join(missing)}: give a complete diffusers-format "
+                         "Wan I2V folder (e.g. Wan2.1-I2V-14B-480P-Diffusers)")
+    index = json.loads((model_dir / "model_index.json").read_text())
+    cls = index.get("_class_name", "")
+    if cls not in ("WanImageToVideoPipeline", MaskAwareWanImageToVideoPipeline.__name__):
+        raise InputError(f"model folder {model_dir} holds a {cls or 'unknown'} pipeline, not a Wan image-to-video "
+                         "model: give a Wan2.1-I2V or Wan2.2-I2V folder")
+    transformer_cfg = json.loads((model_dir / "transformer/config.json").read_text())
+    if transformer_cfg.get("in_channels") != 36:
+        raise InputError(f"model folder {model_dir}: transformer has {transformer_cfg.get('in_channels')} input "
+                         "channels, an I2V model has 36 (16 noisy + 4 mask + 16 condition): give an I2V model")
+    return index
+
+
+def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> WanBackend:
+    """Load a local Wan I2V diffusers folder. Never touches a hub; never runs remote code."""
+    model_dir = Path(model_dir)
+    check_model_folder(model_dir)
+    default_device, default_dtype = default_device_and_dtype()
+    device, dtype = device or default_device, dtype or default_dtype
+    # The VAE stays fp32: its latents feed every cache entry and every metric (Wan's own recipe too).
+    pipe = MaskAwareWanImageToVideoPipeline.from_pretrained(
+        model_dir, local_files_only=True, torch_dtype={"default": dtype, "vae": torch.float32})
+    pipe.to(device)
+    for name in ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+    pipe.set_progress_bar_config(leave=False, desc="sampling")
+    info_path = model_dir / "loraedit_model.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return WanBackend(pipe, model_dir, device, dtype, info)

@@ -1,0 +1,122 @@
+"""Tiny Wan I2V components, built from configs and written as a local diffusers folder.
+
+They have the real architecture and input layout (36 input channels: 16 noisy, 4 mask, 16 condition;
+a VAE with Wan's 4x temporal / 8x spatial compression; a UMT5 text encoder; a CLIP vision encoder), so
+every code path that real weights take runs here offline, on CPU, in seconds. The weights are random
+(seeded) until the toy world's pretrained weights land: outputs are noise, mechanics are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+#: Words the toy tokenizer knows; anything else maps to <unk>. Covers the captions the toy world writes
+#: and Wan's standard negative prompt well enough for the mechanics.
+TOY_VOCAB = (
+    "<pad> </s> <unk> p3rs0n , . a an the of with and on in at is are video image shows frame "
+    "red green blue yellow orange purple pink white black grey gray brown cyan magenta "
+    "square circle triangle star card ball box object shape background moving moves left right up down "
+    "striped checkered dotted solid gradient noise textured bright dark small large turning over back front "
+    "blurry low quality worst static still overexposed subtitles style artwork painting picture "
+    "deformed disfigured ugly extra fingers hands faces"
+).split()
+
+#: Working size and frame count the toy model is meant for (width, height, frames).
+TOY_SIZE = (64, 64)
+TOY_FRAMES = 9
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(TOY_VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
+
+
+def build_components(variant: str = "wan2.1", seed: int = 0) -> dict:
+    """Random-weight tiny components: "wan2.1" (with CLIP) or "wan2.2" (two experts, no CLIP)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    if variant not in ("wan2.1", "wan2.2"):
+        raise ValueError(f"unknown toy variant {variant!r}: choose wan2.1 or wan2.2")
+    torch.manual_seed(seed)
+    with_clip = variant == "wan2.1"
+    heads, head_dim = 2, 12
+
+    def transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=36,
+            out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+            image_dim=4 if with_clip else None, added_kv_proj_dim=heads * head_dim if with_clip else None,
+        )
+
+    parts = {
+        "transformer": transformer(),
+        "vae": AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                temperal_downsample=[False, True, True]),
+        "text_encoder": UMT5EncoderModel(UMT5Config(
+            d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, relative_attention_num_buckets=8,
+            vocab_size=len(TOY_VOCAB))),
+        "tokenizer": _tokenizer(),
+        "scheduler": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                             flow_shift=5.0),
+    }
+    if with_clip:
+        parts["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=8))
+        parts["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+    else:
+        parts["transformer_2"] = transformer()
+    return parts
+
+
+def write_model_folder(path: Path, variant: str = "wan2.1", seed: int = 0) -> Path:
+    """Write a tiny random-weight Wan I2V as a diffusers folder (atomically: temp folder, then rename)."""
+    from ..backends.wan import MaskAwareWanImageToVideoPipeline
+
+    path = Path(path)
+    parts = build_components(variant, seed)
+    boundary = 0.9 if variant == "wan2.2" else None
+    pipe = MaskAwareWanImageToVideoPipeline(**parts, boundary_ratio=boundary)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "loraedit_model.json").write_text(json.dumps(
+            {"working_size": list(TOY_SIZE), "frames": TOY_FRAMES, "note": "random weights, mechanics only"}))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def toy_model_folder(variant: str = "wan2.1") -> Path:
+    """The embedded toy model's folder, written once into the user cache on first use."""
+    root = Path(os.environ.get("LORAEDIT_CACHE", Path.home() / ".cache" / "loraedit"))
+    path = root / "models" / f"toy-random-{variant}-v1"
+    if not (path / "model_index.json").exists():
+        write_model_folder(path, variant)
+    return path
