@@ -141,13 +141,14 @@ def low_cost_samples(
     ]
 
 
-def stage2_schedule(num_edited_frames: int, repeats: int = 9) -> list[int]:
-    """One epoch of stage 2 as sample indices: each edited frame `repeats` times, the video once.
+def stage2_schedule(num_motion_samples: int, num_edited_frames: int, repeats: int = 9) -> list[int]:
+    """One epoch of stage 2 as sample indices: each motion sample once, each edited frame `repeats` times.
 
-    Index 0 is the motion sample; 1..n are the edited frames (the authors' dataset, ~10 epochs = ~100
-    steps for one edited frame).
+    Indices 0..m-1 are the motion samples (the video, or its clips); m..m+n-1 the edited frames. The
+    authors' dataset for one edited frame (the video once, the frame 9 times; ~10 epochs = ~100 steps).
     """
-    return [0] + [1 + i for i in range(num_edited_frames) for _ in range(repeats)]
+    edited = [num_motion_samples + i for i in range(num_edited_frames) for _ in range(repeats)]
+    return list(range(num_motion_samples)) + edited
 
 
 # ----------------------------------------------------------------------------------------------------

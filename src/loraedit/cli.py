@@ -1,0 +1,262 @@
+"""Command line: parse options (and an optional TOML file) into frozen configs, call `api`, report errors.
+
+Every option may also come from `--config FILE.toml` (keys are option names, dashes or underscores);
+options given on the command line win. User-facing failures print one line and exit 2 (bad input) or 1
+(runtime); `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError, LoraEditError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 832x480") from None
+    return w, h
+
+
+def _edited_frame(text: str):
+    from .api import EditedFrame
+
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit():
+        raise argparse.ArgumentTypeError(f"--edited-frame {text!r} is not IDX:IMAGE[:MASK], e.g. 24:frame24_edit.png")
+    return EditedFrame(int(parts[0]), Path(parts[1]), Path(parts[2]) if len(parts) == 3 else None)
+
+
+def _add_clip_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input clip")
+    g.add_argument("--model", default="toy", help="local diffusers Wan I2V folder, or 'toy' / 'toy-wan2.2' for the "
+                   "embedded toy-world model (default: toy)")
+    g.add_argument("--video", type=Path, required=True, help="input video (mp4/mov/webm/mkv) or folder of frames")
+    g.add_argument("--mask", type=Path, required=True, help="edit masks: a video, a folder of PNGs (white = edit) "
+                   "or PNGs with alpha, one per input frame")
+    g.add_argument("--frames", type=int, help="frames to work with, 4k+1, sampled uniformly (default: the model's, "
+                   "49 for Wan)")
+    g.add_argument("--size", type=_size, help="working size WxH, multiples of 16 (default: the model's working size)")
+    g.add_argument("--prompt", default="", help="caption of the edited first frame (the concept token is prefixed)")
+    g.add_argument("--train-prompt", help="caption of the input's first frame for training (default: --prompt)")
+    g.add_argument("--concept-token", default="p3rs0n,", help="rare token prefixed to every prompt (default: p3rs0n,)")
+    g.add_argument("--mode", default="mask-aware", choices=["mask-aware", "naive", "no-lora", "mask-no-lora"],
+                   help="mask-aware (the method), naive (LoRA on the standard I2V condition), no-lora (stock "
+                   "I2V), mask-no-lora (mask-aware condition on the base model)")
+    g.add_argument("--mask-mode", default="maxpool", choices=["maxpool", "nearest"],
+                   help="pixel -> latent mask: maxpool (no edited pixel is ever kept) or nearest (the authors')")
+    g.add_argument("--cache-dir", type=Path, help="where encoded latents/embeddings are cached "
+                   "(default: ~/.cache/loraedit/encoded, or $LORAEDIT_CACHE/encoded)")
+    g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    g.add_argument("--config", type=Path, help="TOML file of options (command-line options win)")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (defaults: the authors')")
+    g.add_argument("--edited-frame", dest="edited_frames", action="append", type=_edited_frame, default=[],
+                   metavar="IDX:IMG[:MASK]", help="an edited later frame (source frame index, image, optional mask) "
+                   "for stage 2; repeatable")
+    g.add_argument("--low-cost", action="store_true", help="train on overlapping short clips (less memory)")
+    g.add_argument("--low-cost-clip-frames", type=int, default=13, help="clip length for --low-cost (default 13)")
+    g.add_argument("--rank", type=int, default=16)
+    g.add_argument("--alpha", type=float, default=16.0)
+    g.add_argument("--targets", help="peft regex of the Linear layers to adapt (default: every block Linear "
+                   "except the CLIP key/value projections)")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    g.add_argument("--stage1-steps", type=int, default=100)
+    g.add_argument("--stage2-steps", type=int, default=100, help="steps on edited frames (only with --edited-frame)")
+    g.add_argument("--stage2-repeats", type=int, default=9, help="repeats of each edited frame per stage-2 epoch")
+    g.add_argument("--timestep-sampling", default="uniform", choices=["uniform", "logit-normal", "shifted"])
+    g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint interval in steps (0 = never)")
+    g.add_argument("--no-gradient-checkpointing", action="store_true")
+    g.add_argument("--train-seed", type=int, default=0)
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+
+
+def _add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
+    g = p.add_argument_group("sampling (defaults: the authors')")
+    g.add_argument("--edited-first-frame", type=Path, required=True, help="the edited first frame (any image format)")
+    if with_lora:
+        g.add_argument("--lora", dest="loras", action="append", type=Path, default=[],
+                       help="LoRA file from `loraedit train` (twice for Wan2.2: lora.safetensors, lora_2.safetensors)")
+    g.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    g.add_argument("--guidance-2", type=float, help="guidance of Wan2.2's low-noise expert (default: --guidance)")
+    g.add_argument("--shift", type=float, default=5.0, help="flow shift of the sampler (default 5)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--negative-prompt", help="negative prompt (default: Wan's standard one)")
+    g.add_argument("--paste-background", action="store_true", help="copy the input's pixels back outside the mask "
+                   "(off by default, so the method itself is what you see)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraedit", description="First-frame-guided video editing with mask-aware "
+                                     "LoRA fine-tuning of an image-to-video model.")
+    parser.add_argument("--version", action="version", version=f"loraedit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("edit", help="train the LoRA on the clip, then generate the edit (the whole method)")
+    _add_clip_options(p)
+    _add_train_options(p)
+    _add_sample_options(p, with_lora=False)
+    p.add_argument("--out", type=Path, default=Path("out/edit.mp4"), help="output mp4 (default out/edit.mp4); the "
+                   "contact sheet goes beside it, the LoRA and logs into <stem>.work/")
+
+    p = sub.add_parser("train", help="train the LoRA only (reuse it for any number of edited first frames)")
+    _add_clip_options(p)
+    _add_train_options(p)
+    p.add_argument("--out", type=Path, default=Path("out/lora"), help="output folder for lora.safetensors")
+
+    p = sub.add_parser("sample", help="generate an edit with a trained LoRA (the fast path: no retraining)")
+    _add_clip_options(p)
+    _add_sample_options(p, with_lora=True)
+    p.add_argument("--out", type=Path, default=Path("out/edit.mp4"), help="output mp4 (default out/edit.mp4)")
+
+    p = sub.add_parser("demo", help="run the whole method on a generated toy-world clip")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    p.add_argument("--model", default="toy", help="model (default: the embedded toy model)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _apply_toml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse once to find the subcommand and --config, then again with the file's values as defaults."""
+    args = parser.parse_args(argv)
+    path = getattr(args, "config", None)
+    if path is None:
+        return args
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist: check the path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {path} is not valid TOML ({exc}): fix its syntax") from None
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse has no public API)
+    actions = {a.dest: a for a in sub._actions}  # noqa: SLF001
+    defaults = {}
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        dest = {"edited_frame": "edited_frames", "lora": "loras"}.get(dest, dest)
+        action = actions.get(dest)
+        if action is None or dest in ("help", "config"):
+            raise InputError(f"config file {path} sets unknown option {key!r}: valid keys are the long options of "
+                             f"`loraedit {args.command} --help`")
+        convert = action.type or (lambda v: v)
+        if isinstance(value, list):
+            defaults[dest] = [convert(str(v)) if action.type else v for v in value]
+        else:
+            defaults[dest] = convert(str(value)) if action.type and not isinstance(value, (int, float, bool)) else value
+        if action.required:
+            action.required = False
+    sub.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    for action in sub._actions:  # noqa: SLF001
+        if getattr(args, action.dest, None) is None and action.dest in ("video", "mask", "edited_first_frame"):
+            raise InputError(f"--{action.dest.replace('_', '-')} is required (on the command line or in {path})")
+    return args
+
+
+def _configs(args: argparse.Namespace):
+    from .api import ClipInputs, RunOptions, SampleConfig
+    from .backends.wan import DEFAULT_LORA_TARGETS, WAN_NEGATIVE_PROMPT
+    from .train import TrainConfig
+
+    inputs = ClipInputs(video=args.video, mask=args.mask, frames=args.frames, size=args.size,
+                        edited_frames=tuple(getattr(args, "edited_frames", ()) or ()))
+    opts = RunOptions(
+        mode=args.mode, low_cost=getattr(args, "low_cost", False),
+        low_cost_clip_frames=getattr(args, "low_cost_clip_frames", 13), mask_mode=args.mask_mode,
+        prompt=args.prompt, train_prompt=args.train_prompt, concept_token=args.concept_token,
+        cache_dir=args.cache_dir or default_cache_dir(), progress=not args.quiet,
+        resume=getattr(args, "resume", False), device=args.device)
+    cfg = TrainConfig(
+        rank=args.rank, alpha=args.alpha, targets=args.targets or DEFAULT_LORA_TARGETS, learning_rate=args.lr,
+        stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_repeats=args.stage2_repeats,
+        timestep_sampling=args.timestep_sampling, checkpoint_every=args.checkpoint_every, seed=args.train_seed,
+        gradient_checkpointing=not args.no_gradient_checkpointing) if hasattr(args, "rank") else None
+    scfg = SampleConfig(
+        steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift, seed=args.seed,
+        negative_prompt=args.negative_prompt if args.negative_prompt is not None else WAN_NEGATIVE_PROMPT,
+        paste_background=args.paste_background) if hasattr(args, "steps") else None
+    return inputs, opts, cfg, scfg
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("LORAEDIT_CACHE", Path.home() / ".cache" / "loraedit")) / "encoded"
+
+
+def run(args: argparse.Namespace) -> None:
+    from . import api
+
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out, model=args.model, progress=not args.quiet)
+        return
+    inputs, opts, cfg, scfg = _configs(args)
+    if args.command == "edit":
+        api.edit(args.model, inputs, args.edited_first_frame, args.out, opts, cfg, scfg)
+        print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')} (LoRA in {api.work_dir_for(args.out)})")
+    elif args.command == "train":
+        paths = api.train(args.model, inputs, args.out, opts, cfg)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    elif args.command == "sample":
+        api.sample(args.model, inputs, args.edited_first_frame, args.out, args.loras, opts, scfg)
+        print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')}")
+
+
+def _quiet_libraries() -> None:
+    """Keep the libraries' own warnings and loading bars out of the user's terminal."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    _quiet_libraries()
+    debug = "--debug" in argv
+    try:
+        args = _apply_toml(parser, argv)
+        run(args)
+    except LoraEditError as exc:
+        if debug:
+            raise
+        print(f"loraedit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("loraedit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an environment failure: one line, the traceback behind --debug
+        if debug:
+            raise
+        print(f"loraedit: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

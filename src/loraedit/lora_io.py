@@ -1,0 +1,157 @@
+"""LoRA files: peft adapters on a Wan transformer <-> safetensors with ComfyUI-style keys.
+
+The saved layout is the one ComfyUI, DiffSynth and diffusers' Wan LoRA loader all read:
+`diffusion_model.blocks.N.self_attn.q.lora_A.weight` / `lora_B.weight` plus a scalar
+`diffusion_model.blocks.N.self_attn.q.alpha` (scale = alpha / rank). The LoRA's own settings (rank,
+alpha, targets, base model) travel in the file's metadata and a JSON sidecar, so a LoRA trained for
+another model or rank is refused with a clear message instead of loading into the wrong shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import InputError
+from .media import atomic_path
+
+ADAPTER = "loraedit"
+
+#: diffusers module names inside a Wan block -> the original Wan (ComfyUI) names.
+_DIFFUSERS_TO_WAN = {
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o",
+    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o",
+    "attn2.add_k_proj": "cross_attn.k_img", "attn2.add_v_proj": "cross_attn.v_img",
+    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
+}
+_WAN_TO_DIFFUSERS = {v: k for k, v in _DIFFUSERS_TO_WAN.items()}
+_PEFT_KEY = re.compile(r"^blocks\.(\d+)\.(.+)\.(lora_[AB])\.weight$")
+_COMFY_KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.(lora_[AB]\.weight|alpha)$")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """What defines a LoRA's shapes and scale, and the model it belongs to."""
+
+    rank: int = 16
+    alpha: float = 16.0
+    targets: str = ""  # peft regex over module names
+    base_model: str = ""  # the backend's fingerprint (see WanBackend.fingerprint)
+    base_kind: str = ""  # e.g. "wan2.1-i2v"
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=self.targets,
+                          init_lora_weights=True)
+
+
+def add_lora(transformer: torch.nn.Module, settings: LoraSettings) -> None:
+    """Attach a fresh trainable LoRA (B = 0, so the model is unchanged until trained)."""
+    transformer.add_adapter(settings.peft_config(), adapter_name=ADAPTER)
+    transformer.set_adapter(ADAPTER)
+
+
+def remove_lora(transformer: torch.nn.Module) -> None:
+    """Detach the LoRA, leaving the base model exactly as loaded."""
+    transformer.delete_adapters(ADAPTER)
+
+
+def lora_state(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights under peft's names (`blocks.N.attn1.to_q.lora_A.weight`)."""
+    return {k: v.detach().float().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER).items()}
+
+
+def load_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put peft-named weights back into the attached adapter, refusing any missing or extra key."""
+    expected = lora_state(transformer)
+    _check_shapes(expected, state, "checkpoint")
+    set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+
+
+def to_comfy(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """peft names -> ComfyUI names, with one scalar `.alpha` per adapted module."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        m = _PEFT_KEY.match(key)
+        if m is None or m.group(2) not in _DIFFUSERS_TO_WAN:
+            raise ValueError(f"cannot name LoRA weight {key!r} in the Wan layout")
+        block, module, ab = m.group(1), _DIFFUSERS_TO_WAN[m.group(2)], m.group(3)
+        out[f"diffusion_model.blocks.{block}.{module}.{ab}.weight"] = value
+        out[f"diffusion_model.blocks.{block}.{module}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def from_comfy(comfy: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """ComfyUI names -> peft names. The alphas are checked elsewhere (they must match the settings)."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in comfy.items():
+        m = _COMFY_KEY.match(key)
+        if m is None or m.group(2) not in _WAN_TO_DIFFUSERS:
+            raise InputError(f"LoRA file {path} has a weight {key!r} that is not a Wan block LoRA: "
+                             "give a LoRA saved by loraedit (or with ComfyUI Wan keys)")
+        if m.group(3) == "alpha":
+            continue
+        state[f"blocks.{m.group(1)}.{_WAN_TO_DIFFUSERS[m.group(2)]}.{m.group(3)}"] = value
+    return state
+
+
+def save_lora(path: Path, transformer: torch.nn.Module, settings: LoraSettings, extra: dict | None = None) -> None:
+    """Write the adapter as ComfyUI-keyed safetensors (+ `<path>.json` sidecar), atomically."""
+    path = Path(path)
+    meta = {"loraedit": json.dumps(asdict(settings)), "format": "pt"}
+    with atomic_path(path) as tmp:
+        save_file(to_comfy(lora_state(transformer), settings.alpha), str(tmp), metadata=meta)
+    sidecar = path.with_suffix(path.suffix + ".json")
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps({**asdict(settings), **(extra or {})}, indent=2))
+
+
+def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraSettings]:
+    """Read a LoRA file saved by `save_lora`: peft-named weights and its settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"LoRA file {path} does not exist: train one with `loraedit train` first")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            comfy = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        raise InputError(f"LoRA file {path} is not a readable safetensors file ({type(exc).__name__}): "
+                         "re-export it or train again") from None
+    if "loraedit" not in meta:
+        raise InputError(f"LoRA file {path} carries no loraedit settings in its metadata: give a LoRA saved by "
+                         "loraedit (other Wan LoRAs load through diffusers' load_lora_weights)")
+    settings = LoraSettings(**json.loads(meta["loraedit"]))
+    return from_comfy(comfy, path), settings
+
+
+def load_lora(path: Path, transformer: torch.nn.Module, base_model: str) -> LoraSettings:
+    """Attach the LoRA in `path` to `transformer`, after checking it was made for this model."""
+    state, settings = read_lora(path)
+    if settings.base_model and base_model and settings.base_model != base_model:
+        raise InputError(f"LoRA file {path} was trained for another base model ({settings.base_kind}, "
+                         f"fingerprint {settings.base_model}, this one is {base_model}): train it on this model")
+    add_lora(transformer, settings)
+    _check_shapes(lora_state(transformer), state, str(path))
+    set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+    return settings
+
+
+def _check_shapes(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], where: str) -> None:
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = [k for k in expected.keys() & got.keys() if expected[k].shape != got[k].shape]
+    if missing or extra or wrong:
+        detail = (f"{len(missing)} missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]}), "
+                  f"{len(wrong)} of another shape (e.g. {wrong[:1]})")
+        raise InputError(f"LoRA {where} does not fit this model: {detail}: use a LoRA trained on this model "
+                         "with the same rank and targets")

@@ -1,0 +1,279 @@
+"""The LoRA training loop: flow matching on encoded samples, checkpoints, exact resume.
+
+Model-agnostic: it sees a backend (`predict`, `experts`, `transformer`) and `EncodedSample`s. Training
+runs in phases, one per (stage, expert): stage 1 on the motion samples, then stage 2 (edited later
+frames + the motion samples) continuing from the stage-1 LoRA with a fresh optimiser; Wan2.2's two
+experts each get their own LoRA trained on their own noise range.
+
+Every random draw of step `s` (sample order, noise, sigma) comes from a generator seeded by
+(seed, phase, step), so a run resumed from a checkpoint draws exactly what the uninterrupted run drew:
+a checkpoint needs only the LoRA, the optimiser and the step, no RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import lora_io
+from .backends.wan import DEFAULT_LORA_TARGETS, EncodedSample, Expert
+from .cache import content_key
+from .conditioning import stage2_schedule
+from .errors import InputError, LoraEditError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of LoRA training; defaults are the authors' (METHOD.md)."""
+
+    rank: int = 16
+    alpha: float = 16.0
+    targets: str = DEFAULT_LORA_TARGETS
+    learning_rate: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    stage1_steps: int = 100
+    stage2_steps: int = 100
+    stage2_repeats: int = 9
+    timestep_sampling: str = "uniform"  # uniform (authors) | logit-normal | shifted
+    timestep_shift: float = 3.0  # for "shifted"
+    checkpoint_every: int = 25
+    seed: int = 0
+    gradient_checkpointing: bool = True
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training: a stage on one expert, with its samples and one epoch's sample order."""
+
+    stage: int
+    expert: Expert
+    schedule: tuple[int, ...]  # indices into the phase's samples, one epoch
+    steps: int
+
+
+@dataclass
+class TrainState:
+    phase: int = 0
+    step: int = 0  # steps done within the phase
+    losses: list[list[float]] = field(default_factory=list)  # per phase
+
+
+# ---- flow matching (the paper's Eq. 2, as in the authors' code) -------------------------------------
+
+
+def sample_sigma(generator: torch.Generator, low: float, high: float, how: str, shift: float) -> torch.Tensor:
+    """One noise level in [low, high): uniform (authors), logit-normal, or uniform then shifted."""
+    if how == "uniform":
+        u = torch.rand(1, generator=generator)
+    elif how == "logit-normal":
+        u = torch.sigmoid(torch.randn(1, generator=generator))
+    elif how == "shifted":
+        u = torch.rand(1, generator=generator)
+        u = shift * u / (1 + (shift - 1) * u)
+    else:
+        raise InputError(f"unknown timestep sampling {how!r}: choose uniform, logit-normal or shifted")
+    return low + (high - low) * u
+
+
+def flow_matching_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """MSE between the predicted and the true velocity (noise - x0), mean over *all* latent elements.
+
+    No loss mask, as in the authors' code: the model is also trained to reproduce the kept region, so
+    the loss scale does not depend on the mask's area.
+    """
+    return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+
+
+def plan_phases(experts: list[Expert], num_motion: int, num_edited: int, cfg: TrainConfig) -> list[Phase]:
+    phases = []
+    for expert in experts:
+        phases.append(Phase(1, expert, tuple(range(num_motion)), cfg.stage1_steps))
+        if num_edited and cfg.stage2_steps:
+            order = stage2_schedule(num_motion, num_edited, cfg.stage2_repeats)
+            phases.append(Phase(2, expert, tuple(order), cfg.stage2_steps))
+    return phases
+
+
+def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample], cfg: TrainConfig,
+               out_dir: Path, *, resume: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Train the LoRA(s) and write `lora.safetensors` (and `lora_2.safetensors` for a second expert).
+
+    Returns {expert name: LoRA path}. `out_dir/checkpoints/` holds the resumable state.
+    """
+    out_dir = Path(out_dir)
+    samples = motion + edited
+    phases = plan_phases(backend.experts, len(motion), len(edited), cfg)
+    run_key = content_key(json.dumps(asdict(cfg), sort_keys=True), backend.fingerprint(),
+                          *[t for s in samples for t in (s.target, s.condition, s.text)])
+    settings = lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, backend.fingerprint(), backend.kind)
+
+    # 1. Attach a LoRA to every expert; freeze everything else.
+    for expert in backend.experts:
+        transformer = backend.transformer(expert.name)
+        lora_io.add_lora(transformer, settings)
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        for p in transformer.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # LoRA weights train in fp32 even on a bf16 base
+
+    # 2. Resume or start fresh.
+    ckpt_dir = out_dir / "checkpoints"
+    state = TrainState(losses=[[] for _ in phases])
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None and not resume:
+        raise InputError(f"{out_dir} holds a checkpoint of an earlier run ({latest.name}): pass --resume to "
+                         "continue it, or choose another output folder / delete it to start over")
+    optimizer_state = None
+    if latest is not None:
+        state, optimizer_state = _load_checkpoint(latest, backend, run_key)
+
+    device = backend.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    total = sum(p.steps for p in phases)
+    done_before = sum(p.steps for p in phases[: state.phase]) + state.step
+    bar = tqdm(total=total, initial=done_before, desc="training LoRA", disable=not progress, dynamic_ncols=True)
+
+    for phase_index in range(state.phase, len(phases)):
+        phase = phases[phase_index]
+        transformer = backend.transformer(phase.expert.name)
+        transformer.train()
+        params = [p for p in transformer.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                      fused=device.type == "cuda")
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+            optimizer_state = None
+        bar.set_description(f"training LoRA (stage {phase.stage}, {phase.expert.name})")
+
+        try:
+            for step in range(state.step, phase.steps):
+                # 3. Everything random about this step comes from (seed, phase, step).
+                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, phase_index, step))
+                epoch, position = divmod(step, len(phase.schedule))
+                order = torch.randperm(len(phase.schedule),
+                                       generator=torch.Generator().manual_seed(_step_seed(cfg.seed, phase_index, -1 - epoch)))
+                sample = samples[phase.schedule[order[position]]]
+                x0 = sample.target[None].to(device)  # [1, C, T', h, w]
+                noise = torch.randn(x0.shape, generator=gen).to(device)
+                sigma = sample_sigma(gen, phase.expert.sigma_low, phase.expert.sigma_high,
+                                     cfg.timestep_sampling, cfg.timestep_shift).to(device)
+
+                # 4. Flow matching: x_sigma = (1 - sigma) x0 + sigma noise; predict v = noise - x0.
+                noisy = (1 - sigma) * x0 + sigma * noise
+                with autocast:
+                    pred = backend.predict(
+                        transformer, noisy.to(backend.dtype), sample.condition[None].to(device, backend.dtype),
+                        (sigma * 1000).to(device), sample.text[None].to(device, backend.dtype),
+                        None if sample.image is None else sample.image[None].to(device, backend.dtype))
+                loss = flow_matching_loss(pred, x0, noise)
+                if not torch.isfinite(loss):
+                    raise LoraEditError(f"training loss became {loss.item()} at step {done_before + 1} "
+                                        f"(stage {phase.stage}); the last good checkpoint is in {ckpt_dir}: "
+                                        "lower --lr and pass --resume")
+
+                # 5. Update the LoRA only.
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+
+                state.step = step + 1
+                state.losses[phase_index].append(round(loss.item(), 6))
+                done_before += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < phase.steps:
+                    _save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+        except KeyboardInterrupt:
+            _save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+            raise LoraEditError(f"interrupted at step {done_before}; saved a checkpoint in {ckpt_dir}: "
+                                "run the same command with --resume to continue") from None
+        transformer.eval()
+        state.phase, state.step = phase_index + 1, 0
+        if phase_index + 1 < len(phases):
+            _save_checkpoint(ckpt_dir, backend, state, None, run_key)
+    bar.close()
+
+    # 6. Final LoRA files (ComfyUI keys) and the loss log.
+    paths = {}
+    for i, expert in enumerate(backend.experts):
+        path = out_dir / ("lora.safetensors" if i == 0 else f"lora_{i + 1}.safetensors")
+        lora_io.save_lora(path, backend.transformer(expert.name), settings,
+                          extra={"expert": expert.name, "sigma_range": [expert.sigma_low, expert.sigma_high]})
+        paths[expert.name] = path
+    log = {"phases": [{"stage": p.stage, "expert": p.expert.name, "steps": p.steps} for p in phases],
+           "losses": state.losses, "config": asdict(cfg)}
+    (out_dir / "train_log.json").write_text(json.dumps(log))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return paths
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------
+
+
+def _step_seed(seed: int, phase: int, step: int) -> int:
+    return int(content_key(seed, phase, step)[:15], 16)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint (folders appear by atomic rename, so any with state.json is whole)."""
+    found = sorted(p for p in ckpt_dir.glob("ckpt-*") if (p / "state.json").is_file()) if ckpt_dir.is_dir() else []
+    return found[-1] if found else None
+
+
+def _save_checkpoint(ckpt_dir: Path, backend, state: TrainState, optimizer, run_key: str) -> None:
+    """Write LoRA weights of every expert, the optimiser and the step into a new folder, then rename it."""
+    done = sum(len(x) for x in state.losses)
+    final = ckpt_dir / f"ckpt-{done:07d}"
+    tmp = ckpt_dir / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for expert in backend.experts:
+        save_file(lora_io.lora_state(backend.transformer(expert.name)), str(tmp / f"{expert.name}.safetensors"))
+    groups = None
+    if optimizer is not None:
+        opt = optimizer.state_dict()
+        tensors = {f"{i}.{name}": v.detach().cpu().contiguous() for i, s in opt["state"].items()
+                   for name, v in s.items()}
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        groups = opt["param_groups"]
+    (tmp / "state.json").write_text(json.dumps(
+        {"run_key": run_key, "phase": state.phase, "step": state.step, "losses": state.losses,
+         "param_groups": groups}))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in sorted(ckpt_dir.glob("ckpt-*"))[:-2]:  # keep the two newest
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, backend, run_key: str) -> tuple[TrainState, dict | None]:
+    meta = json.loads((path / "state.json").read_text())
+    if meta["run_key"] != run_key:
+        raise InputError(f"checkpoint {path} belongs to a run with other inputs or settings: resume with the same "
+                         "command, or start over in another output folder")
+    for expert in backend.experts:
+        lora_io.load_lora_state(backend.transformer(expert.name),
+                                load_file(str(path / f"{expert.name}.safetensors")))
+    optimizer_state = None
+    if meta["param_groups"] is not None:
+        flat = load_file(str(path / "optimizer.safetensors"))
+        per_param: dict[int, dict] = {}
+        for key, value in flat.items():
+            index, name = key.split(".", 1)
+            per_param.setdefault(int(index), {})[name] = value
+        optimizer_state = {"state": per_param, "param_groups": meta["param_groups"]}
+    return TrainState(meta["phase"], meta["step"], meta["losses"]), optimizer_state
+
