@@ -261,6 +261,7 @@ def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, 
                              f"LoRA files, got {len(loras)}: pass each with --lora")
         for path, expert in zip(loras, backend.experts):
             load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint())
+    backend.pipe.set_progress_bar_config(disable=not opts.progress, leave=False, desc="sampling")
     video = backend.generate(encoded.condition, first, encoded.text, negative, encoded.image, steps=scfg.steps,
                              guidance=scfg.guidance, guidance_2=scfg.guidance_2, shift=scfg.shift, seed=scfg.seed)
     if scfg.paste_background:

@@ -118,10 +118,12 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                           *[t for s in samples for t in (s.target, s.condition, s.text)])
     settings = lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, backend.fingerprint(), backend.kind)
 
-    # 1. Attach a LoRA to every expert; freeze everything else.
-    for expert in backend.experts:
+    # 1. Attach a LoRA to every expert (its random init drawn from the seed, not the global RNG).
+    for i, expert in enumerate(backend.experts):
         transformer = backend.transformer(expert.name)
-        lora_io.add_lora(transformer, settings)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_step_seed(cfg.seed, -1, i))
+            lora_io.add_lora(transformer, settings)
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         for p in transformer.parameters():
