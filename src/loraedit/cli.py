@@ -70,18 +70,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "for stage 2; repeatable")
     g.add_argument("--low-cost", action="store_true", help="train on overlapping short clips (less memory)")
     g.add_argument("--low-cost-clip-frames", type=int, default=13, help="clip length for --low-cost (default 13)")
-    g.add_argument("--rank", type=int, default=16)
-    g.add_argument("--alpha", type=float, default=16.0)
+    g.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    g.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; scale = alpha/rank (default 16)")
     g.add_argument("--targets", help="peft regex of the Linear layers to adapt (default: every block Linear "
                    "except the CLIP key/value projections)")
     g.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    g.add_argument("--stage1-steps", type=int, default=100)
+    g.add_argument("--stage1-steps", type=int, default=100, help="steps on the input video (motion; default 100)")
     g.add_argument("--stage2-steps", type=int, default=100, help="steps on edited frames (only with --edited-frame)")
     g.add_argument("--stage2-repeats", type=int, default=9, help="repeats of each edited frame per stage-2 epoch")
-    g.add_argument("--timestep-sampling", default="uniform", choices=["uniform", "logit-normal", "shifted"])
+    g.add_argument("--timestep-sampling", default="uniform", choices=["uniform", "logit-normal", "shifted"],
+                   help="noise-level distribution in training (default uniform, as the authors)")
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint interval in steps (0 = never)")
-    g.add_argument("--no-gradient-checkpointing", action="store_true")
-    g.add_argument("--train-seed", type=int, default=0)
+    g.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
+    g.add_argument("--train-seed", type=int, default=0, help="seed of LoRA init, sample order, noise")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
 
@@ -133,18 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_toml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse once to find the subcommand and --config, then again with the file's values as defaults."""
-    args = parser.parse_args(argv)
-    path = getattr(args, "config", None)
-    if path is None:
-        return args
+    """Parse argv, with the values of `--config FILE.toml` as the subcommand's defaults."""
+    path = _config_path(argv)
+    subparsers = parser._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public API)
+    command = next((a for a in argv if a in subparsers), None)
+    if path is None or command is None:
+        return parser.parse_args(argv)
     try:
         values = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError(f"config file {path} does not exist: check the path") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"config file {path} is not valid TOML ({exc}): fix its syntax") from None
-    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse has no public API)
+    sub = subparsers[command]
     actions = {a.dest: a for a in sub._actions}  # noqa: SLF001
     defaults = {}
     for key, value in values.items():
@@ -153,20 +155,29 @@ def _apply_toml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
         action = actions.get(dest)
         if action is None or dest in ("help", "config"):
             raise InputError(f"config file {path} sets unknown option {key!r}: valid keys are the long options of "
-                             f"`loraedit {args.command} --help`")
-        convert = action.type or (lambda v: v)
-        if isinstance(value, list):
-            defaults[dest] = [convert(str(v)) if action.type else v for v in value]
-        else:
-            defaults[dest] = convert(str(value)) if action.type and not isinstance(value, (int, float, bool)) else value
-        if action.required:
-            action.required = False
+                             f"`loraedit {command} --help`")
+        convert = action.type if action.type is not None else (lambda v: v)
+        try:
+            if isinstance(value, list):
+                defaults[dest] = [convert(str(v)) if action.type else v for v in value]
+            elif isinstance(value, str) and action.type is not None:
+                defaults[dest] = convert(value)
+            else:
+                defaults[dest] = value
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise InputError(f"config file {path}: {key} = {value!r} is invalid ({exc})") from None
+        action.required = False
     sub.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    for action in sub._actions:  # noqa: SLF001
-        if getattr(args, action.dest, None) is None and action.dest in ("video", "mask", "edited_first_frame"):
-            raise InputError(f"--{action.dest.replace('_', '-')} is required (on the command line or in {path})")
-    return args
+    return parser.parse_args(argv)
+
+
+def _config_path(argv: list[str]) -> Path | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+    return None
 
 
 def _configs(args: argparse.Namespace):

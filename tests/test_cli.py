@@ -1,0 +1,156 @@
+"""End to end through the command line, on tiny Wan2.1 (with CLIP) and Wan2.2 (two experts) folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from loraedit import api, conditioning, media
+from loraedit.backends.wan import load_wan
+from loraedit.cli import build_parser, main
+
+FAST = ["--frames", "9", "--size", "64x64", "--quiet"]
+FAST_TRAIN = ["--stage1-steps", "4", "--stage2-steps", "3", "--rank", "4", "--lr", "1e-3", "--checkpoint-every", "2"]
+FAST_SAMPLE = ["--steps", "3"]
+
+
+def _clip_args(model_dir, files, tmp_path):
+    return ["--model", str(model_dir), "--video", str(files["video"]), "--mask", str(files["mask"]),
+            "--cache-dir", str(tmp_path / "cache"), *FAST]
+
+
+def test_edit_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--model", "--video", "--mask", "--edited-first-frame", "--edited-frame", "--prompt", "--frames",
+                   "--size", "--out", "--mode", "--low-cost", "--resume", "--steps", "--guidance", "--shift",
+                   "--paste-background", "--config", "--rank", "--lr", "--mask-mode"):
+        assert option in text, option
+    sub = build_parser()._subparsers._group_actions[0].choices["edit"]
+    undocumented = [a.dest for a in sub._actions if a.option_strings and not a.help]
+    assert undocumented == []
+
+
+def test_edit_wan21_end_to_end(wan21_dir, clip_files, tmp_path):
+    out = tmp_path / "result" / "edit.mp4"
+    code = main(["edit", *_clip_args(wan21_dir, clip_files, tmp_path), "--edited-first-frame",
+                 str(clip_files["edited0"]), "--out", str(out), "--prompt", "a blue square", *FAST_TRAIN, *FAST_SAMPLE])
+    assert code == 0
+    video, _ = media.read_video(out)
+    assert video.shape == (9, 3, 64, 64)
+    assert out.with_suffix(".contact.png").is_file()
+    work = api.work_dir_for(out)
+    assert (work / "lora.safetensors").is_file() and (work / "train_log.json").is_file()
+    assert not list(out.parent.glob(".*tmp*"))  # no half-written files left
+    info = json.loads((work / "train_info.json").read_text())
+    assert info["frames"] == 9 and info["kind"] == "wan2.1-i2v"
+
+
+def test_edit_wan22_with_an_edited_later_frame_and_low_cost(wan22_dir, clip_files, tmp_path):
+    out = tmp_path / "edit22.mp4"
+    code = main(["edit", *_clip_args(wan22_dir, clip_files, tmp_path), "--edited-first-frame",
+                 str(clip_files["edited0"]), "--edited-frame", f"8:{clip_files['edited8']}", "--low-cost",
+                 "--low-cost-clip-frames", "5", "--out", str(out), *FAST_TRAIN, *FAST_SAMPLE])
+    assert code == 0
+    work = api.work_dir_for(out)
+    assert (work / "lora.safetensors").is_file() and (work / "lora_2.safetensors").is_file()
+    log = json.loads((work / "train_log.json").read_text())
+    assert [(p["stage"], p["expert"]) for p in log["phases"]] == [
+        (1, "transformer"), (2, "transformer"), (1, "transformer_2"), (2, "transformer_2")]
+    assert media.read_video(out)[0].shape == (9, 3, 64, 64)
+
+
+def test_one_lora_serves_many_edited_first_frames(wan21_dir, clip_files, toy_clip, tmp_path):
+    lora_dir = tmp_path / "lora"
+    assert main(["train", *_clip_args(wan21_dir, clip_files, tmp_path), "--out", str(lora_dir), *FAST_TRAIN]) == 0
+    other = tmp_path / "other_edit.png"
+    media.write_image(other, toy_clip.video[0].flip(0))  # a second, different edit of the same first frame
+    outputs = []
+    for i, edited in enumerate((clip_files["edited0"], other)):
+        out = tmp_path / f"sample{i}.mp4"
+        assert main(["sample", *_clip_args(wan21_dir, clip_files, tmp_path), "--edited-first-frame", str(edited),
+                     "--lora", str(lora_dir / "lora.safetensors"), "--out", str(out), *FAST_SAMPLE]) == 0
+        outputs.append(media.read_video(out)[0])
+    assert not torch.allclose(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("mode", ["no-lora", "mask-no-lora"])
+def test_baseline_modes_without_training(wan21_dir, clip_files, tmp_path, mode):
+    out = tmp_path / f"{mode}.mp4"
+    assert main(["sample", *_clip_args(wan21_dir, clip_files, tmp_path), "--mode", mode, "--edited-first-frame",
+                 str(clip_files["edited0"]), "--out", str(out), *FAST_SAMPLE]) == 0
+    assert out.is_file()
+
+
+def test_naive_mode_trains_on_the_standard_condition(wan21_dir, clip_files, tmp_path):
+    out = tmp_path / "naive.mp4"
+    assert main(["edit", *_clip_args(wan21_dir, clip_files, tmp_path), "--mode", "naive", "--edited-first-frame",
+                 str(clip_files["edited0"]), "--out", str(out), *FAST_TRAIN, *FAST_SAMPLE]) == 0
+    assert json.loads((api.work_dir_for(out) / "train_info.json").read_text())["mode"] == "naive"
+
+
+def test_options_from_toml(wan21_dir, clip_files, tmp_path):
+    config = tmp_path / "edit.toml"
+    config.write_text(f'''
+model = "{wan21_dir}"
+video = "{clip_files['video']}"
+mask = "{clip_files['mask']}"
+edited-first-frame = "{clip_files['edited0']}"
+frames = 9
+size = "64x64"
+mode = "mask-no-lora"
+steps = 2
+quiet = true
+''')
+    out = tmp_path / "toml.mp4"
+    assert main(["sample", "--config", str(config), "--out", str(out)]) == 0
+    assert media.read_video(out)[0].shape[0] == 9
+    config.write_text('bogus_option = 3\n')
+    assert main(["sample", "--config", str(config)]) == 2
+
+
+def test_sampler_receives_the_mask_aware_condition(wan21_dir, toy_clip):
+    """The pipeline's transformer input carries our keep mask (channels 16-19) and V_cond latents (20-35)."""
+    backend = load_wan(wan21_dir)
+    video, masks = toy_clip.video[:9], toy_clip.masks[:9]
+    sample = conditioning.mask_aware_condition(video, masks, toy_clip.edited_first_frame, "x")
+    condition = backend.condition_tensor(sample)
+    seen = []
+    backend.pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["hidden_states"][0, 16:].clone()), with_kwargs=True)
+    text = backend.encode_prompt("x")
+    backend.generate(condition, sample.clip_image, text, text, backend.encode_image(sample.clip_image), steps=2,
+                     guidance=2.0, shift=5.0, seed=0)
+    assert len(seen) == 4  # 2 steps x (cond + uncond)
+    expected_mask = conditioning.latent_keep_mask(sample.keep_mask, 8, 4)
+    assert torch.equal(seen[0][:4], expected_mask)
+    assert expected_mask[:, 1:].min() == 0  # later frames really do ask for generation inside the mask
+    torch.testing.assert_close(seen[0][4:], condition[4:])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--video", "missing.mp4"], "does not exist"),
+    (["--frames", "10"], "4k+1"),
+    (["--size", "60x64"], "multiple of 16"),
+])
+def test_bad_input_exits_2_with_one_line(wan21_dir, clip_files, tmp_path, capsys, args, message):
+    base = dict(zip(["--model", "--video", "--mask"], [str(wan21_dir), str(clip_files["video"]),
+                                                          str(clip_files["mask"])]))
+    argv = ["sample", "--mode", "no-lora", "--edited-first-frame", str(clip_files["edited0"]), "--frames", "9",
+            "--size", "64x64", "--quiet", "--cache-dir", str(tmp_path / "c")]
+    for key, value in base.items():
+        argv += [key, value]
+    argv += args
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_model_folder_is_a_clear_error(clip_files, tmp_path, capsys):
+    code = main(["sample", "--model", str(tmp_path / "nope"), "--video", str(clip_files["video"]), "--mask",
+                 str(clip_files["mask"]), "--edited-first-frame", str(clip_files["edited0"]), "--mode", "no-lora"])
+    assert code == 2
+    assert "model folder" in capsys.readouterr().err
