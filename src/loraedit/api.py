@@ -222,6 +222,7 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode)
     encoded_motion = [encoder.sample(s) for s in motion]
     encoded_edited = [encoder.sample(s) for s in edited]
+    backend.free_encoders()  # training needs none of them: text/CLIP dropped, VAE parked on CPU
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -235,15 +236,21 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
     return paths
 
 
-def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, loras: list[Path] = (),
-           opts: RunOptions = RunOptions(), scfg: SampleConfig = SampleConfig(),
-           backend: WanBackend | None = None) -> torch.Tensor:
-    """Generate the edited video from the edited first frame (with trained LoRA(s) unless no-lora modes)."""
+@dataclass
+class PreparedSampling:
+    """Everything sampling needs, encoded, so that the encoders can be freed before training or sampling."""
+
+    clip: Clip
+    first_frame: torch.Tensor  # [3, H, W]
+    condition: EncodedSample
+    negative: torch.Tensor  # [512, D]
+
+
+def prepare_sampling(backend: WanBackend, inputs: ClipInputs, edited_first_frame: Path, opts: RunOptions,
+                     scfg: SampleConfig) -> PreparedSampling:
+    """Read the clip and edited first frame, build the mode's inference condition and encode it."""
     if opts.mode not in MODES:
         raise InputError(f"--mode {opts.mode!r} is unknown: choose one of {', '.join(MODES)}")
-    if opts.mode in ("mask-aware", "naive") and not loras:
-        raise InputError(f"--mode {opts.mode} needs a trained LoRA: pass --lora (from `loraedit train`)")
-    backend = backend or load_backend(model, opts.device)
     frames, size = fit_geometry(backend, inputs)
     clip = load_clip(inputs, frames, size)
     first = load_edited_frame(edited_first_frame, size, clip.source_video[0], "edited first frame")
@@ -253,8 +260,12 @@ def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, 
     else:
         condition = conditioning.first_frame_condition(first, frames, prompt)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode)
-    encoded = encoder.sample(condition)
-    negative = encoder.prompt(scfg.negative_prompt)
+    return PreparedSampling(clip, first, encoder.sample(condition), encoder.prompt(scfg.negative_prompt))
+
+
+def generate(backend: WanBackend, prepared: PreparedSampling, out: Path, loras: list[Path], opts: RunOptions,
+             scfg: SampleConfig) -> torch.Tensor:
+    """Attach the LoRA file(s), sample, optionally paste the background back, write the outputs."""
     if opts.mode in ("mask-aware", "naive"):
         if len(loras) != len(backend.experts):
             raise InputError(f"this {backend.kind} model has {len(backend.experts)} expert(s) and needs as many "
@@ -262,26 +273,41 @@ def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, 
         for path, expert in zip(loras, backend.experts):
             load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint())
     backend.pipe.set_progress_bar_config(disable=not opts.progress, leave=False, desc="sampling")
-    video = backend.generate(encoded.condition, first, encoded.text, negative, encoded.image, steps=scfg.steps,
-                             guidance=scfg.guidance, guidance_2=scfg.guidance_2, shift=scfg.shift, seed=scfg.seed)
+    cond = prepared.condition
+    video = backend.generate(cond.condition, prepared.first_frame, cond.text, prepared.negative, cond.image,
+                             steps=scfg.steps, guidance=scfg.guidance, guidance_2=scfg.guidance_2, shift=scfg.shift,
+                             seed=scfg.seed)
     if scfg.paste_background:
-        video = conditioning.paste_background(video, clip.video, clip.masks)
-    write_outputs(Path(out), video, clip)
+        video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks)
+    write_outputs(Path(out), video, prepared.clip)
     return video
+
+
+def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, loras: list[Path] = (),
+           opts: RunOptions = RunOptions(), scfg: SampleConfig = SampleConfig()) -> torch.Tensor:
+    """Generate the edited video from the edited first frame (with trained LoRA(s) unless no-lora modes)."""
+    if opts.mode in ("mask-aware", "naive") and not loras:
+        raise InputError(f"--mode {opts.mode} needs a trained LoRA: pass --lora (from `loraedit train`)")
+    backend = load_backend(model, opts.device)
+    prepared = prepare_sampling(backend, inputs, edited_first_frame, opts, scfg)
+    backend.free_encoders()
+    return generate(backend, prepared, out, list(loras), opts, scfg)
 
 
 def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, opts: RunOptions = RunOptions(),
          cfg: TrainConfig = TrainConfig(), scfg: SampleConfig = SampleConfig()) -> torch.Tensor:
-    """The whole method: train the LoRA on the clip, then sample the edit. Work files go beside `out`."""
+    """The whole method: encode everything once, free the encoders, train the LoRA, sample the edit."""
     out = Path(out)
     backend = load_backend(model, opts.device)
+    prepared = prepare_sampling(backend, inputs, edited_first_frame, opts, scfg)
     loras: list[Path] = []
     if opts.mode in ("mask-aware", "naive"):
         paths = train(model, inputs, work_dir_for(out), opts, cfg, backend=backend)
         loras = list(paths.values())
         for expert in backend.experts:  # sample through the saved files, exactly what the user keeps
             remove_lora(backend.transformer(expert.name))
-    return sample(model, inputs, edited_first_frame, out, loras, opts, scfg, backend=backend)
+    backend.free_encoders()
+    return generate(backend, prepared, out, loras, opts, scfg)
 
 
 def work_dir_for(out: Path) -> Path:

@@ -23,8 +23,8 @@ def content_key(*parts: object) -> str:
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, torch.Tensor):
-            t = part.detach().cpu().contiguous()
-            h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:".encode())
+            t = part.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+            h.update(f"tensor:{part.dtype}:{tuple(part.shape)}:".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(f"{type(part).__name__}:{part!r};".encode())

@@ -116,8 +116,9 @@ def clip_starts(num_frames: int, clip_frames: int) -> list[int]:
     49 frames in 13-frame clips gives starts 0, 12, 24, 36 (frames 1-13, 13-25, 25-37, 37-49). When the
     clips do not tile the video exactly, the last clip is moved back to end on the last frame.
     """
-    if clip_frames < 1 or (clip_frames - 1) % 4 != 0:
-        raise ValueError(f"clip length must be 4k+1 frames, got {clip_frames}")
+    if clip_frames < 5 or (clip_frames - 1) % 4 != 0:
+        raise ValueError(f"clip length must be 4k+1 frames and at least 5 (a 1-frame clip is all known and "
+                         f"teaches no motion), got {clip_frames}")
     if clip_frames >= num_frames:
         return [0]
     stride = clip_frames - 1

@@ -130,8 +130,9 @@ class WanBackend:
 
     @property
     def uses_clip(self) -> bool:
+        """Wan2.1 feeds CLIP image tokens to every cross-attention; Wan2.2-A14B has no image input."""
         t = self.pipe.transformer
-        return t is not None and t.config.image_dim is not None and self.pipe.image_encoder is not None
+        return t is not None and t.config.image_dim is not None
 
     @property
     def working_size(self) -> tuple[int, int]:
@@ -196,6 +197,8 @@ class WanBackend:
         """[3, H, W] in [-1, 1] -> CLIP penultimate hidden states [N, D] (None for models without CLIP)."""
         if not self.uses_clip:
             return None
+        if self.pipe.image_encoder is None:
+            raise RuntimeError("the image encoder was freed; encode images before training")
         processor, encoder = self.pipe.image_processor, self.pipe.image_encoder
         pixels = processor(images=((image + 1) / 2).clamp(0, 1)[None], do_rescale=False, return_tensors="pt")
         pixel_values = pixels["pixel_values"].to(encoder.device, encoder.dtype)
