@@ -294,6 +294,10 @@ def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.d
     check_model_folder(model_dir)
     default_device, default_dtype = default_device_and_dtype()
     device, dtype = device or default_device, dtype or default_dtype
+    # The toy world's codec is a component of this package; diffusers resolves a non-diffusers component
+    # class only from modules already imported (it never imports what a model folder names).
+    import loraedit.toyworld.codec  # noqa: F401
+
     # The VAE stays fp32: its latents feed every cache entry and every metric (Wan's own recipe too).
     pipe = MaskAwareWanImageToVideoPipeline.from_pretrained(
         model_dir, local_files_only=True, torch_dtype={"default": dtype, "vae": torch.float32})

@@ -32,13 +32,15 @@ TOY_SIZE = (64, 64)
 TOY_FRAMES = 9
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def _tokenizer(words: list[str] | tuple[str, ...] = TOY_VOCAB):
+    """A word-level tokenizer (pad 0, eos 1, unk 2): no hub, no sentencepiece model needed."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(TOY_VOCAB)}
+    vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
     )
@@ -119,4 +121,81 @@ def toy_model_folder(variant: str = "wan2.1") -> Path:
     path = root / "models" / f"toy-random-{variant}-v1"
     if not (path / "model_index.json").exists():
         write_model_folder(path, variant)
+    return path
+
+
+# ---- the toy world's pretrained model ----------------------------------------------------------------
+
+#: The committed, pretrained toy-world model (a diffusers folder inside the package).
+WORLD_WEIGHTS = Path(__file__).parent / "weights"
+WORLD_SIZE = (96, 96)
+WORLD_FRAMES = 17
+
+
+def world_vocab() -> list[str]:
+    """Tokenizer vocabulary of the world model: special tokens, the toy words and every caption word."""
+    from .scenes import CAPTION_WORDS
+
+    words = list(TOY_VOCAB)
+    words += [w for w in CAPTION_WORDS if w not in set(words)]
+    return words
+
+
+def build_world_components(seed: int = 0) -> dict:
+    """The toy world's model at initialisation: the transformer to pretrain, frozen random text/CLIP encoders.
+
+    The text and image encoders stay at their seeded random init (they are frozen feature extractors
+    whose outputs still differ per caption and per image); only the transformer is trained.
+    """
+    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    vocab = world_vocab()
+    heads, head_dim = 4, 32
+    parts = {
+        "transformer": WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=36,
+            out_channels=16, text_dim=32, freq_dim=64, ffn_dim=384, num_layers=6, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=64, image_dim=32, added_kv_proj_dim=heads * head_dim),
+        "text_encoder": UMT5EncoderModel(UMT5Config(
+            d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, relative_attention_num_buckets=8,
+            vocab_size=len(vocab))).eval(),
+        "tokenizer": _tokenizer(vocab),
+        "image_encoder": CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, intermediate_size=64,
+            patch_size=8)).eval(),
+        "image_processor": CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32}),
+        "scheduler": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                             flow_shift=5.0),
+    }
+    for name in ("text_encoder", "image_encoder"):
+        parts[name].requires_grad_(False)
+    return parts
+
+
+def write_world_folder(path: Path, parts: dict, manifest: dict) -> Path:
+    """Save the world model as a diffusers folder: fp16 transformer, fp32 codec, manifest with sha256s."""
+    import hashlib
+
+    from ..backends.wan import MaskAwareWanImageToVideoPipeline
+
+    path = Path(path)
+    parts = dict(parts)
+    parts["transformer"] = parts["transformer"].to(torch.float16)
+    pipe = MaskAwareWanImageToVideoPipeline(**parts)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "loraedit_model.json").write_text(json.dumps(
+            {"working_size": list(WORLD_SIZE), "frames": WORLD_FRAMES, "note": "toy world, pretrained"}))
+        files = {p.relative_to(tmp).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in sorted(tmp.rglob("*.safetensors"))}
+        (tmp / "MANIFEST.json").write_text(json.dumps({**manifest, "sha256": files}, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path
