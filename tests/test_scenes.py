@@ -1,4 +1,4 @@
-"""Tests for the toy world's scene generator: determinism, exact ground truth, masks, cards, captions, files."""
+"""Tests for the toy world's scene generator: determinism, exact ground truth, masks, cards, captions."""
 
 from __future__ import annotations
 

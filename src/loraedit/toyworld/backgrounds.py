@@ -113,7 +113,8 @@ def _procedural(kind: str, rng: np.random.Generator, h: int, w: int, short: int)
         for cells in (rng.uniform(3, 6), rng.uniform(8, 14)):
             gh, gw = max(2, round(cells * h / short)), max(2, round(cells * w / short))
             grid = torch.from_numpy(rng.standard_normal((1, 1, gh, gw)).astype(np.float32))
-            octaves.append(F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)[0, 0].numpy())
+            smooth = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+            octaves.append(smooth[0, 0].numpy())
         n = octaves[0] + 0.35 * octaves[1]
         n = (n - n.min()) / max(float(n.max() - n.min()), 1e-6)
         return _blend(n, a, b)
