@@ -61,6 +61,14 @@ _CARD_SHARE = 0.3  # of scenes whose edited object is a turning card, when the s
 _MIN_VISIBLE = 0.04  # the edited object covers at least this much of frame 0 (and of the later frame)
 _MAX_TRIES = 200
 
+#: The world's camera: a Gaussian low-pass on every rendered frame (input and ground truth alike).
+#: Measured on 60 held-out scenes, the codec fitted on 300 (linear, 16 channels, 4x temporal): at 8x
+#: spatial the sharp world reaches 20.9 dB, at 4x 24.7 dB; with this blur at 4x, 32.4 dB (30.7 at
+#: sigma 1.0). The codec caps every quality number, so the world is seen through a slightly soft lens.
+CAMERA_BLUR_SIGMA = 1.25
+#: Pixels beyond which the blur kernel is truncated: an edit changes nothing farther from the object.
+CAMERA_BLUR_RADIUS = 4
+
 
 @dataclass
 class Scenario:
@@ -264,15 +272,17 @@ def _try_scene(rng: np.random.Generator, seed: int, frames: int, width: int, hei
 
     # 4. Render; restrict the edit to the box masks: a sliver the box rule drops (< 0.5% of the frame)
     # stays unedited in the ground truth, as no mask-guided method may change it.
-    video, edited = composite(background, layers), composite(background, edited_layers)
-    np.clip(video, -1.0, 1.0, out=video)  # convex blends of in-range colours: only rounding to undo
-    np.clip(edited, -1.0, 1.0, out=edited)
-    boxes = box_masks(seen | seen_edit)
-    dropped = (seen | seen_edit) & ~boxes
+    # The camera blur spreads the edit CAMERA_BLUR_RADIUS px past the object, so the silhouette is the
+    # object widened by that footprint: exactly the pixels the edit can change.
+    video = _camera(composite(background, layers))
+    edited = _camera(composite(background, edited_layers))
+    region = _widen(seen | seen_edit, CAMERA_BLUR_RADIUS)
+    boxes = box_masks(region)
+    dropped = region & ~boxes
     if dropped.any():
         t, y, x = dropped.nonzero()
         edited[t, :, y, x] = video[t, :, y, x]
-    silhouettes = (seen | seen_edit) & boxes
+    silhouettes = region & boxes
 
     # 5. Captions name the hero first, then the other objects visible in frame 0, front to back.
     shown = [i for i in reversed(range(count))
@@ -284,6 +294,23 @@ def _try_scene(rng: np.random.Generator, seed: int, frames: int, width: int, hei
                     silhouette_masks=torch.from_numpy(silhouettes.astype(np.float32)),
                     box_masks=torch.from_numpy(boxes.astype(np.float32)), caption=caption,
                     edited_caption=edited_caption, edit_kind=edit_kind, is_card=card, later_frame=later)
+
+
+def _camera(frames: np.ndarray) -> np.ndarray:
+    """Gaussian low-pass of [T, 3, H, W] frames in space only (edges replicated), clipped to [-1, 1]."""
+    from scipy.ndimage import gaussian_filter
+
+    truncate = (CAMERA_BLUR_RADIUS + 0.49) / CAMERA_BLUR_SIGMA  # scipy's radius = int(truncate * sigma + 0.5)
+    out = gaussian_filter(frames, sigma=(0, 0, CAMERA_BLUR_SIGMA, CAMERA_BLUR_SIGMA), mode="nearest",
+                          truncate=truncate)
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def _widen(masks: np.ndarray, radius: int) -> np.ndarray:
+    """Dilate boolean [T, H, W] masks by a (2r+1)-square in space (covers the blur kernel's support)."""
+    from scipy.ndimage import maximum_filter
+
+    return maximum_filter(masks, size=(1, 2 * radius + 1, 2 * radius + 1), mode="constant", cval=0)
 
 
 def write_scenario(scenario: Scenario, folder: Path) -> None:

@@ -1,0 +1,257 @@
+"""Pretrain the toy world's I2V model: fit the codec, then train the transformer on the standard I2V task.
+
+Standard I2V only (frame 0 known, every later frame generated; caption dropout for CFG), never spatial
+masks: whatever use of the mask-aware condition appears later must be learned by the LoRA, as in the
+paper. The job is resumable: it checkpoints model + optimiser + step atomically every few minutes and
+picks up from the checkpoint when run again, so it can be spread over several sessions.
+
+    python -m loraedit.toyworld.pretrain --work out/pretrain --minutes 60
+    python -m loraedit.toyworld.pretrain --work out/pretrain --export src/loraedit/toyworld/weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .. import conditioning
+from ..media import atomic_path
+from . import models
+from .codec import PatchCodec, fit_codec, psnr
+from .scenes import HELDOUT_SEED_BASE, generate
+
+FRAMES, SIZE = 17, (96, 96)
+
+
+def render_dataset(seeds: range, cache: Path) -> dict[str, torch.Tensor]:
+    """Videos of the given seeds as one uint8 tensor [N, T, 3, H, W] plus captions (cached on disk)."""
+    path = cache / f"videos-{seeds.start}-{seeds.stop}.safetensors"
+    if path.is_file():
+        data = load_file(str(path))
+        captions = json.loads(path.with_suffix(".json").read_text())
+        return {"videos": data["videos"], "captions": captions}
+    videos, captions = [], []
+    for seed in tqdm(seeds, desc=f"rendering {len(seeds)} scenes", dynamic_ncols=True):
+        s = generate(seed, FRAMES, SIZE)
+        videos.append(((s.video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+        captions.append(s.caption)
+    data = torch.stack(videos)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"videos": data}, str(tmp))
+    path.with_suffix(".json").write_text(json.dumps(captions))
+    return {"videos": data, "captions": captions}
+
+
+def to_unit(videos_uint8: torch.Tensor) -> torch.Tensor:
+    return videos_uint8.float() / 127.5 - 1
+
+
+class Encoded:
+    """Everything training needs, encoded once: target latents, standard-I2V conditions, text, CLIP."""
+
+    def __init__(self, parts: dict, codec: PatchCodec, data: dict, batch: int = 64):
+        self.latents, self.conditions, self.images = [], [], []
+        mean = torch.tensor(codec.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(codec.config.latents_std).view(1, -1, 1, 1, 1)
+        keep = conditioning.first_frame_keep_mask(FRAMES, SIZE[1], SIZE[0])
+        mask = conditioning.latent_keep_mask(keep, codec.config.scale_factor_spatial, 4)
+        processor, clip = parts["image_processor"], parts["image_encoder"]
+        with torch.no_grad():
+            for i in tqdm(range(0, len(data["videos"]), batch), desc="encoding", dynamic_ncols=True):
+                videos = to_unit(data["videos"][i:i + batch])  # [B, T, 3, H, W]
+                x = videos.permute(0, 2, 1, 3, 4)
+                self.latents.append((codec.encode(x).latent_dist.mode() - mean) / std)
+                cond_video = torch.zeros_like(x)
+                cond_video[:, :, 0] = x[:, :, 0]
+                cond = (codec.encode(cond_video).latent_dist.mode() - mean) / std
+                self.conditions.append(torch.cat([mask.expand(len(x), *mask.shape), cond], dim=1))
+                pixels = processor(images=((videos[:, 0] + 1) / 2).clamp(0, 1), do_rescale=False,
+                                   return_tensors="pt")["pixel_values"]
+                self.images.append(clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2])
+        self.latents = torch.cat(self.latents)
+        self.conditions = torch.cat(self.conditions)
+        self.images = torch.cat(self.images)
+        self.texts = encode_captions(parts, list(data["captions"]) + [""])  # last one: the empty caption
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+
+def encode_captions(parts: dict, captions: list[str]) -> torch.Tensor:
+    """Unique captions -> [N, 512, D] text embeddings, zero-padded after each caption's tokens."""
+    tok, enc = parts["tokenizer"], parts["text_encoder"]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(captions), 64):
+            t = tok(captions[i:i + 64], padding="max_length", max_length=512, truncation=True, return_tensors="pt")
+            hidden = enc(t.input_ids, t.attention_mask).last_hidden_state
+            out.append(hidden * t.attention_mask[..., None])
+    return torch.cat(out)
+
+
+def train_step(transformer, enc: Encoded, idx: torch.Tensor, gen: torch.Generator, dropout: float) -> torch.Tensor:
+    """One flow-matching step of the standard I2V objective on clips `idx` (flip augmentation)."""
+    x0, cond, image = enc.latents[idx], enc.conditions[idx], enc.images[idx]
+    text_index = idx.clone()
+    text_index[torch.rand(len(idx), generator=gen) < dropout] = len(enc.texts) - 1  # caption dropout -> CFG
+    text = enc.texts[text_index]
+    flip = torch.rand(len(idx), generator=gen) < 0.5  # mirror whole clips: new motion, same physics
+    x0 = torch.where(flip.view(-1, 1, 1, 1, 1), x0.flip(-1), x0)
+    cond = torch.where(flip.view(-1, 1, 1, 1, 1), cond.flip(-1), cond)
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma = torch.sigmoid(torch.randn(len(idx), generator=gen) * 1.0 + 0.3).view(-1, 1, 1, 1, 1)  # logit-normal
+    noisy = (1 - sigma) * x0 + sigma * noise
+    pred = transformer(hidden_states=torch.cat([noisy, cond], 1), timestep=sigma.flatten() * 1000,
+                       encoder_hidden_states=text, encoder_hidden_states_image=image, return_dict=False)[0]
+    return torch.nn.functional.mse_loss(pred, noise - x0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("out/pretrain"), help="checkpoints, data cache, logs")
+    p.add_argument("--minutes", type=float, default=30.0, help="train this long, then checkpoint and stop")
+    p.add_argument("--scenes", type=int, default=3000, help="training scenes (seeds 0..N-1)")
+    p.add_argument("--codec-scenes", type=int, default=600)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--total-steps", type=int, default=60000, help="length of the cosine schedule")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--export", type=Path, help="write the model folder (fp16) from the latest checkpoint and stop")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+
+    # 1. The codec: fitted once, in closed form, on its own scenes; held-out PSNR recorded.
+    codec_dir = work / "codec"
+    if not (codec_dir / "config.json").is_file():
+        started = time.perf_counter()
+        fit = render_dataset(range(0, args.codec_scenes), work / "data")
+        codec = fit_codec([to_unit(v) for v in fit["videos"]], spatial=4)  # 8x caps the world near 21 dB
+        held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 100), work / "data")
+        x = to_unit(held["videos"]).permute(0, 2, 1, 3, 4)
+        score = psnr(x, codec.decode(codec.encode(x).latent_dist.mode()).sample)
+        codec.save_pretrained(codec_dir)
+        (codec_dir / "fit.json").write_text(json.dumps({"heldout_psnr_db": round(score, 2), "fit_scenes":
+                                                        args.codec_scenes, "seconds": round(time.perf_counter() - started, 1)}))
+        print(f"codec: held-out PSNR {score:.2f} dB")
+    codec = PatchCodec.from_pretrained(codec_dir)
+
+    parts = models.build_world_components(seed=0)
+    transformer = parts["transformer"]
+    if args.export:
+        export(work, parts, codec, args.export)
+        return
+
+    # 2. Encode the training scenes once.
+    data = render_dataset(range(0, args.scenes), work / "data")
+    enc = Encoded(parts, codec, data)
+    held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 64), work / "data")
+    held_enc = Encoded(parts, codec, held)
+
+    # 3. Resume.
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    state = {"step": 0, "log": []}
+    ckpt = work / "checkpoint"
+    if (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        transformer.load_state_dict(load_file(str(ckpt / "transformer.safetensors")))
+        optimizer.load_state_dict(_unflatten(load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"]))
+        print(f"resumed at step {state['step']}")
+    n_params = sum(p.numel() for p in transformer.parameters())
+    print(f"transformer: {n_params / 1e6:.2f}M parameters; {len(enc)} training clips")
+
+    # 4. Train for the time budget.
+    deadline = time.perf_counter() + args.minutes * 60
+    last_ckpt = time.perf_counter()
+    transformer.train()
+    bar = tqdm(desc="pretraining", initial=state["step"], total=args.total_steps, dynamic_ncols=True)
+    losses = []
+    while time.perf_counter() < deadline and state["step"] < args.total_steps:
+        step = state["step"]
+        gen = torch.Generator().manual_seed(step)
+        lr = args.lr * min(1.0, (step + 1) / 500) * 0.5 * (1 + math.cos(math.pi * step / args.total_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(enc), (args.batch,), generator=gen)
+        loss = train_step(transformer, enc, idx, gen, dropout=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        state["step"] = step + 1
+        bar.update(1)
+        if state["step"] % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr:.2e}")
+        if time.perf_counter() - last_ckpt > args.checkpoint_minutes * 60:
+            _checkpoint(ckpt, transformer, optimizer, state, losses, held_enc)
+            losses, last_ckpt = [], time.perf_counter()
+    _checkpoint(ckpt, transformer, optimizer, state, losses, held_enc)
+    bar.close()
+
+
+def heldout_loss(transformer, enc: Encoded) -> float:
+    """Mean loss on held-out scenes at fixed noise (comparable across checkpoints)."""
+    transformer.eval()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1234)
+        total = [train_step(transformer, enc, torch.arange(i, min(i + 16, len(enc))), gen, 0.0).item()
+                 for i in range(0, len(enc), 16)]
+    transformer.train()
+    return sum(total) / len(total)
+
+
+def _checkpoint(ckpt: Path, transformer, optimizer, state: dict, losses: list[float], held_enc: Encoded) -> None:
+    entry = {"step": state["step"], "train_loss": round(sum(losses) / max(len(losses), 1), 5),
+             "heldout_loss": round(heldout_loss(transformer, held_enc), 5), "time": time.strftime("%Y-%m-%d %H:%M")}
+    state["log"].append(entry)
+    print(f"checkpoint: {entry}", flush=True)
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(tmp / "transformer.safetensors"))
+    opt = optimizer.state_dict()
+    save_file({f"{i}.{k}": v.contiguous() for i, s in opt["state"].items() for k, v in s.items()},
+              str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": opt["param_groups"]}))
+    old = ckpt.with_name(ckpt.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        ckpt.rename(old)
+    tmp.rename(ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _unflatten(flat: dict, groups: list) -> dict:
+    per: dict[int, dict] = {}
+    for key, value in flat.items():
+        i, name = key.split(".", 1)
+        per.setdefault(int(i), {})[name] = value
+    return {"state": per, "param_groups": groups}
+
+
+def export(work: Path, parts: dict, codec: PatchCodec, out: Path) -> None:
+    """Write the pretrained model as a diffusers folder (fp16 transformer) with a manifest."""
+    state = json.loads((work / "checkpoint" / "state.json").read_text())
+    parts["transformer"].load_state_dict(load_file(str(work / "checkpoint" / "transformer.safetensors")))
+    parts["vae"] = codec
+    fit = json.loads((work / "codec" / "fit.json").read_text())
+    models.write_world_folder(out, parts, manifest={
+        "pretraining": {"steps": state["step"], "log": state["log"][-5:], "seed": 0, "frames": FRAMES,
+                        "size": list(SIZE), "objective": "standard I2V (frame-0 mask), caption dropout 0.1"},
+        "codec": fit})
+    print(f"exported {out}")
+
+
+if __name__ == "__main__":
+    main()
