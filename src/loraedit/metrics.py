@@ -1,0 +1,72 @@
+"""Ground-truth metrics of an edited video: inside the edit region, outside it, whole frame, over time.
+
+All videos are [T, 3, H, W] in [-1, 1]; masks [T, H, W] in {0, 1} (1 = edit region). Unless told
+otherwise, metrics use the frames after the first: frame 0 is the user's edited frame, given whole.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_psnr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    """PSNR (dB, peak-to-peak 2) over the pixels where `weight` is 1 ([T, H, W]); all pixels if None."""
+    err = ((a.float() - b.float()) / 2).pow(2).mean(dim=1)  # [T, H, W]
+    if weight is None:
+        mse = float(err.mean())
+    else:
+        total = float(weight.sum())
+        if total == 0:
+            return float("nan")
+        mse = float((err * weight).sum()) / total
+    return 10 * math.log10(1 / max(mse, 1e-10))
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Per-pixel SSIM [T, H, W] (mean over RGB) with a uniform window, on images mapped to [0, 1]."""
+    x, y = (a.float() + 1) / 2, (b.float() + 1) / 2
+    c1, c2 = 0.01**2, 0.03**2
+    pad = window // 2
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(t, [pad] * 4, mode="replicate"), window, stride=1)
+
+    mx, my = mean(x), mean(y)
+    vx, vy, cxy = mean(x * x) - mx**2, mean(y * y) - my**2, mean(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean(dim=1)
+
+
+def masked_ssim(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    s = ssim_map(a, b)
+    if weight is None:
+        return float(s.mean())
+    total = float(weight.sum())
+    return float((s * weight).sum()) / total if total else float("nan")
+
+
+def temporal_error(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean absolute difference of consecutive-frame differences (output vs reference), in [0, 2] units.
+
+    Zero when the output moves exactly as the reference does, whatever its per-frame error.
+    """
+    return float(((output[1:] - output[:-1]) - (reference[1:] - reference[:-1])).abs().mean())
+
+
+def edit_metrics(output: torch.Tensor, source: torch.Tensor, ground_truth: torch.Tensor,
+                 edit_masks: torch.Tensor, skip_first: bool = True) -> dict[str, float]:
+    """The toy world's table row for one output: edit region vs ground truth, background vs the input."""
+    start = 1 if skip_first else 0
+    out, src, gt, m = output[start:], source[start:], ground_truth[start:], edit_masks[start:].float()
+    bg = 1 - m
+    return {
+        "edit_psnr": masked_psnr(out, gt, m),
+        "edit_ssim": masked_ssim(out, gt, m),
+        "bg_psnr": masked_psnr(out, src, bg),
+        "bg_ssim": masked_ssim(out, src, bg),
+        "psnr": masked_psnr(out, gt),
+        "temporal_err": temporal_error(output[start:], ground_truth[start:]),
+    }

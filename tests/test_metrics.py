@@ -1,0 +1,52 @@
+"""Metrics against ground truth: exact values on hand-made videos."""
+
+import math
+
+import torch
+
+from loraedit.metrics import edit_metrics, masked_psnr, masked_ssim, temporal_error
+
+
+def test_psnr_known_value_and_mask():
+    a = torch.zeros(2, 3, 4, 4)
+    b = a.clone()
+    b[:, :, :2] = 0.2  # error 0.1 in [0,1] units on the top half only
+    top = torch.zeros(2, 4, 4)
+    top[:, :2] = 1
+    assert masked_psnr(a, b, top) == pytest_approx(20.0)
+    assert masked_psnr(a, b, 1 - top) == pytest_approx(100.0)  # identical there (capped)
+    assert masked_psnr(a, b) == pytest_approx(10 * math.log10(1 / 0.005))
+    assert math.isnan(masked_psnr(a, b, torch.zeros(2, 4, 4)))
+
+
+def test_ssim_is_one_for_identical_and_lower_for_noise():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1
+    assert masked_ssim(a, a) == pytest_approx(1.0)
+    assert masked_ssim(a, (a + 0.5 * torch.randn(a.shape, generator=g)).clamp(-1, 1)) < 0.8
+
+
+def test_temporal_error_ignores_constant_offsets():
+    ref = torch.linspace(-1, 1, 5).view(5, 1, 1, 1).expand(5, 3, 4, 4)
+    assert temporal_error(ref + 0.3, ref) == pytest_approx(0.0)
+    static = ref[:1].expand(5, 3, 4, 4)
+    assert temporal_error(static, ref) == pytest_approx(0.5)
+
+
+def test_edit_metrics_skips_the_first_frame_and_splits_regions():
+    src = torch.zeros(3, 3, 8, 8)
+    gt = src.clone()
+    gt[:, :, :4] = 1.0  # the edit: the top half
+    masks = torch.zeros(3, 8, 8)
+    masks[:, :4] = 1
+    out = gt.clone()
+    out[0] = -1  # frame 0 wrong: ignored
+    m = edit_metrics(out, src, gt, masks)
+    assert m["edit_psnr"] == pytest_approx(100.0) and m["bg_psnr"] == pytest_approx(100.0)
+    assert m["temporal_err"] == pytest_approx(0.0)
+
+
+def pytest_approx(x):
+    import pytest
+
+    return pytest.approx(x, abs=1e-4)
