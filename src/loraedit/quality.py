@@ -1,0 +1,224 @@
+"""`loraedit bench quality`: every mode of the paper on held-out toy-world scenarios, against ground truth.
+
+For each scenario (seeds disjoint from pretraining) it runs the method and its baselines on the same
+clip, box masks and edited first frame, and scores the frames after the first:
+
+- no-lora             stock I2V from the edited first frame (paper Fig. 2, default row)
+- mask-no-lora        the mask-aware condition on the base model (Fig. 2 case 3)
+- naive               LoRA on the standard I2V condition (Sec. 3.1)
+- mask-aware          the method, stage 1 (Sec. 3.3.1)
+- mask-aware+frames   plus the edited later frame in stage 2 (Sec. 3.3.2; turning cards only)
+- low-cost            stage 1 on overlapping short clips (Sec. 4.5, scaled to the clip length)
+- codec-ceiling       the ground-truth edited video through the codec (what any model can reach)
+- static-first-frame  the edited first frame repeated
+
+It works on tensors with the library's own pieces (conditioning, the encoder cache, the training loop,
+the backend's sampler), so what it measures is what `loraedit edit` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from . import conditioning, media
+from .api import Encoder, compose_prompt
+from .backends.wan import WanBackend
+from .lora_io import remove_lora
+from .metrics import edit_metrics, masked_psnr
+from .train import TrainConfig, train_lora
+
+METHOD_MODES = ("no-lora", "mask-no-lora", "naive", "mask-aware", "mask-aware+frames", "low-cost")
+SANITY_MODES = ("codec-ceiling", "static-first-frame")
+METRICS = ("edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """What the bench runs. Training defaults are the toy world's measured choice (see docs/RESULTS.md)."""
+
+    scenarios: int = 12
+    seed: int = 0
+    card_every: int = 3  # every n-th scenario is a turning card (for mask-aware+frames)
+    low_cost_clip_frames: int = 5  # 17 frames -> clips 1-5, 5-9, 9-13, 13-17 (the paper's 49/13, scaled)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(checkpoint_every=0))
+    steps: int = 30
+    guidance: float = 5.0
+    shift: float = 5.0
+    sample_seed: int = 0
+    modes: tuple[str, ...] = METHOD_MODES + SANITY_MODES
+
+
+def scenario_seeds(cfg: QualityConfig) -> list[int]:
+    from .toyworld.scenes import HELDOUT_SEED_BASE
+
+    return [HELDOUT_SEED_BASE + 10_000 * cfg.seed + i for i in range(cfg.scenarios)]
+
+
+def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, progress: bool = False) -> dict:
+    """All modes on one scenario: {mode: {"video": tensor, **metrics}} (modes that do not apply absent)."""
+    video, masks, gt = scenario.video, scenario.box_masks, scenario.edited_video
+    train_prompt = compose_prompt("p3rs0n,", scenario.caption)
+    prompt = compose_prompt("p3rs0n,", scenario.edited_caption)
+    enc = Encoder(backend, None, "maxpool")
+    negative = enc.prompt("")
+    first = scenario.edited_first_frame
+    mask_cond = enc.sample(conditioning.mask_aware_condition(video, masks, first, prompt))
+    plain_cond = enc.sample(conditioning.first_frame_condition(first, video.shape[0], prompt))
+
+    def sample(encoded) -> torch.Tensor:
+        return backend.generate(encoded.condition, first, encoded.text, negative, encoded.image, steps=cfg.steps,
+                                guidance=cfg.guidance, shift=cfg.shift, seed=cfg.sample_seed)
+
+    def trained(name: str, motion, edited, encoded_condition) -> torch.Tensor:
+        run_dir = work / name
+        train_lora(backend, [enc.sample(s) for s in motion], [enc.sample(s) for s in edited], cfg.train, run_dir,
+                   progress=progress)
+        try:
+            return sample(encoded_condition)
+        finally:
+            for expert in backend.experts:
+                remove_lora(backend.transformer(expert.name))
+
+    outputs: dict[str, torch.Tensor] = {}
+    if "no-lora" in cfg.modes:
+        outputs["no-lora"] = sample(plain_cond)
+    if "mask-no-lora" in cfg.modes:
+        outputs["mask-no-lora"] = sample(mask_cond)
+    if "naive" in cfg.modes:
+        outputs["naive"] = trained("naive", [conditioning.naive_sample(video, train_prompt)], [], plain_cond)
+    motion = [conditioning.motion_sample(video, masks, train_prompt)]
+    if "mask-aware" in cfg.modes:
+        outputs["mask-aware"] = trained("mask-aware", motion, [], mask_cond)
+    if "mask-aware+frames" in cfg.modes and scenario.later_frame is not None:
+        j = scenario.later_frame
+        frame = conditioning.appearance_sample(video[j], gt[j], masks[j], train_prompt, name=f"frame{j}")
+        outputs["mask-aware+frames"] = trained("mask-aware+frames", motion, [frame], mask_cond)
+    if "low-cost" in cfg.modes:
+        clips = conditioning.low_cost_samples(video, masks, train_prompt, cfg.low_cost_clip_frames)
+        outputs["low-cost"] = trained("low-cost", clips, [], mask_cond)
+    if "codec-ceiling" in cfg.modes:
+        outputs["codec-ceiling"] = backend.decode_latents(backend.encode_video(gt))
+    if "static-first-frame" in cfg.modes:
+        outputs["static-first-frame"] = first[None].expand_as(gt).clone()
+
+    results = {}
+    for mode, out in outputs.items():
+        row = edit_metrics(out, video, gt, masks)
+        if scenario.later_frame is not None:  # the back face: frames from the edited later frame on
+            j = scenario.later_frame
+            row["back_psnr"] = masked_psnr(out[j:], gt[j:], masks[j:])
+        results[mode] = {"video": out, **row}
+    return results
+
+
+def summarise(per_scenario: list[dict], modes: tuple[str, ...]) -> dict:
+    """Means over the scenarios where each mode ran (NaN-free), in the JSON shape other tools read."""
+    summary = {}
+    for mode in modes:
+        rows = [s["modes"][mode] for s in per_scenario if mode in s["modes"]]
+        if not rows:
+            continue
+        summary[mode] = {k: _mean([r[k] for r in rows]) for k in METRICS}
+        backs = [r["back_psnr"] for r in rows if "back_psnr" in r]
+        if backs:
+            summary[mode]["back_psnr"] = _mean(backs)
+        summary[mode]["n"] = len(rows)
+    return summary
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return round(statistics.fmean(finite), 4) if finite else float("nan")
+
+
+def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Run the bench; write JSON, a markdown table, a bar chart and contact sheets into `out_dir`."""
+    from .toyworld.scenes import generate
+
+    out_dir = Path(out_dir)
+    per_scenario = []
+    started = time.perf_counter()
+    for i, seed in enumerate(scenario_seeds(cfg)):
+        scenario = generate(seed, kind="card" if cfg.card_every and i % cfg.card_every == 0 else "object")
+        t0 = time.perf_counter()
+        results = run_scenario(backend_factory(), scenario, cfg, out_dir / "work" / str(seed))
+        rows = {m: {k: round(v, 4) for k, v in r.items() if k != "video"} for m, r in results.items()}
+        per_scenario.append({"seed": seed, "card": scenario.is_card, "caption": scenario.caption, "modes": rows,
+                             "seconds": round(time.perf_counter() - t0, 1)})
+        sheet = {"input": scenario.video, "mask": scenario.box_masks, "truth": scenario.edited_video}
+        sheet.update({m: r["video"] for m, r in results.items() if m not in SANITY_MODES})
+        media.write_contact_sheet(out_dir / "sheets" / f"scenario-{seed}.png", sheet, num_columns=6)
+        if progress:
+            ma = rows.get("mask-aware", {})
+            print(f"[{i + 1}/{cfg.scenarios}] seed {seed}: mask-aware edit {ma.get('edit_psnr')} dB, "
+                  f"bg {ma.get('bg_psnr')} dB ({per_scenario[-1]['seconds']} s)", flush=True)
+    summary = {"modes": summarise(per_scenario, cfg.modes), "scenarios": per_scenario,
+               "config": _jsonable(asdict(cfg)), "seconds": round(time.perf_counter() - started, 1)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with media.atomic_path(out_dir / "quality.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    with media.atomic_path(out_dir / "table.md") as tmp:
+        tmp.write_text(markdown_table(summary["modes"]))
+    write_bar_chart(out_dir / "chart.png", summary["modes"])
+    return summary
+
+
+def markdown_table(modes: dict) -> str:
+    head = "| mode | n | edit PSNR | edit SSIM | bg PSNR | bg SSIM | PSNR | temporal err | back-face PSNR |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
+    lines = []
+    for mode, m in modes.items():
+        cells = [f"{m[k]:.2f}" if k.endswith("psnr") else f"{m[k]:.3f}" for k in METRICS]
+        back = f"{m['back_psnr']:.2f}" if "back_psnr" in m else ""
+        lines.append(f"| {mode} | {m['n']} | " + " | ".join(cells) + f" | {back} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_bar_chart(path: Path, modes: dict) -> None:
+    """Edit-region and background PSNR per mode as grouped bars (drawn with Pillow: no plotting library)."""
+    from PIL import Image, ImageDraw
+
+    names = list(modes)
+    width, height, left, bottom = 120 + 90 * len(names), 320, 50, 60
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    values = [v for m in modes.values() for v in (m["edit_psnr"], m["bg_psnr"]) if math.isfinite(v)]
+    top = max(values + [1.0]) * 1.1
+    scale = (height - bottom - 20) / top
+    for tick in range(0, int(top) + 1, 5):
+        y = height - bottom - tick * scale
+        draw.line([(left, y), (width - 10, y)], fill=(225, 225, 225))
+        draw.text((5, y - 6), f"{tick} dB", fill="black")
+    for i, name in enumerate(names):
+        x = left + 20 + 90 * i
+        for j, (key, colour) in enumerate((("edit_psnr", (214, 96, 77)), ("bg_psnr", (67, 147, 195)))):
+            v = modes[name][key]
+            if math.isfinite(v):
+                draw.rectangle([x + 30 * j, height - bottom - v * scale, x + 30 * j + 26, height - bottom], fill=colour)
+        draw.text((x - 10, height - bottom + 8 + 12 * (i % 2)), name, fill="black")
+    draw.rectangle([width - 200, 8, width - 188, 20], fill=(214, 96, 77))
+    draw.text((width - 182, 8), "edit region PSNR", fill="black")
+    draw.rectangle([width - 200, 26, width - 188, 38], fill=(67, 147, 195))
+    draw.text((width - 182, 26), "background PSNR", fill="black")
+    with media.atomic_path(path) as tmp:
+        img.save(tmp)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def quick_config(cfg: QualityConfig, **train_overrides) -> QualityConfig:
+    """The same bench with other training settings (for the lever measurements)."""
+    return replace(cfg, train=replace(cfg.train, **train_overrides))
