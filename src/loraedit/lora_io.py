@@ -72,8 +72,10 @@ def lora_state(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Put peft-named weights back into the attached adapter, refusing any missing or extra key."""
-    expected = lora_state(transformer)
-    _check_shapes(expected, state, "checkpoint")
+    detail = _shape_mismatch({k: tuple(v.shape) for k, v in lora_state(transformer).items()},
+                             {k: tuple(v.shape) for k, v in state.items()})
+    if detail:
+        raise InputError(f"checkpoint LoRA does not fit this model: {detail}: resume with the same command")
     set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
 
 
@@ -91,7 +93,7 @@ def to_comfy(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Te
 
 
 def from_comfy(comfy: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """ComfyUI names -> peft names. The alphas are checked elsewhere (they must match the settings)."""
+    """ComfyUI names -> peft names. The alphas are checked by `read_lora` (they must match the settings)."""
     state: dict[str, torch.Tensor] = {}
     for key, value in comfy.items():
         m = _COMFY_KEY.match(key)
@@ -104,10 +106,24 @@ def from_comfy(comfy: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Te
     return state
 
 
+@dataclass(frozen=True)
+class LoraHeader:
+    """What a LoRA file says about itself, read from its safetensors header only (no tensor data)."""
+
+    path: Path
+    settings: LoraSettings
+    shapes: dict[str, tuple[int, ...]]  # peft names -> shape of every lora_A / lora_B weight
+    expert: str | None  # the transformer it was trained for ("transformer" / "transformer_2"), if recorded
+
+
 def save_lora(path: Path, transformer: torch.nn.Module, settings: LoraSettings, extra: dict | None = None) -> None:
-    """Write the adapter as ComfyUI-keyed safetensors (+ `<path>.json` sidecar), atomically."""
+    """Write the adapter as ComfyUI-keyed safetensors (+ `<path>.json` sidecar), atomically.
+
+    `extra` (e.g. which expert) goes into both the sidecar and the file's metadata, so validation can
+    check a file that travelled without its sidecar.
+    """
     path = Path(path)
-    meta = {"loraedit": json.dumps(asdict(settings)), "format": "pt"}
+    meta = {"loraedit": json.dumps(asdict(settings)), "loraedit_extra": json.dumps(extra or {}), "format": "pt"}
     with atomic_path(path) as tmp:
         save_file(to_comfy(lora_state(transformer), settings.alpha), str(tmp), metadata=meta)
     sidecar = path.with_suffix(path.suffix + ".json")
@@ -115,43 +131,97 @@ def save_lora(path: Path, transformer: torch.nn.Module, settings: LoraSettings, 
         tmp.write_text(json.dumps({**asdict(settings), **(extra or {})}, indent=2))
 
 
-def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraSettings]:
-    """Read a LoRA file saved by `save_lora`: peft-named weights and its settings."""
+def inspect_lora(path: Path) -> LoraHeader:
+    """Names, shapes and settings of a LoRA file, from its header alone: nothing is deserialised but JSON."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"LoRA file {path} does not exist: train one with `loraedit train` first")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            comfy = {k: f.get_tensor(k) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # safetensors raises several types for a damaged header
         raise InputError(f"LoRA file {path} is not a readable safetensors file ({type(exc).__name__}): "
                          "re-export it or train again") from None
     if "loraedit" not in meta:
         raise InputError(f"LoRA file {path} carries no loraedit settings in its metadata: give a LoRA saved by "
                          "loraedit (other Wan LoRAs load through diffusers' load_lora_weights)")
-    settings = LoraSettings(**json.loads(meta["loraedit"]))
-    return from_comfy(comfy, path), settings
+    try:
+        settings = LoraSettings(**json.loads(meta["loraedit"]))
+        extra = json.loads(meta.get("loraedit_extra", "{}"))
+    except (ValueError, TypeError):
+        raise InputError(f"LoRA file {path} has damaged loraedit settings in its metadata: train it again") from None
+    names = from_comfy({k: k for k in shapes}, path)  # peft -> ComfyUI name; refuses non-Wan-block keys
+    expert = extra.get("expert") if isinstance(extra, dict) else None
+    return LoraHeader(path, settings, {peft: shapes[comfy] for peft, comfy in names.items()}, expert)
+
+
+def lora_problems(header: LoraHeader, expected: dict[str, tuple[int, ...]], base_model: str,
+                  expert: str | None = None) -> list[str]:
+    """Why the LoRA described by `header` cannot be attached to a model with these `expected` shapes."""
+    path, settings = header.path, header.settings
+    if settings.base_model and base_model and settings.base_model != base_model:
+        return [f"LoRA file {path} was trained for another base model ({settings.base_kind or 'unknown kind'}, "
+                f"fingerprint {settings.base_model}; this one is {base_model}): train it on this model"]
+    ranks = sorted({shape[0] for name, shape in header.shapes.items() if name.endswith("lora_A.weight")})
+    if ranks and ranks != [settings.rank]:
+        return [f"LoRA file {path} says rank {settings.rank} but its weights have rank {', '.join(map(str, ranks))}: "
+                "the file was altered; re-export it or train again"]
+    problems = []
+    if expert is not None and header.expert is not None and header.expert != expert:
+        problems.append(f"LoRA file {path} was trained for the {header.expert} expert but is given for {expert}: "
+                        "pass lora.safetensors first, then lora_2.safetensors")
+    detail = _shape_mismatch(expected, header.shapes)
+    if detail:
+        problems.append(f"LoRA file {path} does not fit this model: {detail}: use a LoRA trained on this model "
+                        "with the same rank and targets")
+    return problems
+
+
+def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraSettings]:
+    """Read a LoRA file saved by `save_lora`: peft-named weights and its settings (header checked first)."""
+    header = inspect_lora(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            comfy = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise InputError(f"LoRA file {path} is damaged ({type(exc).__name__}): re-export it or train again") from None
+    alphas = {float(v) for k, v in comfy.items() if k.endswith(".alpha")}
+    if alphas - {float(header.settings.alpha)}:
+        raise InputError(f"LoRA file {path} has per-module alpha {sorted(alphas)} but its settings say "
+                         f"{header.settings.alpha}: the file was altered; re-export it or train again")
+    return from_comfy(comfy, path), header.settings
 
 
 def load_lora(path: Path, transformer: torch.nn.Module, base_model: str) -> LoraSettings:
-    """Attach the LoRA in `path` to `transformer`, after checking it was made for this model."""
-    state, settings = read_lora(path)
-    if settings.base_model and base_model and settings.base_model != base_model:
-        raise InputError(f"LoRA file {path} was trained for another base model ({settings.base_kind}, "
-                         f"fingerprint {settings.base_model}, this one is {base_model}): train it on this model")
-    add_lora(transformer, settings)
-    _check_shapes(lora_state(transformer), state, str(path))
-    set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+    """Attach the LoRA in `path` to `transformer`, after checking its names and shapes against it.
+
+    The check runs on the file's header, before any tensor is read; on any failure the transformer is
+    left as it was.
+    """
+    header = inspect_lora(path)
+    add_lora(transformer, header.settings)
+    try:
+        problems = lora_problems(header, {k: tuple(v.shape) for k, v in lora_state(transformer).items()}, base_model)
+        if problems:
+            raise InputError(*problems)
+        state, settings = read_lora(path)
+        set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+    except BaseException:
+        remove_lora(transformer)
+        raise
     return settings
 
 
-def _check_shapes(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], where: str) -> None:
+def _shape_mismatch(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> str:
+    """'' when `got` has exactly the names and shapes of `expected`, else a one-line summary of the difference."""
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
-    wrong = [k for k in expected.keys() & got.keys() if expected[k].shape != got[k].shape]
-    if missing or extra or wrong:
-        detail = (f"{len(missing)} missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]}), "
-                  f"{len(wrong)} of another shape (e.g. {wrong[:1]})")
-        raise InputError(f"LoRA {where} does not fit this model: {detail}: use a LoRA trained on this model "
-                         "with the same rank and targets")
+    wrong = sorted(k for k in expected.keys() & got.keys() if tuple(expected[k]) != tuple(got[k]))
+    if not (missing or extra or wrong):
+        return ""
+    parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+             f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+             f"{len(wrong)} of another shape (e.g. {wrong[0]}: {tuple(got[wrong[0]])}, model needs "
+             f"{tuple(expected[wrong[0]])})" if wrong else ""]
+    return ", ".join(p for p in parts if p)

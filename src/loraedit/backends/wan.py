@@ -9,8 +9,6 @@ and for Wan2.2 two experts switched at a timestep boundary.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .. import conditioning
 from ..conditioning import Sample
-from ..errors import InputError
+from .wan_folder import DEFAULT_FRAMES, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
 
 #: Wan's cross-attention splits its context as [image tokens, 512 text tokens] (hard-coded in
 #: diffusers' attention processor): any other text length silently routes image tokens to the text
@@ -39,9 +37,6 @@ WAN_NEGATIVE_PROMPT = (
 #: layers) except the CLIP image key/value projections (add_k_proj / add_v_proj). A peft regex, matched
 #: against the full module name, so nothing outside `blocks.N` is touched.
 DEFAULT_LORA_TARGETS = r"blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.0\.proj|ffn\.net\.2)"
-
-REQUIRED_FILES = ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
-                  "scheduler/scheduler_config.json")
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ class WanBackend:
         self.model_dir = model_dir
         self.device = device
         self.dtype = dtype
-        self.info = info
+        self.info = info  # working_size / frames, as `read_wan_folder` found them in loraedit_model.json
         vae_cfg = pipe.vae.config
         self.spatial_factor = int(getattr(vae_cfg, "scale_factor_spatial", 8))
         self.temporal_factor = int(getattr(vae_cfg, "scale_factor_temporal", 4))
@@ -137,11 +132,11 @@ class WanBackend:
     @property
     def working_size(self) -> tuple[int, int]:
         """(width, height) the model was trained at: the folder's `loraedit_model.json`, else 832x480."""
-        return tuple(self.info.get("working_size", (832, 480)))
+        return tuple(self.info.get("working_size", DEFAULT_WORKING_SIZE))
 
     @property
     def default_frames(self) -> int:
-        return int(self.info.get("frames", 49))
+        return int(self.info.get("frames", DEFAULT_FRAMES))
 
     @property
     def experts(self) -> list[Expert]:
@@ -156,13 +151,7 @@ class WanBackend:
 
     def fingerprint(self) -> str:
         """Identifies the model for cache keys: its configs and the names and sizes of its weight files."""
-        h = hashlib.sha256()
-        for p in sorted(self.model_dir.rglob("*")):
-            if p.is_file():
-                rel = p.relative_to(self.model_dir).as_posix()
-                h.update(rel.encode())
-                h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
-        return h.hexdigest()[:16]
+        return model_fingerprint(self.model_dir)
 
     # ---- encoders -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -268,30 +257,13 @@ def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def check_model_folder(model_dir: Path) -> dict:
-    """Validate a diffusers Wan I2V folder before loading it; returns model_index.json."""
-    if not model_dir.is_dir():
-        raise InputError(f"model folder {model_dir} does not exist: give a local diffusers-format Wan I2V folder")
-    missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
-    if missing:
-        raise InputError(f"model folder {model_dir} lacks {', '.join(missing)}: give a complete diffusers-format "
-                         "Wan I2V folder (e.g. Wan2.1-I2V-14B-480P-Diffusers)")
-    index = json.loads((model_dir / "model_index.json").read_text())
-    cls = index.get("_class_name", "")
-    if cls not in ("WanImageToVideoPipeline", MaskAwareWanImageToVideoPipeline.__name__):
-        raise InputError(f"model folder {model_dir} holds a {cls or 'unknown'} pipeline, not a Wan image-to-video "
-                         "model: give a Wan2.1-I2V or Wan2.2-I2V folder")
-    transformer_cfg = json.loads((model_dir / "transformer/config.json").read_text())
-    if transformer_cfg.get("in_channels") != 36:
-        raise InputError(f"model folder {model_dir}: transformer has {transformer_cfg.get('in_channels')} input "
-                         "channels, an I2V model has 36 (16 noisy + 4 mask + 16 condition): give an I2V model")
-    return index
-
-
 def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> WanBackend:
-    """Load a local Wan I2V diffusers folder. Never touches a hub; never runs remote code."""
-    model_dir = Path(model_dir)
-    check_model_folder(model_dir)
+    """Load a local Wan I2V diffusers folder. Never touches a hub, never runs remote code, never unpickles.
+
+    `use_safetensors=True` makes diffusers and transformers refuse pickle (.bin) weights outright;
+    `read_wan_folder` has already told the user which files those were.
+    """
+    folder = read_wan_folder(Path(model_dir))
     default_device, default_dtype = default_device_and_dtype()
     device, dtype = device or default_device, dtype or default_dtype
     # The toy world's codec is a component of this package; diffusers resolves a non-diffusers component
@@ -300,13 +272,12 @@ def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.d
 
     # The VAE stays fp32: its latents feed every cache entry and every metric (Wan's own recipe too).
     pipe = MaskAwareWanImageToVideoPipeline.from_pretrained(
-        model_dir, local_files_only=True, torch_dtype={"default": dtype, "vae": torch.float32})
+        folder.path, local_files_only=True, use_safetensors=True, torch_dtype={"default": dtype, "vae": torch.float32})
     pipe.to(device)
     for name in ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
     pipe.set_progress_bar_config(leave=False, desc="sampling")
-    info_path = model_dir / "loraedit_model.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    return WanBackend(pipe, model_dir, device, dtype, info)
+    info = {"working_size": folder.working_size, "frames": folder.default_frames}
+    return WanBackend(pipe, folder.path, device, dtype, info)
