@@ -1,8 +1,10 @@
 """Command line: parse options (and an optional TOML file) into frozen configs, call `api`, report errors.
 
 Every option may also come from `--config FILE.toml` (keys are option names, dashes or underscores);
-options given on the command line win. User-facing failures print one line and exit 2 (bad input) or 1
-(runtime); `--debug` shows the traceback instead.
+options given on the command line win. Every input is checked before any model loads (`validate`), and
+all problems are reported at once: one line each, under a header when there are several. Exit codes:
+2 bad usage or input, 1 runtime failure, 130 interrupted (after saving a checkpoint); `--debug` shows
+the traceback instead of the message.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
                    "I2V), mask-no-lora (mask-aware condition on the base model)")
     g.add_argument("--mask-mode", default="maxpool", choices=["maxpool", "nearest"],
                    help="pixel -> latent mask: maxpool (no edited pixel is ever kept) or nearest (the authors')")
+    g.add_argument("--strict", action="store_true", help="refuse edited images of another aspect ratio than the "
+                   "video instead of resizing them to cover and centre-cropping")
+    g.add_argument("--allow-empty-mask-frames", action="store_true", help="accept frames whose mask marks nothing "
+                   "to edit (the object leaves the picture); otherwise they are an error")
+    g.add_argument("--allow-full-mask-frames", action="store_true", help="accept frames whose mask marks every "
+                   "pixel (nothing of them is kept); otherwise they are an error")
     g.add_argument("--cache-dir", type=Path, help="where encoded latents/embeddings are cached "
                    "(default: ~/.cache/loraedit/encoded, or $LORAEDIT_CACHE/encoded)")
     g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -186,7 +194,9 @@ def _configs(args: argparse.Namespace):
     from .train import TrainConfig
 
     inputs = ClipInputs(video=args.video, mask=args.mask, frames=args.frames, size=args.size,
-                        edited_frames=tuple(getattr(args, "edited_frames", ()) or ()))
+                        edited_frames=tuple(getattr(args, "edited_frames", ()) or ()), strict=args.strict,
+                        allow_empty_mask_frames=args.allow_empty_mask_frames,
+                        allow_full_mask_frames=args.allow_full_mask_frames)
     opts = RunOptions(
         mode=args.mode, low_cost=getattr(args, "low_cost", False),
         low_cost_clip_frames=getattr(args, "low_cost_clip_frames", 13), mask_mode=args.mask_mode,
@@ -244,6 +254,15 @@ def _quiet_libraries() -> None:
         lib.disable_progress_bar()
 
 
+def error_text(exc: LoraEditError) -> str:
+    """One line for one problem; a header and one indented line per problem when there are several."""
+    problems = [" ".join(p.split()) for p in (exc.problems if isinstance(exc, InputError) else (str(exc),))]
+    if len(problems) == 1:
+        return f"loraedit: error: {problems[0]}"
+    return "\n".join([f"loraedit: error: {len(problems)} problems with the input (nothing was loaded or run):",
+                      *(f"  - {p}" for p in problems)])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -255,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     except LoraEditError as exc:
         if debug:
             raise
-        print(f"loraedit: error: {exc}", file=sys.stderr)
+        print(error_text(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("loraedit: interrupted", file=sys.stderr)

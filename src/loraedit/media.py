@@ -229,8 +229,7 @@ def cover_crop(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinea
     if frames.dim() < 2 or frames.shape[-1] < 1 or frames.shape[-2] < 1:
         raise ValueError(f"cover_crop needs [..., H, W] with H, W >= 1, got {tuple(frames.shape)}")
     src_h, src_w = frames.shape[-2:]
-    scale = max(width / src_w, height / src_h)
-    new_w, new_h = max(width, round(src_w * scale)), max(height, round(src_h * scale))
+    new_w, new_h = cover_size((src_w, src_h), (width, height))
     out = frames if frames.is_floating_point() else frames.to(torch.float32)
     if (new_h, new_w) != (src_h, src_w):
         lead = out.shape[:-2]
@@ -246,6 +245,13 @@ def cover_crop(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinea
     if mode != "nearest":
         out = out.clamp(-1.0, 1.0)  # bicubic overshoots; keeps images in range
     return out.contiguous()
+
+
+def cover_size(source: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) ``source`` is resized to by ``cover_crop`` before the centre crop to ``size``."""
+    (src_w, src_h), (width, height) = source, size
+    scale = max(width / src_w, height / src_h)
+    return max(width, round(src_w * scale)), max(height, round(src_h * scale))
 
 
 def prepare_video(frames: torch.Tensor, num_frames: int, size: tuple[int, int]) -> torch.Tensor:
