@@ -8,15 +8,25 @@ experts each get their own LoRA trained on their own noise range.
 Every random draw of step `s` (sample order, noise, sigma) comes from a generator seeded by
 (seed, phase, step), so a run resumed from a checkpoint draws exactly what the uninterrupted run drew:
 a checkpoint needs only the LoRA, the optimiser and the step, no RNG state.
+
+Crash safety: a checkpoint folder appears by one rename and is never modified after, so a process
+killed at any instant leaves the previous checkpoint whole; the final LoRA files are written atomically
+before the checkpoints are removed, and `train_log.json` records the run's key, so `--resume` after a
+finished run (say an `edit` killed while sampling) reuses its LoRA instead of training again. A
+non-finite or exploding loss, or a non-finite gradient, stops training before the optimiser step, so
+no checkpoint ever holds a damaged LoRA.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import safetensors
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -25,7 +35,13 @@ from . import lora_io
 from .backends.wan import DEFAULT_LORA_TARGETS, EncodedSample, Expert
 from .cache import content_key
 from .conditioning import stage2_schedule
-from .errors import InputError, LoraEditError
+from .errors import InputError, Interrupted, LoraEditError
+from .media import atomic_path
+
+#: A loss this many times the median of the phase's losses so far means training diverged (flow-matching
+#: losses on normalised latents stay within a small factor of each other across noise levels).
+EXPLODING_LOSS_FACTOR = 100.0
+EXPLODING_LOSS_MIN_HISTORY = 8  # losses seen in the phase before the test applies
 
 
 @dataclass(frozen=True)
@@ -130,10 +146,19 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
             if p.requires_grad:
                 p.data = p.data.float()  # LoRA weights train in fp32 even on a bf16 base
 
-    # 2. Resume or start fresh.
+    # 2. Resume (from a checkpoint, or a finished run's LoRA files) or start fresh.
     ckpt_dir = out_dir / "checkpoints"
+    _remove_leftovers(out_dir, ckpt_dir)
     state = TrainState(losses=[[] for _ in phases])
     latest = latest_checkpoint(ckpt_dir)
+    finished = _finished_lora_files(out_dir, backend, run_key) if resume and latest is None else None
+    if finished is not None:
+        for expert in backend.experts:
+            lora_io.load_lora_state(backend.transformer(expert.name), lora_io.read_lora(finished[expert.name])[0])
+            backend.transformer(expert.name).eval()
+        print(f"loraedit: note: {out_dir} holds the finished LoRA of this same run: reusing it (--resume)",
+              file=sys.stderr)
+        return finished
     if latest is not None and not resume:
         raise InputError(f"{out_dir} holds a checkpoint of an earlier run ({latest.name}): pass --resume to "
                          "continue it, or choose another output folder / delete it to start over")
@@ -180,15 +205,13 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                         (sigma * 1000).to(device), sample.text[None].to(device, backend.dtype),
                         None if sample.image is None else sample.image[None].to(device, backend.dtype))
                 loss = flow_matching_loss(pred, x0, noise)
-                if not torch.isfinite(loss):
-                    raise LoraEditError(f"training loss became {loss.item()} at step {done_before + 1} "
-                                        f"(stage {phase.stage}); the last good checkpoint is in {ckpt_dir}: "
-                                        "lower --lr and pass --resume")
+                _stop_if_diverged("loss", loss, state.losses[phase_index], done_before + 1, phase, ckpt_dir, cfg)
 
-                # 5. Update the LoRA only.
+                # 5. Update the LoRA only (never with a non-finite gradient: it would poison every checkpoint).
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                _stop_if_diverged("gradient norm", grad_norm, [], done_before + 1, phase, ckpt_dir, cfg)
                 optimizer.step()
 
                 state.step = step + 1
@@ -200,8 +223,8 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                     _save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
         except KeyboardInterrupt:
             _save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
-            raise LoraEditError(f"interrupted at step {done_before}; saved a checkpoint in {ckpt_dir}: "
-                                "run the same command with --resume to continue") from None
+            raise Interrupted(f"interrupted at step {done_before}; saved a checkpoint in {ckpt_dir}: "
+                              "run the same command with --resume to continue") from None
         transformer.eval()
         state.phase, state.step = phase_index + 1, 0
         if phase_index + 1 < len(phases):
@@ -216,10 +239,56 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                           extra={"expert": expert.name, "sigma_range": [expert.sigma_low, expert.sigma_high]})
         paths[expert.name] = path
     log = {"phases": [{"stage": p.stage, "expert": p.expert.name, "steps": p.steps} for p in phases],
-           "losses": state.losses, "config": asdict(cfg)}
-    (out_dir / "train_log.json").write_text(json.dumps(log))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+           "losses": state.losses, "config": asdict(cfg), "run_key": run_key,
+           "lora_files": {name: path.name for name, path in paths.items()}}
+    with atomic_path(out_dir / "train_log.json") as tmp:
+        tmp.write_text(json.dumps(log))
+    if ckpt_dir.exists():  # renamed first, so a kill mid-delete never leaves a half-deleted checkpoint behind
+        trash = out_dir / f".checkpoints-done-{run_key[:8]}"
+        shutil.rmtree(trash, ignore_errors=True)
+        ckpt_dir.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return paths
+
+
+def _stop_if_diverged(what: str, value: torch.Tensor, history: list[float], step: int, phase: Phase,
+                      ckpt_dir: Path, cfg: TrainConfig) -> None:
+    """Raise before the optimiser step when `value` is not finite or (a loss) has exploded.
+
+    The LoRA in memory is then still the one of the previous step; the last checkpoint on disk is good.
+    Training is deterministic, so --resume would only repeat the step: the message says to start over.
+    """
+    value = float(value.detach())
+    exploded = (len(history) >= EXPLODING_LOSS_MIN_HISTORY
+                and value > EXPLODING_LOSS_FACTOR * float(torch.tensor(history).median()))
+    if math.isfinite(value) and not exploded:
+        return
+    why = f"became {value}" if not math.isfinite(value) else (
+        f"exploded to {value:.4g}, over {EXPLODING_LOSS_FACTOR:g}x its median so far")
+    latest = latest_checkpoint(ckpt_dir)
+    kept = f"the last good checkpoint ({latest.name}) is kept in {ckpt_dir}" if latest else "no checkpoint was written yet"
+    raise LoraEditError(f"training stopped at step {step} (stage {phase.stage}, {phase.expert.name}): the {what} "
+                        f"{why}; {kept}. Resuming would repeat this step (training is deterministic): start again "
+                        f"in a new --out folder with a lower --lr (e.g. {cfg.learning_rate / 3:.2g})")
+
+
+def _finished_lora_files(out_dir: Path, backend, run_key: str) -> dict[str, Path] | None:
+    """The LoRA files of a finished run with this exact key in `out_dir`, if all are there."""
+    try:
+        log = json.loads((out_dir / "train_log.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(log, dict) or log.get("run_key") != run_key or not isinstance(log.get("lora_files"), dict):
+        return None
+    paths = {e.name: out_dir / str(log["lora_files"].get(e.name, "")) for e in backend.experts}
+    return paths if all(p.is_file() and p.suffix == ".safetensors" for p in paths.values()) else None
+
+
+def _remove_leftovers(out_dir: Path, ckpt_dir: Path) -> None:
+    """Delete what a killed run may have left half-written: checkpoint temp folders and trash."""
+    leftovers = [*ckpt_dir.glob(".tmp-ckpt-*"), *ckpt_dir.glob(".old-ckpt-*"), *out_dir.glob(".checkpoints-done-*")]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------
@@ -254,14 +323,27 @@ def _save_checkpoint(ckpt_dir: Path, backend, state: TrainState, optimizer, run_
     (tmp / "state.json").write_text(json.dumps(
         {"run_key": run_key, "phase": state.phase, "step": state.step, "losses": state.losses,
          "param_groups": groups}))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in sorted(ckpt_dir.glob("ckpt-*"))[:-2]:  # keep the two newest
+    if final.exists():  # e.g. Ctrl-C right after this step's checkpoint: move the old one aside, never edit it
+        old = ckpt_dir / f".old-{final.name}"
         shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    for stale in sorted(ckpt_dir.glob("ckpt-*"))[:-2]:  # keep the two newest
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _load_checkpoint(path: Path, backend, run_key: str) -> tuple[TrainState, dict | None]:
+    try:
+        return _read_checkpoint(path, backend, run_key)
+    except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as exc:
+        raise InputError(f"checkpoint {path} is damaged ({type(exc).__name__}): delete that folder to resume from "
+                         "the checkpoint before it, or start over in another output folder") from None
+
+
+def _read_checkpoint(path: Path, backend, run_key: str) -> tuple[TrainState, dict | None]:
     meta = json.loads((path / "state.json").read_text())
     if meta["run_key"] != run_key:
         raise InputError(f"checkpoint {path} belongs to a run with other inputs or settings: resume with the same "
