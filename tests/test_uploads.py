@@ -1,4 +1,4 @@
-"""Untrusted uploads: nothing escapes its session folder, only allowed types and sizes are kept, nothing half-written."""
+"""Untrusted uploads: nothing leaves its session folder; only allowed types and sizes are kept, never half-written."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def test_oversized_uploads_are_refused_while_streaming(session, monkeypatch):
 @pytest.mark.parametrize("name, data", [("fake.png", b"GIF89a" + b"\x00" * 30), ("fake.mp4", PNG),
                                         ("fake.safetensors", b"\x80\x04\x95pickle..."), ("empty.png", b""),
                                         ("fake.webm", MP4), ("bin.toml", b"a = 1\x00\x00")],
-                         ids=["gif-as-png", "png-as-mp4", "pickle-as-safetensors", "empty", "mp4-as-webm", "binary-toml"])
+                         ids=["gif-as-png", "png-as-mp4", "pickle-as-safetensors", "empty", "mp4-as-webm",
+                              "binary-toml"])
 def test_content_must_match_the_claimed_type(session, name, data):
     _, _, folder = session
     kind = {".png": "image", ".mp4": "video", ".safetensors": "lora", ".webm": "video", ".toml": "config"}[

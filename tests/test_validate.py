@@ -257,7 +257,7 @@ CATALOGUE = [
     # LoRA files
     Case("LoRA missing", "sample", lambda f: {"--lora": f.root / "nope.safetensors"}, "does not exist"),
     Case("LoRA corrupt", "sample", lambda f: {"--lora": f.lora_corrupt}, "not a readable safetensors"),
-    Case("LoRA is a pickle", "sample", lambda f: {"--lora": f.lora_pickle}, "not a readable safetensors"),
+    Case("LoRA is a pickle", "sample", lambda f: {"--lora": f.lora_pickle}, "is not a .safetensors file"),
     Case("LoRA without loraedit settings", "sample", lambda f: {"--lora": f.lora_no_meta}, "no loraedit settings"),
     Case("LoRA for another base model", "sample", lambda f: {"--lora": f.lora_other_model}, "another base model"),
     Case("LoRA altered to another rank", "sample", lambda f: {"--lora": f.lora_altered_rank},
@@ -267,11 +267,12 @@ CATALOGUE = [
     Case("LoRA experts swapped (Wan2.2)", "sample",
          lambda f: {"--model": f.wan22, "--lora": f.lora22_2}, extra=lambda f: ["--lora", f.lora22],
          expect="trained for the transformer_2 expert"),
-    Case("mask-aware sample without LoRA", "sample", lambda f: {"--lora": None}, "needs a trained LoRA"),
+    Case("mask-aware sample without LoRA", "sample", lambda f: {"--lora": None},
+         "error: --mode mask-aware needs a trained LoRA"),
     Case("LoRA given to a mode without LoRA", "sample", lambda f: {"--mode": "no-lora"}, "--lora is not used"),
     # disk, outputs, earlier runs
     Case("disk too small", "edit", setup=_tiny_disk, expect="free but this run needs about"),
-    Case("output under a file", "sample", lambda f: {"--out": f.a_file / "out.mp4"}, "cannot write there"),
+    Case("output under a file", "sample", lambda f: {"--out": f.a_file / "out.mp4"}, "a_file is a file, not a folder"),
     Case("output video is a folder", "sample", lambda f: {"--out": f.root}, "is a folder"),
     Case("output video not .mp4", "sample", lambda f: {"--out": f.root / "out.mov"}, "ending in .mp4"),
     Case("earlier checkpoint without --resume", "train", setup=_earlier_checkpoint, expect="pass --resume"),
@@ -376,6 +377,15 @@ def test_bad_input_is_refused_before_any_model_loads(case, files, tmp_path, caps
         lines = err.strip().splitlines()
         assert len(lines) == 1 or (lines[0].endswith("(nothing was loaded or run):")
                                    and all(line.startswith("  - ") for line in lines[1:]))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_output_folder_is_refused(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(api, "load_backend", _no_model_load)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    code = _run(_argv(Case("x", "sample", lambda f: {"--out": locked / "o.mp4"}), files, tmp_path))
+    assert code == 2 and "no permission to write in" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback_instead(files, tmp_path, monkeypatch):

@@ -22,10 +22,8 @@ from .cache import TensorCache, content_key
 from .errors import out_of_memory_advice
 from .lora_io import load_lora, remove_lora
 from .train import TrainConfig, train_lora
-from .validate import MODES, TRAINING_MODES, CheckedRun, Clip, check_run, resolve_model_dir
+from .validate import TRAINING_MODES, CheckedRun, Clip, check_run, resolve_model_dir
 
-__all__ = ["MODES", "Clip", "ClipInputs", "EditedFrame", "RunOptions", "SampleConfig", "edit", "sample", "train",
-           "resolve_model_dir", "load_backend", "work_dir_for"]
 CONCEPT_TOKEN = "p3rs0n,"
 
 

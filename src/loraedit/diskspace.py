@@ -29,8 +29,8 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def writable(path: Path) -> bool:
-    """Whether `path` (file or folder) could be created or replaced by this process."""
+def unwritable_reason(path: Path) -> str | None:
+    """Why `path` (file or folder) could not be created or replaced by this process; None if it could."""
     target = Path(path).absolute()
     existing = nearest_existing(target)
     if existing == target:
@@ -38,8 +38,8 @@ def writable(path: Path) -> bool:
     elif existing.is_dir():
         folder = existing  # the missing part of the path would be created in it
     else:
-        return False  # a file stands where a folder of the path would have to be
-    return os.access(folder, os.W_OK | os.X_OK)
+        return f"{existing} is a file, not a folder"
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"no permission to write in {folder}"
 
 
 def free_bytes(path: Path) -> int:
@@ -80,7 +80,8 @@ def disk_problems(folder: WanFolder, frames: int, size: tuple[int, int], num_edi
     for group in by_disk.values():
         total, free = sum(n[1] for n in group), free_bytes(group[0][0])
         if free < total:
-            whats = " and ".join(dict.fromkeys(n[2] for n in group))
+            whats = list(dict.fromkeys(n[2] for n in group))
+            whats = ", ".join(whats[:-1]) + " and " + whats[-1] if len(whats) > 1 else whats[0]
             options = " or ".join(dict.fromkeys(n[3] for n in group))
             problems.append(f"{nearest_existing(group[0][0])} has {_size(free)} free but this run needs about "
                             f"{_size(total)} there for {whats}: free some space, or choose {options} on a larger disk")

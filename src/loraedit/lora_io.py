@@ -136,6 +136,9 @@ def inspect_lora(path: Path) -> LoraHeader:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"LoRA file {path} does not exist: train one with `loraedit train` first")
+    if path.suffix.lower() != ".safetensors":
+        raise InputError(f"LoRA file {path} is not a .safetensors file: loraedit reads LoRAs only as safetensors "
+                         "(pickle formats such as .ckpt/.pt/.bin can run code when opened); convert it")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -266,7 +266,8 @@ def _stop_if_diverged(what: str, value: torch.Tensor, history: list[float], step
     why = f"became {value}" if not math.isfinite(value) else (
         f"exploded to {value:.4g}, over {EXPLODING_LOSS_FACTOR:g}x its median so far")
     latest = latest_checkpoint(ckpt_dir)
-    kept = f"the last good checkpoint ({latest.name}) is kept in {ckpt_dir}" if latest else "no checkpoint was written yet"
+    kept = (f"the last good checkpoint ({latest.name}) is kept in {ckpt_dir}" if latest
+            else "no checkpoint was written yet")
     raise LoraEditError(f"training stopped at step {step} (stage {phase.stage}, {phase.expert.name}): the {what} "
                         f"{why}; {kept}. Resuming would repeat this step (training is deterministic): start again "
                         f"in a new --out folder with a lower --lr (e.g. {cfg.learning_rate / 3:.2g})")

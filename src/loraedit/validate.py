@@ -139,7 +139,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     edited = _check_edited_frames(found, inputs, source, clip, size)
     # 6. LoRA: the given files against the model (sampling), or the LoRA to train (its size, for the disk).
     params = 0
-    if folder is not None and command == "sample" and opts.mode in TRAINING_MODES:
+    if folder is not None and command == "sample" and opts.mode in TRAINING_MODES and loras:
         _check_loras(found, folder, [Path(p) for p in loras])
     if folder is not None and cfg is not None and train_dir is not None and not found.problems:
         params = _lora_params(found, folder, cfg)
@@ -414,8 +414,9 @@ def _check_outputs(found: _Findings, command: str, opts: RunOptions, video_out: 
     if command == "train" and train_dir is not None and Path(train_dir).is_file():
         add(f"--out {train_dir} is a file: give a folder for lora.safetensors")
     for target, option in ((video_out, "--out"), (train_dir, "--out"), (opts.cache_dir, "--cache-dir")):
-        if target is not None and not diskspace.writable(Path(target)):
-            add(f"{option} {target}: cannot write there (no permission): choose a folder you can write to")
+        why = diskspace.unwritable_reason(Path(target)) if target is not None else None
+        if why:
+            add(f"{option} {target}: cannot write there ({why}): choose a folder you can write to")
     if train_dir is not None and not opts.resume:
         latest = latest_checkpoint(Path(train_dir) / "checkpoints")
         if latest is not None:

@@ -117,7 +117,8 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
         path=model_dir, kind="wan2.2-i2v" if "transformer_2" in components else "wan2.1-i2v",
         experts=("transformer", "transformer_2") if two_experts else ("transformer",),
         working_size=(int(size[0]), int(size[1])), default_frames=int(frames),
-        spatial_factor=int(vae.get("scale_factor_spatial", 8)), temporal_factor=int(vae.get("scale_factor_temporal", 4)),
+        spatial_factor=int(vae.get("scale_factor_spatial", 8)),
+        temporal_factor=int(vae.get("scale_factor_temporal", 4)),
         patch_size=tuple(int(v) for v in transformer.get("patch_size", (1, 2, 2))),
         latent_channels=int(vae.get("z_dim", 16)), fingerprint=model_fingerprint(model_dir),
         transformer_configs=configs)
@@ -182,9 +183,9 @@ def _weight_problems(component: Path) -> list[str]:
     if not any(p.suffix == ".safetensors" for p in files):
         pickled = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
         if pickled:
-            problems.append(f"model folder {component.parent}: {component.name}/ has only pickle weights ({pickled[0]}),"
-                            " which loraedit never opens (they can run code): use the safetensors release of the "
-                            "model or convert it with save_pretrained(safe_serialization=True)")
+            problems.append(f"model folder {component.parent}: {component.name}/ has only pickle weights "
+                            f"({pickled[0]}), which loraedit never opens (they can run code): use the safetensors "
+                            "release of the model or convert it with save_pretrained(safe_serialization=True)")
         else:
             problems.append(f"model folder {component.parent}: {component.name}/ has no .safetensors weights: "
                             "finish copying the model")
