@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     deadline = time.perf_counter() + args.minutes * 60
     last_ckpt = time.perf_counter()
     transformer.train()
-    bar = tqdm(desc="pretraining", initial=state["step"], total=args.total_steps, dynamic_ncols=True)
+    bar = tqdm(desc="pretraining", initial=state["step"], total=args.total_steps, dynamic_ncols=True,
+               mininterval=30)  # a log of hours, not of every step
     losses = []
     while time.perf_counter() < deadline and state["step"] < args.total_steps:
         step = state["step"]
