@@ -17,7 +17,7 @@ from loraedit.toyworld.scenes import moving_square
 def _isolated_cache(tmp_path_factory):
     """Never touch the user's ~/.cache: the toy model and encoded-cache go to a session temp folder."""
     os.environ["LORAEDIT_CACHE"] = str(tmp_path_factory.mktemp("loraedit-cache"))
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # the test models are tiny: threads only add sync overhead
 
 
 @pytest.fixture(scope="session")

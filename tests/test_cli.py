@@ -154,3 +154,20 @@ def test_missing_model_folder_is_a_clear_error(clip_files, tmp_path, capsys):
                  str(clip_files["mask"]), "--edited-first-frame", str(clip_files["edited0"]), "--mode", "no-lora"])
     assert code == 2
     assert "model folder" in capsys.readouterr().err
+
+
+def test_bench_quality_writes_every_mode(wan21_dir, tmp_path, capsys):
+    """The bench's mechanics on one card scenario with the random tiny model (numbers meaningless)."""
+    out = tmp_path / "results"
+    code = main(["bench", "quality", "--model", str(wan21_dir), "--scenarios", "1", "--stage1-steps", "2",
+                 "--stage2-steps", "2", "--rank", "4", "--steps", "2", "--out", str(out), "--json",
+                 str(tmp_path / "q.json"), "--quiet"])
+    assert code == 0
+    summary = json.loads((tmp_path / "q.json").read_text())
+    assert set(summary["modes"]) == {"no-lora", "mask-no-lora", "naive", "mask-aware", "mask-aware+frames",
+                                     "low-cost", "codec-ceiling", "static-first-frame"}
+    for row in summary["modes"].values():
+        assert set(row) >= {"edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err"}
+    assert summary["scenarios"][0]["card"] is True
+    assert (out / "table.md").is_file() and (out / "chart.png").is_file()
+    assert len(list((out / "sheets").glob("*.png"))) == 1

@@ -133,6 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_options(p, with_lora=True)
     p.add_argument("--out", type=Path, default=Path("out/edit.mp4"), help="output mp4 (default out/edit.mp4)")
 
+    p = sub.add_parser("bench", help="measure the method: `bench quality` scores every mode against toy-world "
+                       "ground truth")
+    p.add_argument("which", choices=["quality"], help="quality: every mode on held-out toy-world scenarios")
+    p.add_argument("--model", default="toy", help="model (default: the embedded toy model)")
+    p.add_argument("--scenarios", type=int, default=12, help="held-out scenarios (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="which held-out scenarios (disjoint sets per seed)")
+    p.add_argument("--json", type=Path, help="also write the summary JSON here")
+    p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for JSON, table, chart, contact "
+                   "sheets (default docs/results)")
+    p.add_argument("--stage1-steps", type=int, default=100, help="LoRA steps on the clip (default 100)")
+    p.add_argument("--stage2-steps", type=int, default=100, help="LoRA steps with the edited later frame")
+    p.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate (default 1e-4)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    p.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")
+    p.add_argument("--shift", type=float, default=5.0, help="sampler flow shift (default 5)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
     p = sub.add_parser("demo", help="run the whole method on a generated toy-world clip")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--model", default="toy", help="model (default: the embedded toy model)")
@@ -229,6 +248,9 @@ def run(args: argparse.Namespace) -> None:
 
         run_demo(args.out, model=args.model, progress=not args.quiet)
         return
+    if args.command == "bench":
+        _bench_quality(args)
+        return
     inputs, opts, cfg, scfg = _configs(args)
     if args.command == "edit":
         api.edit(args.model, inputs, args.edited_first_frame, args.out, opts, cfg, scfg)
@@ -239,6 +261,25 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "sample":
         api.sample(args.model, inputs, args.edited_first_frame, args.out, args.loras, opts, scfg)
         print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')}")
+
+
+def _bench_quality(args: argparse.Namespace) -> None:
+    import json
+
+    from .api import load_backend
+    from .quality import QualityConfig, run_quality
+    from .train import TrainConfig
+
+    train = TrainConfig(rank=args.rank, alpha=float(args.rank), learning_rate=args.lr, stage1_steps=args.stage1_steps,
+                        stage2_steps=args.stage2_steps, checkpoint_every=0)
+    cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, train=train, steps=args.steps,
+                        guidance=args.guidance, shift=args.shift)
+    summary = run_quality(lambda: load_backend(args.model), cfg, args.out, progress=not args.quiet)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"modes": summary["modes"], "scenarios": summary["scenarios"]}, indent=1))
+    print((args.out / "table.md").read_text())
+    print(f"wrote {args.out}/quality.json, table.md, chart.png and sheets/ in {summary['seconds']} s")
 
 
 def _quiet_libraries() -> None:
