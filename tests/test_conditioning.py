@@ -567,3 +567,21 @@ def test_mask_aware_pipeline_call_injects_condition_and_resets(wan):
     with pytest.raises(ValueError):
         pipe(image=None, prompt_embeds=None, condition=cond, clip_embeds=clip)
     assert pipe._given_condition is None and pipe._given_clip_embeds is None
+
+
+def test_recolour_changes_only_the_edit_region_and_is_seeded():
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(5, 3, 8, 8, generator=g) * 2 - 1
+    masks = torch.zeros(5, 8, 8)
+    masks[:, 2:6, 2:6] = 1
+    a = C.recolour_edit_region(video, masks, torch.Generator().manual_seed(1))
+    b = C.recolour_edit_region(video, masks, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    outside = masks == 0
+    assert torch.equal(a.permute(1, 0, 2, 3)[:, outside], video.permute(1, 0, 2, 3)[:, outside])
+    assert not torch.allclose(a[:, :, 2:6, 2:6], video[:, :, 2:6, 2:6])
+    assert a.min() >= -1 and a.max() <= 1
+    samples = C.appearance_augmented_samples(video, masks, "p", copies=2)
+    assert len(samples) == 2 and not torch.equal(samples[0].target, samples[1].target)
+    assert torch.equal(samples[0].keep_mask, C.keep_mask_from_edit_masks(masks))
+    assert torch.equal(samples[0].condition_video[0], samples[0].target[0])  # frame 0 shows the recolour

@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage2-steps", type=int, default=100, help="LoRA steps with the edited later frame")
     p.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate (default 1e-4)")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--recolour-copies", type=int, default=0, help="appearance augmentation: recoloured copies "
+                   "of the clip in mask-aware training (ours; default 0 = the paper)")
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     p.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")
     p.add_argument("--shift", type=float, default=5.0, help="sampler flow shift (default 5)")
@@ -273,7 +275,7 @@ def _bench_quality(args: argparse.Namespace) -> None:
     train = TrainConfig(rank=args.rank, alpha=float(args.rank), learning_rate=args.lr, stage1_steps=args.stage1_steps,
                         stage2_steps=args.stage2_steps, checkpoint_every=0)
     cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, train=train, steps=args.steps,
-                        guidance=args.guidance, shift=args.shift)
+                        guidance=args.guidance, shift=args.shift, recolour_copies=args.recolour_copies)
     summary = run_quality(lambda: load_backend(args.model), cfg, args.out, progress=not args.quiet)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,34 @@ def low_cost_samples(
     ]
 
 
+def recolour_edit_region(video: torch.Tensor, edit_masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random colour transform (channel shuffle, per-channel gain and offset) inside every frame's mask.
+
+    The same transform in every frame, frame 0 included: the clip keeps its motion, but the edit region's
+    appearance is no longer the one training can memorise; it must be taken from frame 0 (*ours*).
+    """
+    _check_video_and_masks(video, edit_masks)
+    order = torch.randperm(3, generator=generator)
+    gain = 0.6 + 0.8 * torch.rand(3, generator=generator)
+    offset = 0.6 * torch.rand(3, generator=generator) - 0.3
+    recoloured = (video[:, order] * gain.view(1, 3, 1, 1) + offset.view(1, 3, 1, 1)).clamp(-1, 1)
+    m = edit_masks.float()[:, None]
+    return video * (1 - m) + recoloured * m
+
+
+def appearance_augmented_samples(video: torch.Tensor, edit_masks: torch.Tensor, prompt: str, copies: int,
+                                 seed: int = 0) -> list[Sample]:
+    """Stage-1 samples of the clip with its edit region recoloured (`copies` different transforms).
+
+    Trained beside the plain motion sample, they teach the LoRA to carry frame 0's appearance through
+    the masked region instead of memorising the input's (the drift back to the original colour seen
+    when a LoRA fits one clip).
+    """
+    g = torch.Generator().manual_seed(seed)
+    return [motion_sample(recolour_edit_region(video, edit_masks, g), edit_masks, prompt, name=f"recolour{i}")
+            for i in range(copies)]
+
+
 def stage2_schedule(num_motion_samples: int, num_edited_frames: int, repeats: int = 9) -> list[int]:
     """One epoch of stage 2 as sample indices: each motion sample once, each edited frame `repeats` times.
 

@@ -47,6 +47,7 @@ class QualityConfig:
     seed: int = 0
     card_every: int = 3  # every n-th scenario is a turning card (for mask-aware+frames)
     low_cost_clip_frames: int = 5  # 17 frames -> clips 1-5, 5-9, 9-13, 13-17 (the paper's 49/13, scaled)
+    recolour_copies: int = 0  # appearance augmentation of mask-aware training (ours; 0 = the paper's method)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(checkpoint_every=0))
     steps: int = 30
     guidance: float = 5.0
@@ -94,6 +95,7 @@ def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, 
     if "naive" in cfg.modes:
         outputs["naive"] = trained("naive", [conditioning.naive_sample(video, train_prompt)], [], plain_cond)
     motion = [conditioning.motion_sample(video, masks, train_prompt)]
+    motion += conditioning.appearance_augmented_samples(video, masks, train_prompt, cfg.recolour_copies)
     if "mask-aware" in cfg.modes:
         outputs["mask-aware"] = trained("mask-aware", motion, [], mask_cond)
     if "mask-aware+frames" in cfg.modes and scenario.later_frame is not None:
