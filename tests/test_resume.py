@@ -113,7 +113,7 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_lora(wan2
 # ---- in-process: Ctrl-C, divergence, damage, a finished run --------------------------------------------
 
 CFG = TrainConfig(rank=4, alpha=4.0, learning_rate=1e-3, stage1_steps=3, stage2_steps=2, stage2_repeats=2,
-                  checkpoint_every=2, gradient_checkpointing=False)
+                  checkpoint_every=2)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -21,6 +21,7 @@ from .backends.wan import WAN_NEGATIVE_PROMPT, EncodedSample, WanBackend, load_w
 from .cache import TensorCache, content_key
 from .errors import out_of_memory_advice
 from .lora_io import load_lora, remove_lora
+from .performance import PerformanceConfig
 from .train import TrainConfig, train_lora
 from .validate import TRAINING_MODES, CheckedRun, Clip, check_run, resolve_model_dir
 
@@ -78,13 +79,14 @@ class RunOptions:
     progress: bool = True
     resume: bool = False
     device: str | None = None
+    performance: PerformanceConfig = PerformanceConfig()  # memory mode, attention, compile, checkpointing, ...
 
 
 # ---- model and media ------------------------------------------------------------------------------------
 
 
-def load_backend(model: str | Path, device: str | None = None) -> WanBackend:
-    return load_wan(resolve_model_dir(model), torch.device(device) if device else None)
+def load_backend(model: str | Path, device: str | None = None, perf: PerformanceConfig | None = None) -> WanBackend:
+    return load_wan(resolve_model_dir(model), torch.device(device) if device else None, perf=perf)
 
 
 def _print_notes(run: CheckedRun) -> None:
@@ -98,14 +100,18 @@ def _memory_advice(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = 
     m = run.model.size_multiple
     smaller = "x".join(str(max(m, round(v * 0.75 / m) * m)) for v in run.size)
     tips = []
-    if cfg is not None and not cfg.gradient_checkpointing:
-        tips.append("drop --no-gradient-checkpointing")
+    perf = opts.performance
+    if cfg is not None and perf.checkpoint_blocks is not None:
+        tips.append("drop --no-gradient-checkpointing / --checkpoint-blocks (checkpoint every block)")
+    if not perf.offload:
+        tips.append("add --memory-mode " + ("fp8+offload" if perf.fp8_base else "fp8 (or fp8+offload on a 24 GB card)"))
     if cfg is not None and not opts.low_cost:
         tips.append(f"add --low-cost (trains on {opts.low_cost_clip_frames}-frame clips)")
     if run.frames > 5:
         tips.append(f"use fewer --frames (e.g. {fewer} instead of {run.frames})")
     tips.append(f"use a smaller --size (e.g. {smaller} instead of {run.size[0]}x{run.size[1]})")
-    tail = "; a changed setting starts a new run (an interrupted one resumes only as it was)" if cfg else ""
+    tail = ("; --memory-mode and gradient checkpointing may change on --resume, any other changed setting "
+            "starts a new run") if cfg else ""
     return "try to " + ", or ".join(tips) + "; close other programs using the GPU" + tail
 
 
@@ -176,7 +182,7 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
     out_dir = Path(out_dir)
     run = check_run("train", model, inputs, opts, cfg=cfg, train_dir=out_dir)
     _print_notes(run)
-    backend = load_backend(run.model.path, opts.device)
+    backend = load_backend(run.model.path, opts.device, opts.performance)
     return _train(backend, run, out_dir, opts, cfg)
 
 
@@ -196,7 +202,7 @@ def _train(backend: WanBackend, run: CheckedRun, out_dir: Path, opts: RunOptions
         "model": str(run.model.path), "kind": backend.kind, "mode": opts.mode, "frames": run.frames,
         "size": list(run.size), "low_cost": opts.low_cost, "edited_frames": [ef.index for ef in run.edited_frames],
         "seconds": round(time.perf_counter() - started, 2), "cache_hits": encoder.cache.hits,
-        "cache_misses": encoder.cache.misses, "train_config": asdict(cfg)})
+        "cache_misses": encoder.cache.misses, "train_config": asdict(cfg), "performance": asdict(opts.performance)})
     return paths
 
 
@@ -228,7 +234,8 @@ def generate(backend: WanBackend, run: CheckedRun, prepared: PreparedSampling, o
     """Attach the LoRA file(s), sample, optionally paste the background back, write the outputs."""
     if opts.mode in TRAINING_MODES:
         for path, expert in zip(loras, backend.experts, strict=True):
-            load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint())
+            load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint(), dtype=backend.dtype,
+                      device=backend.device)
     backend.pipe.set_progress_bar_config(disable=not opts.progress, leave=False, desc="sampling")
     cond = prepared.condition
     with out_of_memory_advice("sampling the edit", _memory_advice(run, opts)):
@@ -248,7 +255,7 @@ def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, 
     run = check_run("sample", model, inputs, opts, scfg=scfg, edited_first_frame=Path(edited_first_frame),
                     loras=tuple(loras), video_out=out)
     _print_notes(run)
-    backend = load_backend(run.model.path, opts.device)
+    backend = load_backend(run.model.path, opts.device, opts.performance)
     prepared = prepare_sampling(backend, run, opts, scfg)
     backend.free_encoders()
     return generate(backend, run, prepared, out, loras, opts, scfg)
@@ -262,7 +269,7 @@ def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, op
     run = check_run("edit", model, inputs, opts, cfg=cfg, scfg=scfg, edited_first_frame=Path(edited_first_frame),
                     video_out=out, train_dir=work_dir_for(out) if trains else None)
     _print_notes(run)
-    backend = load_backend(run.model.path, opts.device)
+    backend = load_backend(run.model.path, opts.device, opts.performance)
     prepared = prepare_sampling(backend, run, opts, scfg)
     loras: list[Path] = []
     if trains:

@@ -66,6 +66,13 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, help="where encoded latents/embeddings are cached "
                    "(default: ~/.cache/loraedit/encoded, or $LORAEDIT_CACHE/encoded)")
     g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--memory-mode", default="full", choices=["full", "fp8", "offload", "fp8+offload"],
+                   help="base weights: full (bf16 on the GPU), fp8 (stored in float8, half the memory), offload "
+                   "(kept in CPU memory, streamed layer by layer), fp8+offload (for 24 GB cards); default full")
+    g.add_argument("--attention", default="auto", help="attention backend: auto (FlashAttention 3/2 if installed, "
+                   "else PyTorch SDPA), native, flash, _flash_3, _native_cudnn, _native_math, sage (sampling only)")
+    g.add_argument("--compile", action="store_true", help="torch.compile each transformer block (about a minute "
+                   "once; faster steps on a GPU)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     g.add_argument("--config", type=Path, help="TOML file of options (command-line options win)")
@@ -89,7 +96,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timestep-sampling", default="uniform", choices=["uniform", "logit-normal", "shifted"],
                    help="noise-level distribution in training (default uniform, as the authors)")
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint interval in steps (0 = never)")
-    g.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
+    g.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory "
+                   "(= --checkpoint-blocks 0)")
+    g.add_argument("--checkpoint-blocks", type=int, help="gradient checkpointing on the first N transformer blocks "
+                   "only (default: every block; memory grows with the blocks left out)")
+    g.add_argument("--timestep-shift", type=float, default=3.0, help="shift for --timestep-sampling shifted "
+                   "(default 3)")
     g.add_argument("--train-seed", type=int, default=0, help="seed of LoRA init, sample order, noise")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
@@ -108,6 +120,10 @@ def _add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
     g.add_argument("--negative-prompt", help="negative prompt (default: Wan's standard one)")
     g.add_argument("--paste-background", action="store_true", help="copy the input's pixels back outside the mask "
                    "(off by default, so the method itself is what you see)")
+    g.add_argument("--no-batched-cfg", action="store_true", help="run the conditional and unconditional "
+                   "predictions as two forwards (default: one batched forward; same result)")
+    g.add_argument("--vae-tiling", action="store_true", help="decode the video in spatial tiles (less memory "
+                   "for large frames)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +228,7 @@ def _config_path(argv: list[str]) -> Path | None:
 def _configs(args: argparse.Namespace):
     from .api import ClipInputs, RunOptions, SampleConfig
     from .backends.wan import DEFAULT_LORA_TARGETS, WAN_NEGATIVE_PROMPT
+    from .performance import PerformanceConfig
     from .train import TrainConfig
 
     inputs = ClipInputs(video=args.video, mask=args.mask, frames=args.frames, size=args.size,
@@ -223,17 +240,28 @@ def _configs(args: argparse.Namespace):
         low_cost_clip_frames=getattr(args, "low_cost_clip_frames", 13), mask_mode=args.mask_mode,
         prompt=args.prompt, train_prompt=args.train_prompt, concept_token=args.concept_token,
         cache_dir=args.cache_dir or default_cache_dir(), progress=not args.quiet,
-        resume=getattr(args, "resume", False), device=args.device)
+        resume=getattr(args, "resume", False), device=args.device,
+        performance=_performance(args, PerformanceConfig))
     cfg = TrainConfig(
         rank=args.rank, alpha=args.alpha, targets=args.targets or DEFAULT_LORA_TARGETS, learning_rate=args.lr,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_repeats=args.stage2_repeats,
-        timestep_sampling=args.timestep_sampling, checkpoint_every=args.checkpoint_every, seed=args.train_seed,
-        gradient_checkpointing=not args.no_gradient_checkpointing) if hasattr(args, "rank") else None
+        timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift,
+        checkpoint_every=args.checkpoint_every, seed=args.train_seed) if hasattr(args, "rank") else None
     scfg = SampleConfig(
         steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift, seed=args.seed,
         negative_prompt=args.negative_prompt if args.negative_prompt is not None else WAN_NEGATIVE_PROMPT,
         paste_background=args.paste_background) if hasattr(args, "steps") else None
     return inputs, opts, cfg, scfg
+
+
+def _performance(args: argparse.Namespace, config_class):
+    """The speed/memory options of the command (training-only and sampling-only ones where it has them)."""
+    blocks = getattr(args, "checkpoint_blocks", None)
+    if getattr(args, "no_gradient_checkpointing", False):
+        blocks = 0
+    return config_class(memory_mode=args.memory_mode, attention=args.attention, compile=args.compile,
+                        checkpoint_blocks=blocks, batched_cfg=not getattr(args, "no_batched_cfg", False),
+                        vae_tiling=getattr(args, "vae_tiling", False))
 
 
 def default_cache_dir() -> Path:

@@ -10,12 +10,14 @@ another model or rank is refused with a clear message instead of loading into th
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -53,10 +55,26 @@ class LoraSettings:
                           init_lora_weights=True)
 
 
-def add_lora(transformer: torch.nn.Module, settings: LoraSettings) -> None:
-    """Attach a fresh trainable LoRA (B = 0, so the model is unchanged until trained)."""
+def add_lora(transformer: torch.nn.Module, settings: LoraSettings, *, dtype: torch.dtype | None = None,
+             device: torch.device | None = None) -> None:
+    """Attach a fresh trainable LoRA (B = 0, so the model is unchanged until trained).
+
+    A is drawn here (peft's own init: Kaiming-uniform, a = sqrt(5)) on the CPU in float32 from the global
+    random state, so a LoRA starts from the same numbers whatever the base's device and storage. peft
+    would put the new weights in the adapted layer's dtype and device: float8 with an fp8 base (layerwise
+    casting), the CPU with an offloaded base. `dtype` / `device` say where they compute instead (default:
+    the adapted layer's, as peft does).
+    """
     transformer.add_adapter(settings.peft_config(), adapter_name=ADAPTER)
     transformer.set_adapter(ADAPTER)
+    for module in transformer.modules():
+        if not (isinstance(module, LoraLayer) and ADAPTER in module.lora_A):
+            continue
+        a, b = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight
+        init = torch.empty(a.shape, dtype=torch.float32)
+        torch.nn.init.kaiming_uniform_(init, a=math.sqrt(5))
+        a.data = init.to(device or a.device, dtype or a.dtype)
+        b.data = torch.zeros(b.shape, device=device or b.device, dtype=dtype or b.dtype)
 
 
 def remove_lora(transformer: torch.nn.Module) -> None:
@@ -196,14 +214,15 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraSettings]:
     return from_comfy(comfy, path), header.settings
 
 
-def load_lora(path: Path, transformer: torch.nn.Module, base_model: str) -> LoraSettings:
+def load_lora(path: Path, transformer: torch.nn.Module, base_model: str, *, dtype: torch.dtype | None = None,
+              device: torch.device | None = None) -> LoraSettings:
     """Attach the LoRA in `path` to `transformer`, after checking its names and shapes against it.
 
     The check runs on the file's header, before any tensor is read; on any failure the transformer is
-    left as it was.
+    left as it was. `dtype` / `device`: where the LoRA computes (see `add_lora`).
     """
     header = inspect_lora(path)
-    add_lora(transformer, header.settings)
+    add_lora(transformer, header.settings, dtype=dtype, device=device)
     try:
         problems = lora_problems(header, {k: tuple(v.shape) for k, v in lora_state(transformer).items()}, base_model)
         if problems:

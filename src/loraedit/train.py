@@ -37,6 +37,7 @@ from .cache import content_key
 from .conditioning import stage2_schedule
 from .errors import InputError, Interrupted, LoraEditError
 from .media import atomic_path
+from .performance import set_gradient_checkpointing
 
 #: A loss this many times the median of the phase's losses so far means training diverged (flow-matching
 #: losses on normalised latents stay within a small factor of each other across noise levels).
@@ -62,7 +63,6 @@ class TrainConfig:
     timestep_shift: float = 3.0  # for "shifted"
     checkpoint_every: int = 25
     seed: int = 0
-    gradient_checkpointing: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,9 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                out_dir: Path, *, resume: bool = False, progress: bool = True) -> dict[str, Path]:
     """Train the LoRA(s) and write `lora.safetensors` (and `lora_2.safetensors` for a second expert).
 
-    Returns {expert name: LoRA path}. `out_dir/checkpoints/` holds the resumable state.
+    Returns {expert name: LoRA path}. `out_dir/checkpoints/` holds the resumable state. How the step runs
+    (memory mode, attention, compile, gradient checkpointing) is the backend's `perf`: it changes no
+    result beyond rounding, so it is not part of the run's key and may change between a crash and --resume.
     """
     out_dir = Path(out_dir)
     samples = motion + edited
@@ -134,17 +136,16 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                           *[t for s in samples for t in (s.target, s.condition, s.text)])
     settings = lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, backend.fingerprint(), backend.kind)
 
-    # 1. Attach a LoRA to every expert (its random init drawn from the seed, not the global RNG).
+    # 1. Attach a LoRA to every expert (its random init drawn from the seed, not the global RNG). The LoRA
+    #    weights train in fp32 on the compute device whatever the base's storage (bf16, fp8, offloaded).
+    backend.place_transformers()
+    device = backend.device
     for i, expert in enumerate(backend.experts):
         transformer = backend.transformer(expert.name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_step_seed(cfg.seed, -1, i))
-            lora_io.add_lora(transformer, settings)
-        if cfg.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        for p in transformer.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()  # LoRA weights train in fp32 even on a bf16 base
+            lora_io.add_lora(transformer, settings, dtype=torch.float32, device=device)
+        set_gradient_checkpointing(transformer, backend.perf.checkpoint_blocks)
 
     # 2. Resume (from a checkpoint, or a finished run's LoRA files) or start fresh.
     ckpt_dir = out_dir / "checkpoints"
@@ -166,7 +167,6 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     if latest is not None:
         state, optimizer_state = _load_checkpoint(latest, backend, run_key)
 
-    device = backend.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     total = sum(p.steps for p in phases)
     done_before = sum(p.steps for p in phases[: state.phase]) + state.step

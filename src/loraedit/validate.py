@@ -35,6 +35,7 @@ import torch
 from . import diskspace, lora_io, media
 from .backends.wan_folder import WanFolder, lora_shapes, read_wan_folder
 from .errors import InputError
+from .performance import performance_problems
 from .train import TrainConfig, latest_checkpoint
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
         add(f"--lora is not used by --mode {opts.mode}: drop it, or use --mode mask-aware to apply it")
     if cfg is not None and opts.mode in TRAINING_MODES:
         _check_train_config(found, cfg, opts)
+    trains = cfg is not None and opts.mode in TRAINING_MODES
+    found.problems.extend(performance_problems(opts.performance, trains=trains))
     if scfg is not None:
         for name, value, ok, need in (
                 ("--steps", scfg.steps, scfg.steps >= 1, "at least 1"),

@@ -18,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .. import conditioning
 from ..conditioning import Sample
+from ..performance import PerformanceConfig, batched_cfg, configure_transformer
 from .wan_folder import DEFAULT_FRAMES, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
 
 #: Wan's cross-attention splits its context as [image tokens, 512 text tokens] (hard-coded in
@@ -105,11 +106,13 @@ class WanBackend:
     """A loaded Wan I2V model folder (diffusers layout) and everything the method needs from it."""
 
     def __init__(self, pipe: MaskAwareWanImageToVideoPipeline, model_dir: Path, device: torch.device,
-                 dtype: torch.dtype, info: dict):
+                 dtype: torch.dtype, info: dict, perf: PerformanceConfig | None = None):
         self.pipe = pipe
         self.model_dir = model_dir
         self.device = device
         self.dtype = dtype
+        self.perf = perf or PerformanceConfig()
+        self._placed = False  # transformers still on the CPU as loaded (see place_transformers)
         self.info = info  # working_size / frames, as `read_wan_folder` found them in loraedit_model.json
         vae_cfg = pipe.vae.config
         self.spatial_factor = int(getattr(vae_cfg, "scale_factor_spatial", 8))
@@ -148,6 +151,22 @@ class WanBackend:
 
     def transformer(self, name: str) -> torch.nn.Module:
         return getattr(self.pipe, name)
+
+    def place_transformers(self) -> None:
+        """Give the transformers the memory mode's storage and put them where they compute (once).
+
+        Deferred until the encoders are done (or a first training or sampling step), so the text encoder
+        and a 14B transformer never need the GPU at the same time; an fp8 base is cast on the CPU first.
+        """
+        if self._placed:
+            return
+        for name in ("transformer", "transformer_2"):
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                configure_transformer(module, self.perf, self.device, self.dtype)
+        if self.perf.vae_tiling and hasattr(self.pipe.vae, "enable_tiling"):
+            self.pipe.vae.enable_tiling()
+        self._placed = True
 
     def fingerprint(self) -> str:
         """Identifies the model for cache keys: its configs and the names and sizes of its weight files."""
@@ -200,13 +219,15 @@ class WanBackend:
         return conditioning.pack_condition(mask, self.encode_video(sample.condition_video))
 
     def free_encoders(self) -> None:
-        """Drop the text and image encoders (they are only needed before training) and park the VAE on CPU."""
+        """Drop the text and image encoders (they are only needed before training), park the VAE on CPU,
+        then bring the transformers to the device."""
         self.pipe.text_encoder = None
         self.pipe.image_encoder = None
         self.pipe.vae.to("cpu")
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        self.place_transformers()
 
     def _vae_device(self) -> torch.device:
         return next(self.pipe.vae.parameters()).device
@@ -224,21 +245,30 @@ class WanBackend:
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None) -> torch.Tensor:
-        """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1]."""
+        """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1].
+
+        With `perf.batched_cfg` (and guidance > 1) each step's conditional and unconditional predictions
+        come from one batched forward (`performance.BatchedCFG`); the pipeline itself is unchanged.
+        """
+        self.place_transformers()
         self._set_shift(shift)
         t_lat, h_lat, w_lat = condition.shape[-3:]
         num_frames = (t_lat - 1) * self.temporal_factor + 1
         height, width = h_lat * self.spatial_factor, w_lat * self.spatial_factor
-        self.pipe.vae.to(self.device)
-        out = self.pipe(
-            image=((first_frame + 1) / 2).clamp(0, 1)[None].to(self.device),
-            prompt_embeds=text[None].to(self.device, self.dtype),
-            negative_prompt_embeds=negative_text[None].to(self.device, self.dtype),
-            clip_embeds=image,
-            height=height, width=width, num_frames=num_frames, num_inference_steps=steps,
-            guidance_scale=guidance, guidance_scale_2=guidance_2 if self.pipe.transformer_2 is not None else None,
-            generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", condition=condition,
-        ).frames
+        self.pipe.vae.to(self.device)  # the pipeline takes its execution device from its modules
+        negative = negative_text[None].to(self.device, self.dtype)
+        transformers = [t for t in (self.pipe.transformer, self.pipe.transformer_2) if t is not None]
+        batch_cfg = self.perf.batched_cfg and guidance > 1  # the pipeline's own test for running uncond
+        with batched_cfg(transformers if batch_cfg else [], negative):
+            out = self.pipe(
+                image=((first_frame + 1) / 2).clamp(0, 1)[None].to(self.device),
+                prompt_embeds=text[None].to(self.device, self.dtype),
+                negative_prompt_embeds=negative,
+                clip_embeds=image,
+                height=height, width=width, num_frames=num_frames, num_inference_steps=steps,
+                guidance_scale=guidance, guidance_scale_2=guidance_2 if self.pipe.transformer_2 is not None else None,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", condition=condition,
+            ).frames
         latents = out[0].float().cpu()  # normalised latents [C, T', h, w]
         return self.decode_latents(latents)
 
@@ -257,8 +287,12 @@ def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> WanBackend:
+def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.dtype | None = None,
+             perf: PerformanceConfig | None = None) -> WanBackend:
     """Load a local Wan I2V diffusers folder. Never touches a hub, never runs remote code, never unpickles.
+
+    The encoders go to `device` at once; the transformers stay on the CPU until `place_transformers`
+    (after encoding) applies `perf`'s memory mode, attention backend and compile.
 
     `use_safetensors=True` makes diffusers and transformers refuse pickle (.bin) weights outright;
     `read_wan_folder` has already told the user which files those were.
@@ -273,11 +307,12 @@ def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.d
     # The VAE stays fp32: its latents feed every cache entry and every metric (Wan's own recipe too).
     pipe = MaskAwareWanImageToVideoPipeline.from_pretrained(
         folder.path, local_files_only=True, use_safetensors=True, torch_dtype={"default": dtype, "vae": torch.float32})
-    pipe.to(device)
     for name in ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
+            if name in ("vae", "text_encoder", "image_encoder"):
+                module.to(device)
     pipe.set_progress_bar_config(leave=False, desc="sampling")
     info = {"working_size": folder.working_size, "frames": folder.default_frames}
-    return WanBackend(pipe, folder.path, device, dtype, info)
+    return WanBackend(pipe, folder.path, device, dtype, info, perf)

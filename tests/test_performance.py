@@ -1,0 +1,195 @@
+"""Every speed/memory mode computes what the plain path computes (loss, LoRA, sample), within tolerance.
+
+Speed and memory themselves are measured by `make bench` and bench/gpu.py, never here. fp8 base weights
+and group offloading run on the CPU in diffusers, so their code paths are exercised here too (the offload
+hooks move weights CPU -> CPU, which checks the hooks and the LoRA placement, not the transfers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from loraedit import conditioning, performance
+from loraedit.api import Encoder
+from loraedit.backends.wan import load_wan
+from loraedit.cli import _configs, build_parser
+from loraedit.performance import PerformanceConfig, batched_cfg, performance_problems
+from loraedit.train import TrainConfig, train_lora
+
+CFG = TrainConfig(rank=4, alpha=4.0, learning_rate=2e-3, stage1_steps=4, checkpoint_every=0)
+PLAIN = PerformanceConfig()
+
+
+@pytest.fixture(scope="module")
+def clip(toy_clip):
+    return toy_clip.video[:9], toy_clip.masks[:9], toy_clip.edited_first_frame
+
+
+def _train(model_dir, clip, perf: PerformanceConfig, out) -> tuple[list[float], dict, object]:
+    backend = load_wan(model_dir, perf=perf)
+    video, masks, _ = clip
+    sample = Encoder(backend, None, "maxpool").sample(conditioning.motion_sample(video, masks, "p3rs0n, a square"))
+    train_lora(backend, [sample], [], CFG, out, progress=False)
+    losses = json.loads((out / "train_log.json").read_text())["losses"][0]
+    lora = {n: p.detach().clone() for n, p in backend.transformer("transformer").named_parameters() if "lora_" in n}
+    return losses, lora, backend
+
+
+@pytest.fixture(scope="module")
+def plain(wan21_dir, clip, tmp_path_factory):
+    return _train(wan21_dir, clip, PLAIN, tmp_path_factory.mktemp("plain"))
+
+
+#: (mode, relative tolerance on the losses, on the trained LoRA). The LoRA is compared by the relative error
+#: of its B matrices (which start at zero, so all of them is training): Adam moves each weight by about lr
+#: per step whatever the gradient's size, so single tiny weights are no measure.
+MODES = [
+    (PerformanceConfig(checkpoint_blocks=0), 1e-5, 1e-3),  # no gradient checkpointing
+    (PerformanceConfig(checkpoint_blocks=1), 1e-5, 1e-3),  # the first of two blocks only
+    (PerformanceConfig(memory_mode="offload"), 1e-5, 1e-3),
+    (PerformanceConfig(attention="_native_math"), 1e-4, 1e-2),  # the textbook attention, quadratic memory
+    (PerformanceConfig(memory_mode="fp8"), 2e-2, 0.25),  # float8 e4m3 base weights: 3 mantissa bits
+    (PerformanceConfig(memory_mode="fp8+offload"), 2e-2, 0.25),
+]
+
+
+@pytest.mark.parametrize("perf, rtol, lora_rtol", MODES,
+                         ids=["no-checkpointing", "checkpoint-1-block", "offload", "math-attention", "fp8", "fp8+offload"])
+def test_every_mode_trains_like_the_plain_path(wan21_dir, clip, plain, tmp_path, perf, rtol, lora_rtol):
+    losses, lora, backend = _train(wan21_dir, clip, perf, tmp_path)
+    plain_losses, plain_lora, _ = plain
+    assert losses == pytest.approx(plain_losses, rel=rtol)
+    assert lora.keys() == plain_lora.keys()
+    assert all(v.dtype == torch.float32 for v in lora.values())  # the LoRA trains in full precision, any storage
+    b, plain_b = (torch.cat([w[n].flatten() for n in sorted(w) if "lora_B" in n]) for w in (lora, plain_lora))
+    err = float((b - plain_b).norm() / plain_b.norm())
+    assert err < lora_rtol
+    base = backend.transformer("transformer").blocks[0].attn1.to_q.base_layer.weight
+    assert base.dtype == (torch.float8_e4m3fn if perf.fp8_base else torch.float32)
+
+
+def test_gradient_checkpointing_per_block(wan21_dir):
+    backend = load_wan(wan21_dir)
+    transformer = backend.transformer("transformer")
+    assert performance.set_gradient_checkpointing(transformer, None) == 2 and transformer.gradient_checkpointing
+    assert performance.set_gradient_checkpointing(transformer, 1) == 1
+    assert performance.set_gradient_checkpointing(transformer, 5) == 2  # more than the model has: every block
+    assert performance.set_gradient_checkpointing(transformer, 0) == 0 and not transformer.gradient_checkpointing
+
+
+def test_compiled_blocks_train_like_the_plain_path(wan21_dir, clip, plain, tmp_path, monkeypatch):
+    # The "eager" dynamo backend traces and guards like inductor but needs no C++ toolchain or minutes of
+    # code generation: it checks the wiring (compile before LoRA, recompile after), not the kernels.
+    monkeypatch.setattr(performance, "COMPILE_KWARGS", {"backend": "eager"})
+    torch._dynamo.reset()
+    losses, _, backend = _train(wan21_dir, clip, PerformanceConfig(compile=True), tmp_path)
+    assert backend.transformer("transformer").blocks[0]._compiled_call_impl is not None
+    assert losses == pytest.approx(plain[0], rel=1e-5)
+    torch._dynamo.reset()
+
+
+# ---- sampling ----------------------------------------------------------------------------------------------
+
+
+def _sample(backend, clip, guidance=5.0):
+    video, masks, first = clip
+    enc = Encoder(backend, None, "maxpool")
+    cond = enc.sample(conditioning.mask_aware_condition(video, masks, first, "p3rs0n, a square"))
+    negative = enc.prompt("")
+    backend.pipe.set_progress_bar_config(disable=True)
+    return backend.generate(cond.condition, first, cond.text, negative, cond.image, steps=3, guidance=guidance,
+                            shift=5.0, seed=0)
+
+
+@pytest.mark.parametrize("model", ["wan21_dir", "wan22_dir"])
+def test_batched_cfg_gives_the_sequential_sample(model, clip, request, monkeypatch):
+    model_dir = request.getfixturevalue(model)
+    sequential = _sample(load_wan(model_dir, perf=PerformanceConfig(batched_cfg=False)), clip)
+    backend = load_wan(model_dir)
+    calls = []
+    original = performance.BatchedCFG.new_forward
+
+    def counting(self, module, *args, **kwargs):
+        calls.append(kwargs["hidden_states"].shape[0])
+        return original(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(performance.BatchedCFG, "new_forward", counting)
+    block_batches = []  # the batch of every forward that actually runs the blocks
+    for t in (backend.pipe.transformer, backend.pipe.transformer_2):
+        if t is not None:
+            t.blocks[0].register_forward_pre_hook(lambda m, args: block_batches.append(args[0].shape[0]))
+    batched = _sample(backend, clip)
+    torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 6  # 3 steps x (cond, uncond) reach the hook ...
+    assert block_batches == [2, 2, 2]  # ... and each step runs one forward, of batch 2
+    assert not hasattr(backend.pipe.transformer, "_diffusers_hook") or \
+        backend.pipe.transformer._diffusers_hook.get_hook(performance.BATCHED_CFG_HOOK) is None  # removed after
+
+
+def test_batched_cfg_leaves_other_calls_alone(wan21_dir):
+    backend = load_wan(wan21_dir)
+    transformer = backend.transformer("transformer")
+    backend.place_transformers()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 36, 3, 8, 8, generator=g)
+    text, negative = torch.randn(1, 512, 32, generator=g), torch.randn(1, 512, 32, generator=g)
+    image, t = torch.randn(1, 17, 4, generator=g), torch.tensor([500.0])
+
+    def call(txt, name=None):
+        kwargs = dict(hidden_states=x, timestep=t, encoder_hidden_states=txt, encoder_hidden_states_image=image,
+                      return_dict=False)
+        if name is None:
+            return transformer(**kwargs)[0]
+        with transformer.cache_context(name):
+            return transformer(**kwargs)[0]
+
+    plain_cond, plain_uncond = call(text), call(negative)
+    with batched_cfg([transformer], negative) as (hook,):
+        assert torch.allclose(call(text), plain_cond, atol=1e-5)  # outside any cache context: unchanged
+        assert hook.batched_calls == 0
+        assert torch.allclose(call(text, "cond"), plain_cond, atol=1e-5)
+        assert torch.allclose(call(negative, "uncond"), plain_uncond, atol=1e-5)
+        assert hook.batched_calls == 1
+        call(text, "cond")
+        other = torch.randn(1, 512, 32, generator=g)  # not the negative it was built with: computed, not reused
+        assert torch.allclose(call(other, "uncond"), call(other), atol=1e-5)
+
+
+def test_vae_tiling_switch(wan21_dir):
+    backend = load_wan(wan21_dir, perf=PerformanceConfig(vae_tiling=True))
+    backend.place_transformers()
+    assert backend.pipe.vae.use_tiling
+
+
+# ---- options --------------------------------------------------------------------------------------------------
+
+
+def test_option_problems_are_named():
+    assert performance_problems(PLAIN, trains=True) == []
+    problems = performance_problems(PerformanceConfig(memory_mode="fp4", attention="sage", checkpoint_blocks=-1),
+                                    trains=True)
+    assert any("--memory-mode 'fp4'" in p for p in problems)
+    assert any("--attention sage has no backward pass" in p for p in problems)
+    assert any("--checkpoint-blocks -1" in p for p in problems)
+    assert not any("sage" in p for p in performance_problems(PerformanceConfig(attention="sage"), trains=False)
+                   if "backward" in p)
+    assert any("--attention 'fast'" in p for p in performance_problems(PerformanceConfig(attention="fast"), False))
+
+
+def test_command_line_options_reach_the_config(clip_files):
+    files = ["--video", str(clip_files["video"]), "--mask", str(clip_files["mask"])]
+    args = build_parser().parse_args(["edit", *files, "--edited-first-frame", str(clip_files["edited0"]),
+                                      "--memory-mode", "fp8+offload", "--attention", "_native_math", "--compile",
+                                      "--checkpoint-blocks", "30", "--no-batched-cfg", "--vae-tiling"])
+    perf = _configs(args)[1].performance
+    assert perf == PerformanceConfig(memory_mode="fp8+offload", attention="_native_math", compile=True,
+                                     checkpoint_blocks=30, batched_cfg=False, vae_tiling=True)
+    assert perf.fp8_base and perf.offload
+    args = build_parser().parse_args(["train", *files, "--no-gradient-checkpointing"])
+    assert _configs(args)[1].performance == replace(PLAIN, checkpoint_blocks=0)
+    args = build_parser().parse_args(["sample", *files, "--edited-first-frame", str(clip_files["edited0"])])
+    assert _configs(args)[1].performance == PLAIN
