@@ -39,6 +39,31 @@ def _edited_frame(text: str):
     return EditedFrame(int(parts[0]), Path(parts[1]), Path(parts[2]) if len(parts) == 3 else None)
 
 
+def _frame_prefix(text: str, option: str, form: str) -> tuple[int | None, list[float]]:
+    """`[N:]v,v,...` -> (N or None, the numbers); an ArgumentTypeError names the option and the form."""
+    frame, _, values = text.rpartition(":")
+    try:
+        numbers = [float(v) for v in values.split(",")]
+        return (int(frame) if frame else None), numbers
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{option} {text!r} is not {form}") from None
+
+
+def _point(text: str) -> tuple[int | None, float, float, int]:
+    frame, v = _frame_prefix(text, "--points", "[FRAME:]x,y[,label], e.g. 320,240 or 12:320,240,0")
+    if len(v) not in (2, 3) or (len(v) == 3 and v[2] not in (0, 1)):
+        raise argparse.ArgumentTypeError(f"--points {text!r} is not [FRAME:]x,y[,label] with label 1 (on the object) "
+                                         "or 0 (not on it)")
+    return frame, v[0], v[1], int(v[2]) if len(v) == 3 else 1
+
+
+def _box(text: str) -> tuple[int | None, tuple[float, float, float, float]]:
+    frame, v = _frame_prefix(text, "--box", "[FRAME:]x0,y0,x1,y1, e.g. 100,80,300,260 or 24:100,80,300,260")
+    if len(v) != 4:
+        raise argparse.ArgumentTypeError(f"--box {text!r} is not [FRAME:]x0,y0,x1,y1 (four numbers)")
+    return frame, (v[0], v[1], v[2], v[3])
+
+
 def _add_clip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input clip")
     g.add_argument("--model", default="toy", help="local diffusers Wan I2V folder, or 'toy' / 'toy-wan2.2' for the "
@@ -170,12 +195,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    _add_mask_parser(sub)
+
     p = sub.add_parser("demo", help="run the whole method on a generated toy-world clip")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--model", default="toy", help="model (default: the embedded toy model)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true")
     return parser
+
+
+def _add_mask_parser(sub) -> None:
+    p = sub.add_parser("mask", help="make edit masks: track a clicked object with SAM2, or interpolate key-frame boxes")
+    p.add_argument("--video", type=Path, required=True, help="the input video (or folder of frames)")
+    p.add_argument("--points", type=_point, nargs="+", action="extend", default=[], metavar="[N:]x,y[,label]",
+                   help="clicks on the object in source-video pixels (label 1 = object, 0 = not; frame N default "
+                   "--frame); needs --sam")
+    p.add_argument("--box", type=_box, action="append", default=[], metavar="[N:]x0,y0,x1,y1",
+                   help="a box around the object on frame N (default --frame): a SAM2 prompt with --sam, else a key "
+                   "frame (boxes are interpolated linearly between key frames); repeatable")
+    p.add_argument("--frame", type=int, default=0, help="frame of --points/--box without N: (default 0)")
+    p.add_argument("--sam", type=Path, help="local SAM2 (or SAM3 tracker) folder in transformers' safetensors layout; "
+                   "without it, --box key frames are interpolated")
+    p.add_argument("--shape", default="box", choices=["box", "outline"], help="with --sam: box = per component its "
+                   "box grown 10%%, specks dropped (the authors'); outline = the tracked outline (default box)")
+    p.add_argument("--dilate", type=float, default=0.0, help="with --sam: grow the outline by this many pixels first")
+    p.add_argument("--min-area", type=float, default=50, help="with --shape box: drop components under this many "
+                   "pixels (default 50, the authors')")
+    p.add_argument("--out", type=Path, required=True, help="output folder: masks/ (PNGs for `loraedit edit --mask`), "
+                   "preview.mp4, masks.json")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--config", type=Path, help="TOML file of options (command-line options win)")
 
 
 def _apply_toml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -281,6 +333,9 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "bench":
         _bench_quality(args)
         return
+    if args.command == "mask":
+        _mask(args)
+        return
     inputs, opts, cfg, scfg = _configs(args)
     if args.command == "edit":
         api.edit(args.model, inputs, args.edited_first_frame, args.out, opts, cfg, scfg)
@@ -291,6 +346,23 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "sample":
         api.sample(args.model, inputs, args.edited_first_frame, args.out, args.loras, opts, scfg)
         print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')}")
+
+
+def _mask(args: argparse.Namespace) -> None:
+    from .masks import MaskRequest, make_masks
+
+    req = MaskRequest(
+        video=args.video, out=args.out, sam=args.sam, shape=args.shape, dilate=args.dilate, min_pixels=args.min_area,
+        points=tuple((args.frame if f is None else f, x, y, label) for f, x, y, label in args.points),
+        boxes=tuple((args.frame if f is None else f, box) for f, box in args.box), device=args.device,
+        progress=not args.quiet)
+    info = make_masks(req)
+    if info["empty_frames"]:
+        print(f"loraedit: note: {len(info['empty_frames'])} frame(s) have an empty mask (e.g. frame "
+              f"{info['empty_frames'][0]}); `loraedit edit` refuses them unless --allow-empty-mask-frames",
+              file=sys.stderr)
+    print(f"wrote {args.out / 'masks'} ({info['frames']} PNGs), {args.out / 'preview.mp4'} and "
+          f"{args.out / 'masks.json'} in {info['seconds']} s; use them with `loraedit edit --mask {args.out / 'masks'}`")
 
 
 def _bench_quality(args: argparse.Namespace) -> None:
