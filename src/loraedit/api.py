@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -79,6 +79,7 @@ class RunOptions:
     progress: bool = True
     resume: bool = False
     device: str | None = None
+    caption: Path | None = None  # local Florence-2 folder: captions where --prompt / --train-prompt are not given
     performance: PerformanceConfig = PerformanceConfig()  # memory mode, attention, compile, checkpointing, ...
 
 
@@ -118,6 +119,28 @@ def _memory_advice(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = 
 def compose_prompt(token: str, caption: str) -> str:
     """The paper's prompt: the fixed concept token, then the caption."""
     return " ".join(part for part in (token.strip(), caption.strip()) if part)
+
+
+def with_captions(run: CheckedRun, opts: RunOptions, training: bool, sampling: bool) -> RunOptions:
+    """Fill the prompts the user left out with Florence-2 captions (`--caption`), before the video model loads.
+
+    Training gets the caption of the input's first frame unless --train-prompt is given; sampling the
+    caption of the edited first frame unless --prompt is given (METHOD.md: c and c-tilde).
+    """
+    if opts.caption is None:
+        return opts
+    from .captions import Florence2Captioner
+
+    captioner = Florence2Captioner(opts.caption, opts.cache_dir, opts.device)
+    changes = {}
+    if training and opts.train_prompt is None:
+        changes["train_prompt"] = captioner.caption(run.clip.video[0])
+        print(f"loraedit: note: caption of the input's first frame: {changes['train_prompt']!r}", file=sys.stderr)
+    if sampling and not opts.prompt:
+        changes["prompt"] = captioner.caption(run.edited_first_frame)
+        print(f"loraedit: note: caption of the edited first frame: {changes['prompt']!r}", file=sys.stderr)
+    captioner.free()
+    return replace(opts, **changes)
 
 
 # ---- encoding with a cache ------------------------------------------------------------------------------
@@ -182,6 +205,7 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
     out_dir = Path(out_dir)
     run = check_run("train", model, inputs, opts, cfg=cfg, train_dir=out_dir)
     _print_notes(run)
+    opts = with_captions(run, opts, training=True, sampling=False)
     backend = load_backend(run.model.path, opts.device, opts.performance)
     return _train(backend, run, out_dir, opts, cfg)
 
@@ -255,6 +279,7 @@ def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, 
     run = check_run("sample", model, inputs, opts, scfg=scfg, edited_first_frame=Path(edited_first_frame),
                     loras=tuple(loras), video_out=out)
     _print_notes(run)
+    opts = with_captions(run, opts, training=False, sampling=True)
     backend = load_backend(run.model.path, opts.device, opts.performance)
     prepared = prepare_sampling(backend, run, opts, scfg)
     backend.free_encoders()
@@ -269,6 +294,7 @@ def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, op
     run = check_run("edit", model, inputs, opts, cfg=cfg, scfg=scfg, edited_first_frame=Path(edited_first_frame),
                     video_out=out, train_dir=work_dir_for(out) if trains else None)
     _print_notes(run)
+    opts = with_captions(run, opts, training=trains, sampling=True)
     backend = load_backend(run.model.path, opts.device, opts.performance)
     prepared = prepare_sampling(backend, run, opts, scfg)
     loras: list[Path] = []

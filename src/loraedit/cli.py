@@ -64,6 +64,13 @@ def _box(text: str) -> tuple[int | None, tuple[float, float, float, float]]:
     return frame, (v[0], v[1], v[2], v[3])
 
 
+def _caption(text: str) -> Path:
+    kind, sep, folder = text.partition(":")
+    if kind != "florence2" or not sep or not folder:
+        raise argparse.ArgumentTypeError(f"--caption {text!r} is not florence2:DIR (a local Florence-2 folder)")
+    return Path(folder)
+
+
 def _add_clip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input clip")
     g.add_argument("--model", default="toy", help="local diffusers Wan I2V folder, or 'toy' / 'toy-wan2.2' for the "
@@ -77,6 +84,9 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", default="", help="caption of the edited first frame (the concept token is prefixed)")
     g.add_argument("--train-prompt", help="caption of the input's first frame for training (default: --prompt)")
     g.add_argument("--concept-token", default="p3rs0n,", help="rare token prefixed to every prompt (default: p3rs0n,)")
+    g.add_argument("--caption", type=_caption, metavar="florence2:DIR", help="caption the first frame (training) and "
+                   "the edited first frame (sampling) with a local Florence-2 folder (<DETAILED_CAPTION>, 'The image "
+                   "shows' stripped); --prompt / --train-prompt override it; cached with the latents")
     g.add_argument("--mode", default="mask-aware", choices=["mask-aware", "naive", "no-lora", "mask-no-lora"],
                    help="mask-aware (the method), naive (LoRA on the standard I2V condition), no-lora (stock "
                    "I2V), mask-no-lora (mask-aware condition on the base model)")
@@ -293,7 +303,7 @@ def _configs(args: argparse.Namespace):
         prompt=args.prompt, train_prompt=args.train_prompt, concept_token=args.concept_token,
         cache_dir=args.cache_dir or default_cache_dir(), progress=not args.quiet,
         resume=getattr(args, "resume", False), device=args.device,
-        performance=_performance(args, PerformanceConfig))
+        performance=_performance(args, PerformanceConfig), caption=args.caption)
     cfg = TrainConfig(
         rank=args.rank, alpha=args.alpha, targets=args.targets or DEFAULT_LORA_TARGETS, learning_rate=args.lr,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_repeats=args.stage2_repeats,

@@ -167,6 +167,10 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
         add(f"--mode {opts.mode} trains no LoRA: train with mask-aware or naive")
     if opts.mask_mode not in ("maxpool", "nearest"):
         add(f"--mask-mode {opts.mask_mode!r} is unknown: choose maxpool or nearest")
+    if opts.caption is not None:
+        from .captions import folder_problems
+
+        found.problems.extend(folder_problems(opts.caption))
     if inputs.edited_frames and opts.mode != "mask-aware":
         add(f"--edited-frame is used only by mask-aware training, not --mode {opts.mode}: drop it or use "
             "--mode mask-aware")
