@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import conditioning, media
+from . import conditioning, media, report
 from .backends.wan import WAN_NEGATIVE_PROMPT, EncodedSample, WanBackend, load_wan
 from .cache import TensorCache, content_key
 from .errors import out_of_memory_advice
@@ -207,7 +207,9 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
     _print_notes(run)
     opts = with_captions(run, opts, training=True, sampling=False)
     backend = load_backend(run.model.path, opts.device, opts.performance)
-    return _train(backend, run, out_dir, opts, cfg)
+    paths = _train(backend, run, out_dir, opts, cfg)
+    report.write_training_report(out_dir, _settings(run, opts, cfg))
+    return paths
 
 
 def _train(backend: WanBackend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig) -> dict[str, Path]:
@@ -268,7 +270,8 @@ def generate(backend: WanBackend, run: CheckedRun, prepared: PreparedSampling, o
                                  shift=scfg.shift, seed=scfg.seed)
     if scfg.paste_background:
         video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks)
-    write_outputs(Path(out), video, prepared.clip)
+    log = Path(loras[0]).with_name("train_log.json") if loras else None
+    write_outputs(Path(out), video, prepared.clip, _settings(run, opts, None, scfg), log)
     return video
 
 
@@ -311,11 +314,29 @@ def work_dir_for(out: Path) -> Path:
     return out.with_name(out.stem + ".work")
 
 
-def write_outputs(out: Path, video: torch.Tensor, clip: Clip) -> None:
-    """The edited mp4 and, beside it, a contact sheet (input | mask | output)."""
+def write_outputs(out: Path, video: torch.Tensor, clip: Clip, settings: dict | None = None,
+                  train_log: Path | None = None) -> None:
+    """The edited mp4 and, beside it, a contact sheet (input | mask | output), input | output side by side,
+    the metrics JSON and the HTML report (`report.write_result_report`)."""
     media.write_video(out, video, fps=clip.fps)
     media.write_contact_sheet(out.with_suffix(".contact.png"),
                               {"input": clip.video, "mask": clip.masks, "output": video})
+    report.write_result_report(out, video, clip.video, clip.masks, clip.fps, settings or {}, train_log)
+
+
+def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
+              scfg: SampleConfig | None = None) -> dict:
+    """What a report shows about how a result was made."""
+    settings = {"model": str(run.model.path), "kind": run.model.kind, "mode": opts.mode, "frames": run.frames,
+                "size": f"{run.size[0]}x{run.size[1]}", "prompt": compose_prompt(opts.concept_token, opts.prompt)}
+    if cfg is not None:
+        train_prompt = opts.train_prompt if opts.train_prompt is not None else opts.prompt
+        settings |= {"train_prompt": compose_prompt(opts.concept_token, train_prompt), "rank": cfg.rank,
+                     "lr": cfg.learning_rate, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps}
+    if scfg is not None:
+        settings |= {"steps": scfg.steps, "guidance": scfg.guidance, "shift": scfg.shift, "seed": scfg.seed,
+                     "paste_background": scfg.paste_background}
+    return settings
 
 
 def _write_json(path: Path, data: dict) -> None:

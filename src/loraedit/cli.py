@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     _add_mask_parser(sub)
+    _add_eval_parser(sub)
 
     p = sub.add_parser("demo", help="run the whole method on a generated toy-world clip")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
@@ -234,6 +235,31 @@ def _add_mask_parser(sub) -> None:
                    "pixels (default 50, the authors')")
     p.add_argument("--out", type=Path, required=True, help="output folder: masks/ (PNGs for `loraedit edit --mask`), "
                    "preview.mp4, masks.json")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--config", type=Path, help="TOML file of options (command-line options win)")
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="score an edited video (CLIP score, input similarity, background PSNR/SSIM, "
+                       "temporal consistency), or a folder of cases with --suite")
+    p.add_argument("--input", type=Path, help="the input video")
+    p.add_argument("--output", type=Path, help="the edited video")
+    p.add_argument("--mask", type=Path, help="edit masks of the input (background = outside them)")
+    p.add_argument("--edited-first-frame", type=Path, help="the edited first frame (default: the output's frame 0)")
+    p.add_argument("--reference", type=Path, help="a ground-truth edited video: adds PSNR/SSIM against it")
+    p.add_argument("--suite", type=Path, help="a folder of cases (CASE/source.mp4, CASE/edited/*.png, optional "
+                   "CASE/mask/, CASE/outputs/<edit>.mp4): scores every case and prints a table")
+    p.add_argument("--outputs", type=Path, help="with --suite: where the outputs are (OUTPUTS/CASE/<edit>.mp4) "
+                   "instead of CASE/outputs/")
+    p.add_argument("--clip", type=Path, help="local CLIP folder (transformers layout, e.g. clip-vit-large-patch14); "
+                   "without it the CLIP metrics are skipped")
+    p.add_argument("--frame-set", default="after-first", choices=["after-first", "all"],
+                   help="frames scored: after-first (default: frame 0 is the given edit) or all")
+    p.add_argument("--deqa-json", type=Path, help="DeQA-Score results from tools/deqa_score.py (run in its own "
+                   "environment) to merge in")
+    p.add_argument("--json", type=Path, help="write the metrics JSON here")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -346,6 +372,9 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "mask":
         _mask(args)
         return
+    if args.command == "eval":
+        _eval(args)
+        return
     inputs, opts, cfg, scfg = _configs(args)
     if args.command == "edit":
         api.edit(args.model, inputs, args.edited_first_frame, args.out, opts, cfg, scfg)
@@ -373,6 +402,31 @@ def _mask(args: argparse.Namespace) -> None:
               file=sys.stderr)
     print(f"wrote {args.out / 'masks'} ({info['frames']} PNGs), {args.out / 'preview.mp4'} and "
           f"{args.out / 'masks.json'} in {info['seconds']} s; use them with `loraedit edit --mask {args.out / 'masks'}`")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import EvalConfig, EvalInputs, evaluate, format_table, run_suite, write_json
+
+    cfg = EvalConfig(clip=args.clip, frame_set=args.frame_set, device=args.device, progress=not args.quiet,
+                     deqa_json=args.deqa_json)
+    if args.suite is not None:
+        single = [f"--{n.replace('_', '-')}" for n in ("input", "output", "mask", "edited_first_frame", "reference")
+                  if getattr(args, n) is not None]
+        if single:
+            raise InputError(f"--suite scores the cases in its folder: drop {', '.join(single)}")
+        result = run_suite(args.suite, cfg, outputs=args.outputs)
+        print(format_table(result["rows"], result["mean"]))
+    else:
+        given = (("--input", args.input), ("--output", args.output), ("--mask", args.mask))
+        missing = [option for option, value in given if value is None]
+        if missing:
+            raise InputError(f"loraedit eval needs {', '.join(missing)} (or --suite DIR for a folder of cases)")
+        inputs = EvalInputs(args.input, args.output, args.mask, args.edited_first_frame, args.reference)
+        result = evaluate(inputs, cfg)
+        print(format_table([result["metrics"] | {"case": args.output.name}]))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
 
 
 def _bench_quality(args: argparse.Namespace) -> None:
