@@ -1,48 +1,351 @@
-"""Seconds per training step and per sampling step of the embedded toy model on this machine.
+"""`make bench`: how fast and how lean loraedit trains and samples on this machine, against a naive loop.
 
-A first speed probe (the full benchmark with ratios to a naive reference loop is issue 7's work):
-run with `make bench`. Prints one JSON line.
+Everything runs in one process, side by side, on the toy world's model (the pretrained folder when it is
+committed, else the same architecture with random weights: the speed is the same) and a 17x96x96
+toy-world clip:
+
+- the machine: threads and measured float32 matmul throughput (GFLOP/s);
+- encoding: a first encode of the clip (VAE, text, CLIP) and the second, read from the content cache;
+- training: s/step and peak RSS of a naive reference loop (re-encodes the clip with the VAE, text and CLIP
+  encoders every step; gradients for every weight; no gradient checkpointing; textbook attention;
+  for-loop AdamW) and of loraedit's loop (cached encodings, encoders freed, LoRA-only gradients, SDPA
+  attention, foreach AdamW), with checkpointing on every block (the default) and off; the FLOPs of a
+  step from `loraedit.perfmodel` over the measured time and the machine's matmul throughput;
+- sampling: s/step of the naive path (prompts and image encoded per call, cond and uncond as two
+  forwards, textbook attention) and of loraedit's (cached embeddings, batched CFG), decoding included;
+- the cost model checked on this model (activation bytes counted with saved-tensor hooks), and the
+  modelled Wan2.1-I2V-14B table (see docs/PERFORMANCE.md: modelled, not measured here).
+
+Peak RSS is the kernel's high-water mark (VmHWM), reset before each phase through /proc/self/clear_refs.
+Prints a human table and one JSON line; `--json PATH` also writes the JSON. Takes about 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from loraedit import conditioning
-from loraedit.api import Encoder, load_backend
-from loraedit.toyworld.scenes import moving_square
-from loraedit.train import TrainConfig, train_lora
+from loraedit import conditioning, lora_io, perfmodel
+from loraedit.api import Encoder
+from loraedit.backends.wan import WanBackend, load_wan
+from loraedit.performance import PerformanceConfig
+from loraedit.train import TrainConfig, flow_matching_loss, sample_sigma, train_lora
+
+PROMPT = "p3rs0n, a red square on a striped background"
+NAIVE_PERF = PerformanceConfig(attention="_native_math", checkpoint_blocks=0, batched_cfg=False)
 
 
-def main() -> None:
-    import tempfile
+# ---- the machine ----------------------------------------------------------------------------------------
 
-    torch.manual_seed(0)
-    backend = load_backend("toy")
+
+def matmul_gflops(n: int = 1024, seconds: float = 2.0) -> float:
+    """float32 n x n matmul throughput with torch's current threads (the best of repeated runs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - start))
+    return best / 1e9
+
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+class PeakRSS:
+    """Peak resident memory of a phase: the kernel's high-water mark, reset when the phase starts."""
+
+    def __enter__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+        self.start_mib = _status_kib("VmRSS") / 1024
+        return self
+
+    def __exit__(self, *exc):
+        self.peak_mib = _status_kib("VmHWM") / 1024
+        self.above_start_mib = self.peak_mib - self.start_mib
+
+
+# ---- the model and the clip ---------------------------------------------------------------------------------
+
+
+def world_model_folder(cache: Path) -> Path:
+    """The toy world's model folder: the committed pretrained one, else its architecture with random weights."""
+    from loraedit.toyworld import models
+
+    if (models.WORLD_WEIGHTS / "model_index.json").is_file():
+        return models.WORLD_WEIGHTS
+    path = cache / "world-random"
+    if not (path / "model_index.json").is_file():
+        from loraedit.backends.wan import MaskAwareWanImageToVideoPipeline
+        from loraedit.toyworld.codec import PatchCodec
+
+        parts = models.build_world_components(seed=0)
+        parts["vae"] = PatchCodec(z_dim=16, scale_factor_spatial=4, scale_factor_temporal=4)
+        MaskAwareWanImageToVideoPipeline(**parts).save_pretrained(path, safe_serialization=True)
+        (path / "loraedit_model.json").write_text(json.dumps(
+            {"working_size": list(models.WORLD_SIZE), "frames": models.WORLD_FRAMES, "note": "random weights"}))
+    return path
+
+
+def bench_clip(backend: WanBackend):
+    """A clip at the model's working size: a toy-world scene at 96x96, else the moving square."""
     w, h = backend.working_size
     frames = backend.default_frames
+    if (w, h) == (96, 96):
+        from loraedit.toyworld.scenes import HELDOUT_SEED_BASE, generate
+
+        scene = generate(HELDOUT_SEED_BASE + 7, frames, (w, h))
+        return scene.video, scene.box_masks, scene.edited_first_frame
+    from loraedit.toyworld.scenes import moving_square
+
     clip = moving_square(0, frames, (w, h))
-    enc = Encoder(backend, None, "maxpool")
-    sample = enc.sample(conditioning.motion_sample(clip.video, clip.masks, "p3rs0n, a red square"))
-    steps = 60
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        train_lora(backend, [sample], [], TrainConfig(stage1_steps=steps, checkpoint_every=0), tmp, progress=False)
-        train_s = (time.perf_counter() - started) / steps
-    cond = enc.sample(conditioning.mask_aware_condition(clip.video, clip.masks, clip.edited_first_frame, "x"))
-    negative = enc.prompt("")
-    backend.pipe.set_progress_bar_config(disable=True)
-    sample_steps = 30
+    return clip.video, clip.masks, clip.edited_first_frame
+
+
+def step_times(backend: WanBackend) -> list[float]:
+    """Record the time of every `predict` call: differences are whole steps (forward, backward, update)."""
+    stamps: list[float] = []
+    original = backend.predict
+
+    def timed(*args, **kwargs):
+        stamps.append(time.perf_counter())
+        return original(*args, **kwargs)
+
+    backend.predict = timed
+    return stamps
+
+
+def per_step(stamps: list[float], skip: int = 2) -> float:
+    """Median seconds between successive steps, after `skip` warm-up steps."""
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])][skip:]
+    return statistics.median(gaps)
+
+
+# ---- the naive reference ---------------------------------------------------------------------------------------
+
+
+def naive_training(backend: WanBackend, video, masks, steps: int, cfg: TrainConfig) -> float:
+    """A training loop without loraedit's optimisations; returns seconds per step."""
+    transformer = backend.transformer("transformer")
+    backend.place_transformers()
+    torch.manual_seed(0)
+    lora_io.add_lora(transformer, lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, "bench", backend.kind))
+    lora = [p for p in transformer.parameters() if p.requires_grad]
+    transformer.requires_grad_(True)  # naive: every weight gets a gradient (only the LoRA is updated)
+    optimizer = torch.optim.AdamW(lora, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                  foreach=False)
+    transformer.train()
+    gen = torch.Generator().manual_seed(0)
+    stamps = []
+    for _ in range(steps):
+        stamps.append(time.perf_counter())
+        sample = conditioning.motion_sample(video, masks, PROMPT)
+        x0 = backend.encode_video(sample.target)[None]  # the VAE, every step
+        condition = backend.condition_tensor(sample)[None]  # the VAE again
+        text = backend.encode_prompt(sample.prompt)[None]  # the text encoder, every step
+        image = backend.encode_image(sample.clip_image)
+        image = None if image is None else image[None]  # CLIP, every step
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = sample_sigma(gen, 0.0, 1.0, "uniform", 1.0)
+        pred = backend.predict(transformer, (1 - sigma) * x0 + sigma * noise, condition, sigma * 1000, text, image)
+        loss = flow_matching_loss(pred, x0, noise)
+        optimizer.zero_grad(set_to_none=True)
+        transformer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lora, cfg.grad_clip)
+        optimizer.step()
+    stamps.append(time.perf_counter())
+    transformer.requires_grad_(False)
+    for p in lora:
+        p.requires_grad_(True)
+    transformer.eval()
+    return per_step(stamps)
+
+
+def naive_sampling(backend: WanBackend, video, masks, first, steps: int) -> float:
+    """The stock path: prompts and image encoded for the call, cond and uncond as two forwards."""
     started = time.perf_counter()
-    backend.generate(cond.condition, clip.edited_first_frame, cond.text, negative, cond.image, steps=sample_steps,
-                     guidance=5.0, shift=5.0, seed=0)
-    sample_s = (time.perf_counter() - started) / sample_steps
-    print(json.dumps({"model": "toy (random tiny Wan2.1 I2V)", "frames": frames, "size": [w, h],
-                      "train_s_per_step": round(train_s, 4), "sample_s_per_step_incl_decode": round(sample_s, 4),
-                      "threads": torch.get_num_threads()}))
+    condition = conditioning.mask_aware_condition(video, masks, first, PROMPT)
+    text, negative = backend.encode_prompt(PROMPT), backend.encode_prompt("")
+    image = backend.encode_image(condition.clip_image)
+    backend.generate(backend.condition_tensor(condition), first, text, negative, image, steps=steps, guidance=5.0,
+                     shift=5.0, seed=0)
+    return (time.perf_counter() - started) / steps
+
+
+# ---- the bench ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="world", help="world (default: the toy world's model), toy (the tiny "
+                        "random Wan2.1), or a model folder")
+    parser.add_argument("--train-steps", type=int, default=40, help="steps of loraedit's loop per variant")
+    parser.add_argument("--naive-steps", type=int, default=12, help="steps of the naive reference loop")
+    parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps per sampler")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    cfg = TrainConfig(stage1_steps=args.train_steps, checkpoint_every=0)
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "torch": torch.__version__, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = {"world": lambda: world_model_folder(tmp), "toy": lambda: None}.get(args.model, lambda: None)()
+        if model_dir is None:
+            from loraedit.validate import resolve_model_dir
+
+            model_dir = resolve_model_dir(args.model)
+        print("measuring matmul throughput ...", file=sys.stderr)
+        results["matmul_gflops"] = round(matmul_gflops(), 1)
+
+        # 1. Encoding: once, then from the content cache.
+        ours = load_wan(model_dir)
+        video, masks, first = bench_clip(ours)
+        transformer_cfg = dict(ours.transformer("transformer").config)
+        results["model"] = {"folder": str(model_dir), "frames": int(video.shape[0]),
+                            "size": list(ours.working_size), "kind": ours.kind,
+                            "parameters": sum(p.numel() for p in ours.transformer("transformer").parameters())}
+        print(f"model {model_dir.name}: {results['model']['parameters']:,} parameters, "
+              f"{video.shape[0]}x{video.shape[2]}x{video.shape[3]} clip", file=sys.stderr)
+        motion = conditioning.motion_sample(video, masks, PROMPT)
+        inference = conditioning.mask_aware_condition(video, masks, first, PROMPT)
+        timings = {}
+        for attempt in ("first", "cached"):
+            started = time.perf_counter()
+            encoder = Encoder(ours, tmp / "cache", "maxpool")
+            encoded, cond, negative = encoder.sample(motion), encoder.sample(inference), encoder.prompt("")
+            timings[attempt] = time.perf_counter() - started
+        results["encode_s"] = {k: round(v, 4) for k, v in timings.items()}
+        ours.free_encoders()
+
+        # 2. Training: the naive loop, then ours (checkpointing on every block, then off).
+        print("training: naive reference loop ...", file=sys.stderr)
+        naive = load_wan(model_dir, perf=NAIVE_PERF)
+        with PeakRSS() as rss:
+            naive_s = naive_training(naive, video, masks, args.naive_steps, cfg)
+        train = {"naive": {"s_per_step": naive_s, "peak_rss_mib": rss.peak_mib,
+                           "rss_above_start_mib": rss.above_start_mib}}
+        for name, perf in (("loraedit", PerformanceConfig()), ("loraedit, no checkpointing",
+                                                               PerformanceConfig(checkpoint_blocks=0))):
+            print(f"training: {name} ...", file=sys.stderr)
+            backend = ours if name == "loraedit" else load_wan(model_dir, perf=perf)
+            backend.free_encoders()
+            stamps = step_times(backend)
+            with PeakRSS() as rss:
+                train_lora(backend, [encoded], [], cfg, tmp / name.replace(" ", "_"), progress=False)
+            train[name] = {"s_per_step": per_step(stamps), "peak_rss_mib": rss.peak_mib,
+                           "rss_above_start_mib": rss.above_start_mib}
+        dims = perfmodel.WanDims.from_config(transformer_cfg)
+        clip = perfmodel.Clip(encoded.target[0].numel() // dims.patch[0] // dims.patch[1] // dims.patch[2],
+                              image_tokens=0 if encoded.image is None else encoded.image.shape[0], rank=cfg.rank)
+        for name, row in train.items():
+            ckpt = None if name == "loraedit" else 0
+            flops = perfmodel.train_step_flops(dims, clip, ckpt, flash=name != "naive")["total"]
+            row["gflop_per_step"] = flops / 1e9
+            row["fraction_of_matmul"] = flops / row["s_per_step"] / 1e9 / results["matmul_gflops"]
+            row["speedup_vs_naive"] = naive_s / row["s_per_step"]
+        results["train"] = train
+        results["tokens"] = clip.tokens
+
+        # 3. Sampling: naive (encode per call, two forwards a step), then ours (cached, batched CFG).
+        print("sampling ...", file=sys.stderr)
+        for b in (naive, ours):
+            b.pipe.set_progress_bar_config(disable=True)
+        sample = {}
+        with PeakRSS() as rss:
+            sample["naive"] = {"s_per_step": naive_sampling(naive, video, masks, first, args.sample_steps)}
+        sample["naive"]["peak_rss_mib"] = rss.peak_mib
+        with PeakRSS() as rss:
+            started = time.perf_counter()
+            ours.generate(cond.condition, first, cond.text, negative, cond.image, steps=args.sample_steps,
+                          guidance=5.0, shift=5.0, seed=0)
+            sample["loraedit"] = {"s_per_step": (time.perf_counter() - started) / args.sample_steps}
+        sample["loraedit"]["peak_rss_mib"] = rss.peak_mib
+        sample["loraedit"]["speedup_vs_naive"] = sample["naive"]["s_per_step"] / sample["loraedit"]["s_per_step"]
+        results["sample"] = sample
+
+        # 4. The cost model on this model: activation bytes counted vs modelled (bf16 autocast, as on a GPU).
+        results["model_check"] = activation_check(model_dir, dims, clip, encoded)
+    results["wan14b"] = perfmodel.table_14b()
+    print(report(results))
+    print(json.dumps({k: v for k, v in results.items() if k != "wan14b"}, default=float))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    return results
+
+
+def activation_check(model_dir: Path, dims, clip, encoded) -> dict:
+    """Bytes autograd saves in one bf16-autocast step of this model vs the model's prediction."""
+    out = {}
+    for name, ckpt in (("checkpointing", None), ("no checkpointing", 0)):
+        backend = load_wan(model_dir, dtype=torch.bfloat16, perf=PerformanceConfig(checkpoint_blocks=ckpt))
+        backend.place_transformers()
+        transformer = backend.transformer("transformer")
+        torch.manual_seed(0)
+        lora_io.add_lora(transformer, lora_io.LoraSettings(clip.rank, clip.rank, TrainConfig().targets, "b", "k"),
+                         dtype=torch.float32)
+        from loraedit.performance import set_gradient_checkpointing
+
+        set_gradient_checkpointing(transformer, ckpt)
+        image = None if encoded.image is None else encoded.image[None].bfloat16()
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                backend.predict(transformer, encoded.target[None].bfloat16(), encoded.condition[None].bfloat16(),
+                                torch.tensor([500.0]), encoded.text[None].bfloat16(), image)
+
+        counted = perfmodel.saved_activation_bytes(transformer, step)
+        modelled = perfmodel.train_step_memory(dims, clip, "full", ckpt)["activations"] * perfmodel.GIB
+        out[name] = {"counted_mib": counted / 2**20, "modelled_mib": modelled / 2**20, "ratio": modelled / counted}
+    return out
+
+
+def report(r: dict) -> str:
+    m, t, s = r["model"], r["train"], r["sample"]
+    lines = [
+        "",
+        f"loraedit bench, {r['date']}: torch {r['torch']}, {r['threads']} threads, "
+        f"float32 matmul {r['matmul_gflops']:.1f} GFLOP/s",
+        f"model: {Path(m['folder']).name} ({m['parameters']:,} transformer parameters), {m['frames']} frames at "
+        f"{m['size'][0]}x{m['size'][1]} = {r['tokens']} tokens",
+        f"encoding the clip: {r['encode_s']['first']:.3f} s, again from the cache {r['encode_s']['cached']:.3f} s",
+        "",
+        "| training | s/step | vs naive | GFLOP/step | of matmul peak | peak RSS MiB (+ during) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in t.items():
+        lines.append(f"| {name} | {row['s_per_step']:.4f} | {row['speedup_vs_naive']:.2f}x | "
+                     f"{row['gflop_per_step']:.2f} | {100 * row['fraction_of_matmul']:.1f}% | "
+                     f"{row['peak_rss_mib']:.0f} (+{row['rss_above_start_mib']:.0f}) |")
+    lines += ["", "| sampling (decode included) | s/step | vs naive | peak RSS MiB |", "|---|---|---|---|"]
+    for name, row in s.items():
+        ratio = f"{row['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in row else "1.00x"
+        lines.append(f"| {name} | {row['s_per_step']:.4f} | {ratio} | {row['peak_rss_mib']:.0f} |")
+    lines += ["", "cost model on this model (activation bytes of one step, bf16 autocast):"]
+    for name, row in r["model_check"].items():
+        lines.append(f"  {name}: counted {row['counted_mib']:.2f} MiB, modelled {row['modelled_mib']:.2f} MiB "
+                     f"(x{row['ratio']:.3f})")
+    lines += ["", "Wan2.1-I2V-14B LoRA step, 832x480, rank 16: MODELLED (perfmodel), not measured; times assume "
+              f"{int(100 * perfmodel.ASSUMED_UTILISATION)}% of peak bf16 FLOP/s", perfmodel.format_table(r["wan14b"])]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

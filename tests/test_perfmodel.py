@@ -126,6 +126,7 @@ def test_the_14b_table():
     full_49 = next(r for r in rows if r["frames"] == 49 and r["mode"] == "full" and r["checkpointing"] == "every block")
     assert full_49["tokens"] == 20280  # WAN-NOTES: 13 latent frames x 30 x 52
     assert full_49["fits"]["H100 SXM 80GB"] and not full_49["fits"]["RTX 4090 24GB"]
-    small = next(r for r in rows if r["frames"] == 49 and r["mode"] == "fp8+offload" and r["checkpointing"] == "every block")
+    small = next(r for r in rows
+                 if r["frames"] == 49 and r["mode"] == "fp8+offload" and r["checkpointing"] == "every block")
     assert small["fits"]["RTX 4090 24GB"]
     assert "| 81 | 32,760 |" in perfmodel.format_table(rows)

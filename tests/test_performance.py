@@ -58,7 +58,8 @@ MODES = [
 
 
 @pytest.mark.parametrize("perf, rtol, lora_rtol", MODES,
-                         ids=["no-checkpointing", "checkpoint-1-block", "offload", "math-attention", "fp8", "fp8+offload"])
+                         ids=["no-checkpointing", "checkpoint-1-block", "offload", "math-attention", "fp8",
+                              "fp8+offload"])
 def test_every_mode_trains_like_the_plain_path(wan21_dir, clip, plain, tmp_path, perf, rtol, lora_rtol):
     losses, lora, backend = _train(wan21_dir, clip, perf, tmp_path)
     plain_losses, plain_lora, _ = plain
