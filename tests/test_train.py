@@ -143,3 +143,31 @@ def test_two_experts_each_train_their_own_lora(wan22_dir, toy_clip, tmp_path):
     a, b = _final_lora(paths["transformer"]), _final_lora(paths["transformer_2"])
     key = next(k for k in a if "lora_B" in k)
     assert a[key].abs().sum() > 0 and b[key].abs().sum() > 0 and not torch.equal(a[key], b[key])
+
+
+def test_stage1_is_reused_when_only_the_edited_frames_change(wan21_dir, toy_clip, tmp_path):
+    import json
+
+    backend = load_wan(wan21_dir)
+    motion, frames = _encoded(backend, toy_clip)
+    video, masks = toy_clip.video[:9], toy_clip.masks[:9]
+    other = [Encoder(backend, None, "maxpool").sample(
+        conditioning.appearance_sample(video[6], toy_clip.edited_video[6], masks[6], "p3rs0n,"))]
+    cfg, cache = replace(CFG, checkpoint_every=0), tmp_path / "stage1"
+    train_lora(backend, motion, frames, cfg, tmp_path / "first", progress=False, stage1_cache=cache)
+    assert len(list(cache.glob("*.safetensors"))) == 1
+
+    train_lora(load_wan(wan21_dir), motion, other, cfg, tmp_path / "fresh", progress=False)  # trains both stages
+    reusing = load_wan(wan21_dir)
+    _crash_after(reusing, cfg.stage2_steps)  # any stage-1 step would be one call too many
+    train_lora(reusing, motion, other, cfg, tmp_path / "reused", progress=False, stage1_cache=cache)
+
+    fresh, reused = (_final_lora(tmp_path / d / "lora.safetensors") for d in ("fresh", "reused"))
+    for key in fresh:
+        assert torch.equal(fresh[key], reused[key]), key
+    logs = [json.loads((tmp_path / d / "train_log.json").read_text()) for d in ("fresh", "reused")]
+    assert logs[0]["losses"] == logs[1]["losses"]
+    # Other stage-1 settings are another stage 1: trained, and stored beside the first.
+    train_lora(load_wan(wan21_dir), motion, [], replace(cfg, stage1_steps=3), tmp_path / "other", progress=False,
+               stage1_cache=cache)
+    assert len(list(cache.glob("*.safetensors"))) == 2

@@ -223,7 +223,8 @@ def _train(backend: WanBackend, run: CheckedRun, out_dir: Path, opts: RunOptions
     started = time.perf_counter()
     with out_of_memory_advice("training the LoRA", _memory_advice(run, opts, cfg)):
         paths = train_lora(backend, encoded_motion, encoded_edited, cfg, out_dir, resume=opts.resume,
-                           progress=opts.progress)
+                           progress=opts.progress,
+                           stage1_cache=opts.cache_dir / "stage1" if opts.cache_dir is not None else None)
     _write_json(out_dir / "train_info.json", {
         "model": str(run.model.path), "kind": backend.kind, "mode": opts.mode, "frames": run.frames,
         "size": list(run.size), "low_cost": opts.low_cost, "edited_frames": [ef.index for ef in run.edited_frames],

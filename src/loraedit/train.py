@@ -6,8 +6,10 @@ frames + the motion samples) continuing from the stage-1 LoRA with a fresh optim
 experts each get their own LoRA trained on their own noise range.
 
 Every random draw of step `s` (sample order, noise, sigma) comes from a generator seeded by
-(seed, phase, step), so a run resumed from a checkpoint draws exactly what the uninterrupted run drew:
-a checkpoint needs only the LoRA, the optimiser and the step, no RNG state.
+(seed, stage, expert, step), so a run resumed from a checkpoint draws exactly what the uninterrupted run
+drew: a checkpoint needs only the LoRA, the optimiser and the step, no RNG state. Nor do the draws depend
+on whether a stage 2 follows, so a finished stage 1 is reusable (`Stage1Cache`): a run on the same clip,
+model and stage-1 settings that only adds or changes edited later frames starts from it.
 
 Crash safety: a checkpoint folder appears by one rename and is never modified after, so a process
 killed at any instant leaves the previous checkpoint whole; the final LoRA files are written atomically
@@ -122,10 +124,12 @@ def plan_phases(experts: list[Expert], num_motion: int, num_edited: int, cfg: Tr
 
 
 def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample], cfg: TrainConfig,
-               out_dir: Path, *, resume: bool = False, progress: bool = True) -> dict[str, Path]:
+               out_dir: Path, *, resume: bool = False, progress: bool = True,
+               stage1_cache: Path | None = None) -> dict[str, Path]:
     """Train the LoRA(s) and write `lora.safetensors` (and `lora_2.safetensors` for a second expert).
 
-    Returns {expert name: LoRA path}. `out_dir/checkpoints/` holds the resumable state. How the step runs
+    Returns {expert name: LoRA path}. `out_dir/checkpoints/` holds the resumable state; `stage1_cache`, a
+    folder of finished stage-1 LoRAs by content (`Stage1Cache`), skips a stage 1 trained before. How the step runs
     (memory mode, attention, compile, gradient checkpointing) is the backend's `perf`: it changes no
     result beyond rounding, so it is not part of the run's key and may change between a crash and --resume.
     """
@@ -135,6 +139,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     run_key = content_key(json.dumps(asdict(cfg), sort_keys=True), backend.fingerprint(),
                           *[t for s in samples for t in (s.target, s.condition, s.text)])
     settings = lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, backend.fingerprint(), backend.kind)
+    stage1 = Stage1Cache(stage1_cache, cfg, backend.fingerprint(), motion) if stage1_cache is not None else None
 
     # 1. Attach a LoRA to every expert (its random init drawn from the seed, not the global RNG). The LoRA
     #    weights train in fp32 on the compute device whatever the base's storage (bf16, fp8, offloaded).
@@ -175,6 +180,12 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     for phase_index in range(state.phase, len(phases)):
         phase = phases[phase_index]
         transformer = backend.transformer(phase.expert.name)
+        seeds = f"stage{phase.stage}:{phase.expert.name}"  # not the phase index: stage 1 draws alike with(out) stage 2
+        reused = stage1.restore(phase.expert, transformer) if stage1 and phase.stage == 1 and state.step == 0 else None
+        if reused is not None:  # this stage 1 was trained before: its LoRA, its losses, no steps
+            state.step, state.losses[phase_index] = phase.steps, reused
+            done_before += phase.steps
+            bar.update(phase.steps)
         transformer.train()
         params = [p for p in transformer.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay,
@@ -187,10 +198,10 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         try:
             for step in range(state.step, phase.steps):
                 # 3. Everything random about this step comes from (seed, phase, step).
-                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, phase_index, step))
+                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, seeds, step))
                 epoch, position = divmod(step, len(phase.schedule))
                 order = torch.randperm(len(phase.schedule),
-                                       generator=torch.Generator().manual_seed(_step_seed(cfg.seed, phase_index, -1 - epoch)))
+                                       generator=torch.Generator().manual_seed(_step_seed(cfg.seed, seeds, -1 - epoch)))
                 sample = samples[phase.schedule[order[position]]]
                 x0 = sample.target[None].to(device)  # [1, C, T', h, w]
                 noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -226,6 +237,8 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
             raise Interrupted(f"interrupted at step {done_before}; saved a checkpoint in {ckpt_dir}: "
                               "run the same command with --resume to continue") from None
         transformer.eval()
+        if stage1 is not None and phase.stage == 1 and reused is None:
+            stage1.store(phase.expert, transformer, state.losses[phase_index])
         state.phase, state.step = phase_index + 1, 0
         if phase_index + 1 < len(phases):
             _save_checkpoint(ckpt_dir, backend, state, None, run_key)
@@ -292,10 +305,48 @@ def _remove_leftovers(out_dir: Path, ckpt_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class Stage1Cache:
+    """Finished stage-1 LoRAs by content, so new edited later frames never retrain stage 1.
+
+    Stage 1 learns the clip's motion from the motion samples alone; its result is a function of the
+    model, the motion samples and the settings stage 1 uses (not stage 2's, not the checkpoint interval),
+    and of the expert. The entry is the fp32 LoRA and the phase's losses, so a run that starts from it
+    continues exactly as if it had trained stage 1 itself (stage 2 starts with a fresh optimiser anyway).
+    """
+
+    _NOT_STAGE1 = ("stage2_steps", "stage2_repeats", "checkpoint_every")
+
+    def __init__(self, root: Path, cfg: TrainConfig, model_key: str, motion: list[EncodedSample]):
+        self.root = Path(root)
+        settings = {k: v for k, v in asdict(cfg).items() if k not in self._NOT_STAGE1}
+        self.key = content_key("stage1", json.dumps(settings, sort_keys=True), model_key,
+                               *[t for s in motion for t in (s.target, s.condition, s.text, s.image)])
+
+    def _path(self, expert: Expert) -> Path:
+        return self.root / f"{content_key(self.key, expert.name, expert.sigma_low, expert.sigma_high)}.safetensors"
+
+    def restore(self, expert: Expert, transformer: torch.nn.Module) -> list[float] | None:
+        """Load a stored stage-1 LoRA into `transformer`; its losses, or None when there is none."""
+        path = self._path(expert)
+        try:
+            with safetensors.safe_open(str(path), "pt") as f:
+                losses = json.loads(f.metadata()["losses"])
+            lora_io.load_lora_state(transformer, load_file(str(path)))
+        except (OSError, ValueError, KeyError, TypeError, InputError, safetensors.SafetensorError):
+            return None  # absent or unreadable: train stage 1
+        return losses
+
+    def store(self, expert: Expert, transformer: torch.nn.Module, losses: list[float]) -> None:
+        path = self._path(expert)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(lora_io.lora_state(transformer), str(tmp), metadata={"losses": json.dumps(losses)})
+
+
 # ---- checkpoints --------------------------------------------------------------------------------------
 
 
-def _step_seed(seed: int, phase: int, step: int) -> int:
+def _step_seed(seed: int, phase: int | str, step: int) -> int:
     return int(content_key(seed, phase, step)[:15], 16)
 
 
