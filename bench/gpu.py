@@ -39,6 +39,7 @@ from loraedit.performance import (  # noqa: E402
     PerformanceConfig,
     configure_transformer,
     resolve_attention,
+    set_attention,
     set_gradient_checkpointing,
 )
 from loraedit.train import flow_matching_loss  # noqa: E402
@@ -159,6 +160,7 @@ def train_steps(model, config, clip, device, dtype, memory: Memory, timed: int =
     lora_io.add_lora(model, lora_io.LoraSettings(16, 16.0, DEFAULT_LORA_TARGETS, "bench", "wan2.1-i2v"),
                      dtype=torch.float32, device=device)
     set_gradient_checkpointing(model, None)
+    set_attention(model, PerformanceConfig(), device, training=True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01, fused=device.type == "cuda")
@@ -194,6 +196,7 @@ def train_steps(model, config, clip, device, dtype, memory: Memory, timed: int =
 def sample_steps(model, config, clip, device, dtype, memory: Memory, timed: int = 1) -> dict:
     """One denoising step with batched CFG: the transformer on a batch of 2 (cond and uncond)."""
     inputs = inputs_for(config, *clip, device, dtype, batch=2)
+    set_attention(model, PerformanceConfig(), device, training=False)
     times = []
     memory.reset()
     for i in range(1 + timed):
@@ -222,7 +225,8 @@ def run(config: dict, clips, modes, device: torch.device, dtype: torch.dtype, bu
         out_json: Path | None) -> dict:
     started = time.perf_counter()
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device_name(device),
-               "torch": torch.__version__, "attention": resolve_attention("auto", device),
+               "torch": torch.__version__, "attention": {"train": resolve_attention("auto", device, training=True),
+                                                           "sample": resolve_attention("auto", device)},
                "parameters": perfmodel.parameter_counts(perfmodel.WanDims.from_config(config))["total"],
                "runs": []}
     for mode in modes:
@@ -286,7 +290,8 @@ def device_name(device: torch.device) -> str:
 def markdown(results: dict, tiny: bool) -> str:
     title = "tiny config, CPU (a code check, not a measurement of Wan)" if tiny else "Wan2.1-I2V-14B, random weights"
     lines = [f"### Measured {results['date']} on {results['device']}: {title}", "",
-             f"torch {results['torch']}, attention backend `{results['attention']}`, "
+             f"torch {results['torch']}, attention `{results['attention']['train']}` (training), "
+             f"`{results['attention']['sample']}` (sampling), "
              f"{results['parameters']:,} transformer parameters, LoRA rank 16, checkpointing every block.", "",
              "| mode | clip | train s/step | train peak GiB (modelled) | sample s/step (batch 2) | "
              "sample peak GiB (modelled) |", "|---|---|---|---|---|---|"]

@@ -194,3 +194,19 @@ def test_command_line_options_reach_the_config(clip_files):
     assert _configs(args)[1].performance == replace(PLAIN, checkpoint_blocks=0)
     args = build_parser().parse_args(["sample", *files, "--edited-first-frame", str(clip_files["edited0"])])
     assert _configs(args)[1].performance == PLAIN
+
+
+def test_auto_attention_picks_a_backend_with_a_backward_for_training(monkeypatch):
+    import diffusers.utils
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(diffusers.utils, "is_flash_attn_3_available", lambda: True)
+    monkeypatch.setattr(diffusers.utils, "is_flash_attn_available", lambda: False)
+    assert performance.resolve_attention("auto", cuda, training=False) == "_flash_3"
+    assert performance.resolve_attention("auto", cuda, training=True) == "native"  # FA3 has no backward here
+    monkeypatch.setattr(diffusers.utils, "is_flash_attn_available", lambda: True)
+    assert performance.resolve_attention("auto", cuda, training=True) == "flash"
+    assert performance.resolve_attention("auto", torch.device("cpu"), training=True) == "native"
+    assert performance.resolve_attention("_native_cudnn", cuda) == "_native_cudnn"
+    assert any("_flash_3 has no backward" in p for p in performance_problems(PerformanceConfig(attention="_flash_3"),
+                                                                              trains=True))

@@ -4,10 +4,11 @@ None of these choices changes *what* is computed, only how: every mode gives the
 the same sample as the plain path within tolerance (tests/test_performance.py). What each one buys is
 measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tests.
 
-- attention: the diffusers attention backend. `auto` = FlashAttention-3 or -2 when installed on a GPU,
-  else PyTorch SDPA (`native`, which picks its own flash / cuDNN / memory-efficient kernel). Memory is
-  linear in tokens with all of these; `_native_math` (the textbook softmax(QK^T)V, quadratic memory) is
-  the reference the benchmark compares against. Sage attention has no backward pass: sampling only.
+- attention: the diffusers attention backend. `auto` = FlashAttention-2 when installed on a GPU (and
+  FlashAttention-3 for sampling: diffusers 0.42 registers no backward for it), else PyTorch SDPA
+  (`native`, which picks its own flash / cuDNN / memory-efficient kernel). Memory is linear in tokens
+  with all of these; `_native_math` (the textbook softmax(QK^T)V, quadratic memory) is the reference the
+  benchmark compares against. Sage and FA3 have no backward pass: sampling only.
 - memory mode: `fp8` stores the frozen base weights in float8 e4m3 and casts each layer to bf16 just
   for its forward (diffusers layerwise casting: half the weight memory; the LoRA stays in full
   precision); `offload` keeps the base weights in CPU memory and streams each layer to the GPU when it
@@ -33,8 +34,8 @@ from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManag
 MEMORY_MODES = {"full": (False, False), "fp8": (True, False), "offload": (False, True), "fp8+offload": (True, True)}
 ATTENTION_CHOICES = ("auto", "native", "flash", "_flash_3", "_native_cudnn", "_native_flash", "_native_efficient",
                      "_native_math", "flex", "xformers", "sage")
-#: Backends without a backward pass: fine for sampling, refused for training.
-FORWARD_ONLY_ATTENTION = ("sage",)
+#: Backends without a backward pass (in diffusers 0.42): fine for sampling, refused for training.
+FORWARD_ONLY_ATTENTION = ("sage", "_flash_3")
 #: torch.compile arguments for each block (tests swap in a backend that needs no C++ compiler).
 COMPILE_KWARGS: dict = {"fullgraph": False, "dynamic": False}
 BATCHED_CFG_HOOK = "loraedit_batched_cfg"
@@ -92,14 +93,14 @@ def _attention_requirement_problem(name: str) -> str | None:
     return None
 
 
-def resolve_attention(name: str, device: torch.device) -> str:
-    """The attention backend to use: `auto` = FA3 / FA2 when installed on a GPU, else PyTorch SDPA."""
+def resolve_attention(name: str, device: torch.device, training: bool = False) -> str:
+    """The attention backend to use: `auto` = FA3 (sampling) / FA2 when installed on a GPU, else SDPA."""
     if name != "auto":
         return name
     if device.type == "cuda":
         from diffusers.utils import is_flash_attn_3_available, is_flash_attn_available
 
-        if is_flash_attn_3_available():
+        if not training and is_flash_attn_3_available():
             return "_flash_3"
         if is_flash_attn_available():
             return "flash"
@@ -126,9 +127,19 @@ def configure_transformer(transformer: torch.nn.Module, perf: PerformanceConfig,
                                          record_stream=use_stream, low_cpu_mem_usage=False)
     else:
         transformer.to(device)
-    transformer.set_attention_backend(resolve_attention(perf.attention, device))
+    set_attention(transformer, perf, device, training=False)
     if perf.compile:
         transformer.compile_repeated_blocks(**COMPILE_KWARGS)
+
+
+def set_attention(transformer: torch.nn.Module, perf: PerformanceConfig, device: torch.device,
+                  training: bool) -> str:
+    """Give every attention layer the backend for training or for sampling (they may differ: see module doc)."""
+    name = resolve_attention(perf.attention, device, training)
+    if getattr(transformer, "_loraedit_attention", None) != name:
+        transformer.set_attention_backend(name)
+        transformer._loraedit_attention = name
+    return name
 
 
 def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None) -> int:

@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .. import conditioning
 from ..conditioning import Sample
-from ..performance import PerformanceConfig, batched_cfg, configure_transformer
+from ..performance import PerformanceConfig, batched_cfg, configure_transformer, set_attention
 from .wan_folder import DEFAULT_FRAMES, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
 
 #: Wan's cross-attention splits its context as [image tokens, 512 text tokens] (hard-coded in
@@ -258,6 +258,8 @@ class WanBackend:
         self.pipe.vae.to(self.device)  # the pipeline takes its execution device from its modules
         negative = negative_text[None].to(self.device, self.dtype)
         transformers = [t for t in (self.pipe.transformer, self.pipe.transformer_2) if t is not None]
+        for transformer in transformers:
+            set_attention(transformer, self.perf, self.device, training=False)
         batch_cfg = self.perf.batched_cfg and guidance > 1  # the pipeline's own test for running uncond
         with batched_cfg(transformers if batch_cfg else [], negative):
             out = self.pipe(
