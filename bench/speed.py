@@ -344,7 +344,9 @@ def report(r: dict) -> str:
         lines.append(f"  {name}: counted {row['counted_mib']:.2f} MiB, modelled {row['modelled_mib']:.2f} MiB "
                      f"(x{row['ratio']:.3f})")
     lines += ["", "Wan2.1-I2V-14B LoRA step, 832x480, rank 16: MODELLED (perfmodel), not measured; times assume "
-              f"{int(100 * perfmodel.ASSUMED_UTILISATION)}% of peak bf16 FLOP/s", perfmodel.format_table(r["wan14b"])]
+              f"{int(100 * perfmodel.ASSUMED_UTILISATION)}% of peak bf16 FLOP/s", perfmodel.format_table(r["wan14b"]),
+              "", "one whole 49-frame edit (100 training steps, 30 sampling steps with CFG): MODELLED",
+              perfmodel.format_recipes(perfmodel.edit_recipes())]
     return "\n".join(lines)
 
 

@@ -130,3 +130,10 @@ def test_the_14b_table():
                  if r["frames"] == 49 and r["mode"] == "fp8+offload" and r["checkpointing"] == "every block")
     assert small["fits"]["RTX 4090 24GB"]
     assert "| 81 | 32,760 |" in perfmodel.format_table(rows)
+
+
+def test_edit_recipes():
+    rows = {(r["device"].split()[0], r["recipe"][:3]): r for r in perfmodel.edit_recipes()}
+    assert rows[("H100", "49 ")]["edit_min"] > rows[("H100", "low")]["edit_min"]
+    assert rows[("RTX", "low")]["peak_gib"] < perfmodel.RTX4090.memory_gib
+    assert "the authors, measured" in perfmodel.format_recipes(list(rows.values()))

@@ -324,6 +324,47 @@ def table_14b(frames: tuple[int, ...] = (49, 81), size: tuple[int, int] = (832, 
     return rows
 
 
+#: The authors' measured step (RTX 4090, 49 frames, 32 of 40 blocks swapped to CPU; METHOD.md).
+AUTHORS_4090_S_PER_STEP_49 = 31.88
+
+
+def edit_recipes(train_steps: int = 100, sample_steps: int = 30) -> list[dict]:
+    """Modelled minutes for one whole 49-frame 832x480 edit (stage-1 training + sampling), per device and recipe.
+
+    `low-cost` trains on 13-frame clips (the paper's Sec. 4.5; quality measured by `loraedit bench quality`)
+    and samples all 49 frames. Offloaded weights stream over the host link three times per training step
+    (forward, recomputed forward, backward) and once per sampling step; compute and transfers overlap.
+    """
+    dims = WanDims.from_config(WAN21_I2V_14B)
+    params = parameter_counts(dims)
+    full = Clip(video_tokens(dims, 49, 480, 832), image_tokens=CLIP_TOKENS_14B)
+    short = Clip(video_tokens(dims, 13, 480, 832), image_tokens=CLIP_TOKENS_14B)
+    rows = []
+    for device, mode in ((H100, "full"), (RTX4090, "fp8+offload")):
+        weights = params["fp8"] * (1 if "fp8" in mode else 2) + (params["total"] - params["fp8"]) * 2
+        streamed = weights if "offload" in mode else 0
+        sample_s = step_seconds(sample_step_flops(dims, full), device, streamed)
+        for recipe, clip in (("49 frames", full), ("low-cost (13-frame clips)", short)):
+            train_s = step_seconds(train_step_flops(dims, clip)["total"], device, 3 * streamed)
+            minutes = (train_steps * train_s + sample_steps * sample_s) / 60
+            rows.append({"device": device.name, "mode": mode, "recipe": recipe, "train_s": train_s,
+                         "sample_s": sample_s, "edit_min": minutes,
+                         "peak_gib": train_step_memory(dims, clip, mode)["peak"]})
+    return rows
+
+
+def format_recipes(rows: list[dict]) -> str:
+    authors = 100 * AUTHORS_4090_S_PER_STEP_49 / 60
+    lines = ["| device | memory mode | training | train s/step | sample s/step | minutes per edit | GPU peak GiB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['device']} | {r['mode']} | {r['recipe']} | {r['train_s']:.1f} | {r['sample_s']:.1f} | "
+                     f"{r['edit_min']:.1f} | {r['peak_gib']:.1f} |")
+    lines.append(f"| RTX 4090 (the authors, measured) | 32/40 blocks swapped | 49 frames | "
+                 f"{AUTHORS_4090_S_PER_STEP_49} | | {authors:.0f} (training alone) | 21.5 GB |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     """The 14B table as markdown."""
     lines = ["| frames | tokens | memory mode | checkpointing | PFLOP/step | GPU peak GiB | host GiB | fits | "
