@@ -13,11 +13,16 @@ measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tes
   for its forward (diffusers layerwise casting: half the weight memory; the LoRA stays in full
   precision); `offload` keeps the base weights in CPU memory and streams each layer to the GPU when it
   runs (diffusers leaf-level group offloading with a prefetching CUDA stream); `fp8+offload` both.
+  In training both save memory only for checkpointed blocks: autograd keeps every layer's bf16 (or
+  on-GPU) weight copy until that layer's backward, which a checkpointed block runs right after its
+  recomputed forward.
 - gradient checkpointing, per block: `checkpoint_blocks` None = every block (the least memory), 0 = none
   (the fastest), k = the first k blocks (the memory between the two, linear in k).
 - compile: `torch.compile` of each transformer block (the repeated region; compiles once, ~1 min).
 - batched CFG: the conditional and unconditional predictions of a sampling step in one batched forward
-  (`BatchedCFG`, a diffusers model hook; the pipeline itself is unchanged).
+  (`BatchedCFG`, a diffusers model hook; the pipeline itself is unchanged). The same FLOPs, one pass over
+  the weights instead of two (what counts with offloading and small steps); twice the activations of a
+  sampling forward.
 - VAE tiling: spatially tiled VAE decoding (memory bounded for large frames; Wan's VAE already decodes
   frame group by frame group, so its memory is linear in frames).
 """
