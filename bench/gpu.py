@@ -248,8 +248,8 @@ def run(config: dict, clips, modes, device: torch.device, dtype: torch.dtype, bu
                     for what, fn in (("train", train_steps), ("sample", sample_steps)):  # sampling with the LoRA
                         try:
                             row[what] = fn(model, config, clip, device, dtype, memory)
-                        except torch.OutOfMemoryError as exc:
-                            row[what] = {"error": f"out of memory: {' '.join(str(exc).split())[:120]}"}
+                        except Exception as exc:  # out of memory, or a kernel missing here: record, go on
+                            row[what] = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"}
                         gc.collect()
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
