@@ -293,28 +293,42 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def activation_check(model_dir: Path, dims, clip, encoded) -> dict:
-    """Bytes autograd saves in one bf16-autocast step of this model vs the model's prediction."""
-    out = {}
-    for name, ckpt in (("checkpointing", None), ("no checkpointing", 0)):
-        backend = load_wan(model_dir, dtype=torch.bfloat16, perf=PerformanceConfig(checkpoint_blocks=ckpt))
+    """Bytes autograd saves in one bf16-autocast step of this model: counted vs modelled, at the clip's
+    length and at other lengths (random latents), with flash-type SDPA and with textbook attention."""
+    from loraedit.performance import set_gradient_checkpointing
+
+    out: dict = {"at_clip": {}, "by_latent_frames": []}
+    c, t, h, w = encoded.target.shape
+    for name, ckpt, attention in (("checkpointing", None, "native"), ("no checkpointing", 0, "native"),
+                                  ("no checkpointing, textbook attention", 0, "_native_math")):
+        backend = load_wan(model_dir, dtype=torch.bfloat16,
+                           perf=PerformanceConfig(checkpoint_blocks=ckpt, attention=attention))
         backend.place_transformers()
         transformer = backend.transformer("transformer")
         torch.manual_seed(0)
         lora_io.add_lora(transformer, lora_io.LoraSettings(clip.rank, clip.rank, TrainConfig().targets, "b", "k"),
                          dtype=torch.float32)
-        from loraedit.performance import set_gradient_checkpointing
-
         set_gradient_checkpointing(transformer, ckpt)
         image = None if encoded.image is None else encoded.image[None].bfloat16()
+        kind = "flash" if attention == "native" else "math"
+        for frames in sorted({1, 2, t, 2 * t, 4 * t}):
+            g = torch.Generator().manual_seed(frames)
+            latents = torch.randn(1, c, frames, h, w, generator=g).bfloat16()
+            condition = torch.randn(1, encoded.condition.shape[0], frames, h, w, generator=g).bfloat16()
 
-        def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                backend.predict(transformer, encoded.target[None].bfloat16(), encoded.condition[None].bfloat16(),
-                                torch.tensor([500.0]), encoded.text[None].bfloat16(), image)
+            def step():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    backend.predict(transformer, latents, condition, torch.tensor([500.0]),
+                                    encoded.text[None].bfloat16(), image)
 
-        counted = perfmodel.saved_activation_bytes(transformer, step)
-        modelled = perfmodel.train_step_memory(dims, clip, "full", ckpt)["activations"] * perfmodel.GIB
-        out[name] = {"counted_mib": counted / 2**20, "modelled_mib": modelled / 2**20, "ratio": modelled / counted}
+            tokens = clip.tokens * frames // t
+            counted = perfmodel.saved_activation_bytes(transformer, step)
+            size = perfmodel.Clip(tokens, image_tokens=clip.image_tokens, rank=clip.rank)
+            modelled = perfmodel.train_step_memory(dims, size, "full", ckpt, attention=kind)["activations"]
+            row = {"counted_mib": counted / 2**20, "modelled_mib": modelled * perfmodel.GIB / 2**20}
+            if frames == t:
+                out["at_clip"][name] = {**row, "ratio": row["modelled_mib"] / row["counted_mib"]}
+            out["by_latent_frames"].append({"mode": name, "latent_frames": frames, "tokens": tokens, **row})
     return out
 
 
@@ -340,9 +354,16 @@ def report(r: dict) -> str:
         ratio = f"{row['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in row else "1.00x"
         lines.append(f"| {name} | {row['s_per_step']:.4f} | {ratio} | {row['peak_rss_mib']:.0f} |")
     lines += ["", "cost model on this model (activation bytes of one step, bf16 autocast):"]
-    for name, row in r["model_check"].items():
+    for name, row in r["model_check"]["at_clip"].items():
         lines.append(f"  {name}: counted {row['counted_mib']:.2f} MiB, modelled {row['modelled_mib']:.2f} MiB "
                      f"(x{row['ratio']:.3f})")
+    lines += ["", "activation MiB by clip length, counted (modelled):", "| latent frames | tokens | "
+              + " | ".join(r["model_check"]["at_clip"]) + " |", "|---|---|---|---|---|"]
+    rows = r["model_check"]["by_latent_frames"]
+    for frames in sorted({x["latent_frames"] for x in rows}):
+        cells = [x for x in rows if x["latent_frames"] == frames]
+        lines.append(f"| {frames} | {cells[0]['tokens']} | " + " | ".join(
+            f"{x['counted_mib']:.2f} ({x['modelled_mib']:.2f})" for x in cells) + " |")
     lines += ["", "Wan2.1-I2V-14B LoRA step, 832x480, rank 16: MODELLED (perfmodel), not measured; times assume "
               f"{int(100 * perfmodel.ASSUMED_UTILISATION)}% of peak bf16 FLOP/s", perfmodel.format_table(r["wan14b"]),
               "", "one whole 49-frame edit (100 training steps, 30 sampling steps with CFG): MODELLED",
