@@ -48,7 +48,7 @@ def plain(wan21_dir, clip, tmp_path_factory):
 #: of its B matrices (which start at zero, so all of them is training): Adam moves each weight by about lr
 #: per step whatever the gradient's size, so single tiny weights are no measure.
 MODES = [
-    (PerformanceConfig(checkpoint_blocks=0), 1e-5, 1e-3),  # no gradient checkpointing
+    (PerformanceConfig(checkpoint_blocks=performance.ALL_BLOCKS), 1e-5, 1e-3),  # every block (plain on CPU: none)
     (PerformanceConfig(checkpoint_blocks=1), 1e-5, 1e-3),  # the first of two blocks only
     (PerformanceConfig(memory_mode="offload"), 1e-5, 1e-3),
     (PerformanceConfig(attention="_native_math"), 1e-4, 1e-2),  # the textbook attention, quadratic memory
@@ -58,7 +58,7 @@ MODES = [
 
 
 @pytest.mark.parametrize("perf, rtol, lora_rtol", MODES,
-                         ids=["no-checkpointing", "checkpoint-1-block", "offload", "math-attention", "fp8",
+                         ids=["checkpoint-every-block", "checkpoint-1-block", "offload", "math-attention", "fp8",
                               "fp8+offload"])
 def test_every_mode_trains_like_the_plain_path(wan21_dir, clip, plain, tmp_path, perf, rtol, lora_rtol):
     losses, lora, backend = _train(wan21_dir, clip, perf, tmp_path)
@@ -80,6 +80,10 @@ def test_gradient_checkpointing_per_block(wan21_dir):
     assert performance.set_gradient_checkpointing(transformer, 1) == 1
     assert performance.set_gradient_checkpointing(transformer, 5) == 2  # more than the model has: every block
     assert performance.set_gradient_checkpointing(transformer, 0) == 0 and not transformer.gradient_checkpointing
+    auto = PerformanceConfig()
+    assert performance.checkpointed_blocks(auto, torch.device("cpu")) == 0  # memory is not the limit on a CPU
+    assert performance.checkpointed_blocks(auto, torch.device("cuda")) is None  # every block on a GPU
+    assert performance.checkpointed_blocks(replace(auto, checkpoint_blocks=3), torch.device("cpu")) == 3
 
 
 def test_compiled_blocks_train_like_the_plain_path(wan21_dir, clip, plain, tmp_path, monkeypatch):
@@ -192,6 +196,10 @@ def test_command_line_options_reach_the_config(clip_files):
     assert perf.fp8_base and perf.offload
     args = build_parser().parse_args(["train", *files, "--no-gradient-checkpointing"])
     assert _configs(args)[1].performance == replace(PLAIN, checkpoint_blocks=0)
+    args = build_parser().parse_args(["train", *files, "--checkpoint-blocks", "all"])
+    assert _configs(args)[1].performance.checkpoint_blocks == performance.ALL_BLOCKS
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", *files, "--checkpoint-blocks", "most"])
     args = build_parser().parse_args(["sample", *files, "--edited-first-frame", str(clip_files["edited0"])])
     assert _configs(args)[1].performance == PLAIN
 

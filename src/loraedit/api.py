@@ -21,7 +21,7 @@ from .backends.wan import WAN_NEGATIVE_PROMPT, EncodedSample, WanBackend, load_w
 from .cache import TensorCache, content_key
 from .errors import out_of_memory_advice
 from .lora_io import load_lora, remove_lora
-from .performance import PerformanceConfig
+from .performance import ALL_BLOCKS, PerformanceConfig
 from .train import TrainConfig, train_lora
 from .validate import TRAINING_MODES, CheckedRun, Clip, check_run, resolve_model_dir
 
@@ -102,8 +102,8 @@ def _memory_advice(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = 
     smaller = "x".join(str(max(m, round(v * 0.75 / m) * m)) for v in run.size)
     tips = []
     perf = opts.performance
-    if cfg is not None and perf.checkpoint_blocks is not None:
-        tips.append("drop --no-gradient-checkpointing / --checkpoint-blocks (checkpoint every block)")
+    if cfg is not None and perf.checkpoint_blocks is not None and perf.checkpoint_blocks < ALL_BLOCKS:
+        tips.append("checkpoint every block (--checkpoint-blocks all, or drop --no-gradient-checkpointing)")
     if not perf.offload:
         tips.append("add --memory-mode " + ("fp8+offload" if perf.fp8_base else "fp8 (or fp8+offload on a 24 GB card)"))
     if cfg is not None and not opts.low_cost:

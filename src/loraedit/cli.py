@@ -30,6 +30,17 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _blocks(text: str) -> int:
+    from .performance import ALL_BLOCKS
+
+    if text == "all":
+        return ALL_BLOCKS
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--checkpoint-blocks {text!r} is not a number of blocks or all") from None
+
+
 def _edited_frame(text: str):
     from .api import EditedFrame
 
@@ -133,8 +144,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint interval in steps (0 = never)")
     g.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory "
                    "(= --checkpoint-blocks 0)")
-    g.add_argument("--checkpoint-blocks", type=int, help="gradient checkpointing on the first N transformer blocks "
-                   "only (default: every block; memory grows with the blocks left out)")
+    g.add_argument("--checkpoint-blocks", type=_blocks, help="gradient checkpointing on the first N transformer "
+                   "blocks, or all (default: all on a GPU, none on a CPU; memory grows with the blocks left out)")
     g.add_argument("--timestep-shift", type=float, default=3.0, help="shift for --timestep-sampling shifted "
                    "(default 3)")
     g.add_argument("--train-seed", type=int, default=0, help="seed of LoRA init, sample order, noise")

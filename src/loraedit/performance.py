@@ -16,8 +16,10 @@ measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tes
   In training both save memory only for checkpointed blocks: autograd keeps every layer's bf16 (or
   on-GPU) weight copy until that layer's backward, which a checkpointed block runs right after its
   recomputed forward.
-- gradient checkpointing, per block: `checkpoint_blocks` None = every block (the least memory), 0 = none
-  (the fastest), k = the first k blocks (the memory between the two, linear in k).
+- gradient checkpointing, per block: `checkpoint_blocks` k = the first k blocks (`ALL_BLOCKS`: every
+  block, the least memory; 0: none, the fastest; between: memory linear in the blocks left out); None =
+  auto: every block on a GPU, none on a CPU (where memory is not the limit and recomputing only costs
+  time: 1.4x slower steps on the toy world's model, `make bench`).
 - compile: `torch.compile` of each transformer block (the repeated region; compiles once, ~1 min).
 - batched CFG: the conditional and unconditional predictions of a sampling step in one batched forward
   (`BatchedCFG`, a diffusers model hook; the pipeline itself is unchanged). The same FLOPs, one pass over
@@ -44,6 +46,8 @@ FORWARD_ONLY_ATTENTION = ("sage", "_flash_3")
 #: torch.compile arguments for each block (tests swap in a backend that needs no C++ compiler).
 COMPILE_KWARGS: dict = {"fullgraph": False, "dynamic": False}
 BATCHED_CFG_HOOK = "loraedit_batched_cfg"
+#: `--checkpoint-blocks all`: more blocks than any model has.
+ALL_BLOCKS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class PerformanceConfig:
     memory_mode: str = "full"  # full | fp8 | offload | fp8+offload (see MEMORY_MODES)
     attention: str = "auto"  # a diffusers attention backend name, or auto
     compile: bool = False  # torch.compile every transformer block
-    checkpoint_blocks: int | None = None  # gradient checkpointing: None = every block, 0 = none, k = first k
+    checkpoint_blocks: int | None = None  # checkpoint the first k blocks; None = auto (GPU: all, CPU: none)
     batched_cfg: bool = True  # cond + uncond in one forward while sampling
     vae_tiling: bool = False  # spatially tiled VAE decoding
     offload_stream: bool = True  # overlap offload transfers with compute on a CUDA stream (GPU only)
@@ -83,7 +87,7 @@ def performance_problems(perf: PerformanceConfig, trains: bool) -> list[str]:
             problems.append(missing)
     if perf.checkpoint_blocks is not None and perf.checkpoint_blocks < 0:
         problems.append(f"--checkpoint-blocks {perf.checkpoint_blocks} is negative: give 0 (none) up to the number "
-                        "of transformer blocks, or leave it out for every block")
+                        "of transformer blocks, or all")
     return problems
 
 
@@ -145,6 +149,13 @@ def set_attention(transformer: torch.nn.Module, perf: PerformanceConfig, device:
         transformer.set_attention_backend(name)
         transformer._loraedit_attention = name
     return name
+
+
+def checkpointed_blocks(perf: PerformanceConfig, device: torch.device) -> int | None:
+    """What `set_gradient_checkpointing` gets: the configured count, or auto (every block on a GPU, none on a CPU)."""
+    if perf.checkpoint_blocks is not None:
+        return perf.checkpoint_blocks
+    return 0 if device.type == "cpu" else None
 
 
 def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None) -> int:

@@ -39,7 +39,7 @@ from .cache import content_key
 from .conditioning import stage2_schedule
 from .errors import InputError, Interrupted, LoraEditError
 from .media import atomic_path
-from .performance import set_attention, set_gradient_checkpointing
+from .performance import checkpointed_blocks, set_attention, set_gradient_checkpointing
 
 #: A loss this many times the median of the phase's losses so far means training diverged (flow-matching
 #: losses on normalised latents stay within a small factor of each other across noise levels).
@@ -150,7 +150,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_step_seed(cfg.seed, -1, i))
             lora_io.add_lora(transformer, settings, dtype=torch.float32, device=device)
-        set_gradient_checkpointing(transformer, backend.perf.checkpoint_blocks)
+        set_gradient_checkpointing(transformer, checkpointed_blocks(backend.perf, device))
         set_attention(transformer, backend.perf, device, training=True)
 
     # 2. Resume (from a checkpoint, or a finished run's LoRA files) or start fresh.
