@@ -274,25 +274,12 @@ def visible(layers: list[list[Patch | None]], index: int, frames: int, width: in
 
 
 def box_masks(silhouettes: np.ndarray, min_fraction: float = 0.005) -> np.ndarray:
-    """The authors' box masks [T, H, W] bool: per 8-connected component of each frame's silhouette,
-    its bounding box grown by 10% (5% a side, at least a pixel), clipped to the frame. Components
-    smaller than ``min_fraction`` of the frame are dropped, as the authors drop segmentation specks."""
-    from scipy import ndimage  # scikit-image's own dependency; imported late as it is slow to import
+    """The authors' box masks [T, H, W] bool (`loraedit.masks.box_masks`: per 8-connected component its box
+    grown 10%, clipped); the world drops components under ``min_fraction`` of the frame as segmentation specks."""
+    import torch
 
-    frames, height, width = silhouettes.shape
-    out = np.zeros_like(silhouettes)
-    min_px = min_fraction * height * width
-    structure = np.ones((3, 3), dtype=bool)
-    for t in range(frames):
-        labels, count = ndimage.label(silhouettes[t], structure=structure)
-        if not count:
-            continue
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        for i, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is None or sizes[i] < min_px:
-                continue
-            ys, xs = box
-            gy = max(1, round(0.05 * (ys.stop - ys.start)))
-            gx = max(1, round(0.05 * (xs.stop - xs.start)))
-            out[t, max(ys.start - gy, 0):ys.stop + gy, max(xs.start - gx, 0):xs.stop + gx] = True
-    return out
+    from ..masks import box_masks as authors_box_masks
+
+    _, height, width = silhouettes.shape
+    boxes = authors_box_masks(torch.from_numpy(silhouettes.astype(np.float32)), min_pixels=min_fraction * height * width)
+    return boxes.numpy() > 0.5
