@@ -100,12 +100,24 @@ def write_model_folder(path: Path, variant: str = "wan2.1", seed: int = 0) -> Pa
     parts = build_components(variant, seed)
     boundary = 0.9 if variant == "wan2.2" else None
     pipe = MaskAwareWanImageToVideoPipeline(**parts, boundary_ratio=boundary)
+    return _save_model_folder(path, pipe, {"working_size": list(TOY_SIZE), "frames": TOY_FRAMES,
+                                           "note": "random weights, mechanics only"})
+
+
+def _save_model_folder(path: Path, pipe, info: dict, manifest: dict | None = None) -> Path:
+    """Save a pipeline as a diffusers folder with its `loraedit_model.json` (and a manifest with sha256s),
+    atomically: written into a temporary sibling folder, then renamed into place."""
+    import hashlib
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "loraedit_model.json").write_text(json.dumps(
-            {"working_size": list(TOY_SIZE), "frames": TOY_FRAMES, "note": "random weights, mechanics only"}))
+        (tmp / "loraedit_model.json").write_text(json.dumps(info))
+        if manifest is not None:
+            files = {f.relative_to(tmp).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                     for f in sorted(tmp.rglob("*.safetensors"))}
+            (tmp / "MANIFEST.json").write_text(json.dumps({**manifest, "sha256": files}, indent=2))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -179,26 +191,10 @@ def build_world_components(seed: int = 0) -> dict:
 
 def write_world_folder(path: Path, parts: dict, manifest: dict) -> Path:
     """Save the world model as a diffusers folder: fp16 transformer, fp32 codec, manifest with sha256s."""
-    import hashlib
-
     from ..backends.wan import MaskAwareWanImageToVideoPipeline
 
-    path = Path(path)
     parts = dict(parts)
     parts["transformer"] = parts["transformer"].to(torch.float16)
     pipe = MaskAwareWanImageToVideoPipeline(**parts)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "loraedit_model.json").write_text(json.dumps(
-            {"working_size": list(WORLD_SIZE), "frames": WORLD_FRAMES, "note": "toy world, pretrained"}))
-        files = {p.relative_to(tmp).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                 for p in sorted(tmp.rglob("*.safetensors"))}
-        (tmp / "MANIFEST.json").write_text(json.dumps({**manifest, "sha256": files}, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return _save_model_folder(Path(path), pipe, {"working_size": list(WORLD_SIZE), "frames": WORLD_FRAMES,
+                                                 "note": "toy world, pretrained"}, manifest)
