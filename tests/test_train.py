@@ -171,3 +171,22 @@ def test_stage1_is_reused_when_only_the_edited_frames_change(wan21_dir, toy_clip
     train_lora(load_wan(wan21_dir), motion, [], replace(cfg, stage1_steps=3), tmp_path / "other", progress=False,
                stage1_cache=cache)
     assert len(list(cache.glob("*.safetensors"))) == 2
+
+
+def test_on_step_reports_each_step_with_the_losses_so_far(wan21_dir, toy_clip, tmp_path):
+    """The live display's hook: one report before the first step and after each, in train_log.json's layout."""
+    import json
+
+    from loraedit.report import loss_curve_svg
+
+    backend = load_wan(wan21_dir)
+    motion, edited = _encoded(backend, toy_clip)
+    seen = []
+    train_lora(backend, motion, edited, replace(CFG, checkpoint_every=0), tmp_path, progress=False,
+               on_step=seen.append)
+    total = CFG.stage1_steps + CFG.stage2_steps
+    assert [p.done for p in seen] == list(range(total + 1)) and all(p.total == total for p in seen)
+    assert seen[0].losses == ((), ()) and len(seen[3].losses[0]) == 3
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert seen[-1].log() == {"phases": log["phases"], "losses": log["losses"]}
+    assert "<polyline" in loss_curve_svg(seen[3].log())  # the curve can be drawn mid-run

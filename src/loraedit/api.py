@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .cache import TensorCache, content_key
 from .errors import out_of_memory_advice
 from .lora_io import load_lora, remove_lora
 from .performance import ALL_BLOCKS, PerformanceConfig
-from .train import TrainConfig, train_lora
+from .train import TrainConfig, TrainProgress, train_lora
 from .validate import TRAINING_MODES, CheckedRun, Clip, check_run, resolve_model_dir
 
 CONCEPT_TOKEN = "p3rs0n,"
@@ -200,19 +201,23 @@ def training_samples(run: CheckedRun, opts: RunOptions):
 
 
 def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunOptions(),
-          cfg: TrainConfig = TrainConfig()) -> dict[str, Path]:
-    """Train the LoRA for a clip (stage 1, then stage 2 if edited frames are given). Returns LoRA paths."""
+          cfg: TrainConfig = TrainConfig(), on_step: Callable[[TrainProgress], None] | None = None) -> dict[str, Path]:
+    """Train the LoRA for a clip (stage 1, then stage 2 if edited frames are given). Returns LoRA paths.
+
+    `on_step` receives a `TrainProgress` before the first step and after each (a live progress display).
+    """
     out_dir = Path(out_dir)
     run = check_run("train", model, inputs, opts, cfg=cfg, train_dir=out_dir)
     _print_notes(run)
     opts = with_captions(run, opts, training=True, sampling=False)
     backend = load_backend(run.model.path, opts.device, opts.performance)
-    paths = _train(backend, run, out_dir, opts, cfg)
+    paths = _train(backend, run, out_dir, opts, cfg, on_step)
     report.write_training_report(out_dir, _settings(run, opts, cfg))
     return paths
 
 
-def _train(backend: WanBackend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig) -> dict[str, Path]:
+def _train(backend: WanBackend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig,
+           on_step: Callable[[TrainProgress], None] | None = None) -> dict[str, Path]:
     motion, edited = training_samples(run, opts)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode)
     with out_of_memory_advice("encoding the training samples", _memory_advice(run, opts)):
@@ -223,7 +228,7 @@ def _train(backend: WanBackend, run: CheckedRun, out_dir: Path, opts: RunOptions
     started = time.perf_counter()
     with out_of_memory_advice("training the LoRA", _memory_advice(run, opts, cfg)):
         paths = train_lora(backend, encoded_motion, encoded_edited, cfg, out_dir, resume=opts.resume,
-                           progress=opts.progress,
+                           progress=opts.progress, on_step=on_step,
                            stage1_cache=opts.cache_dir / "stage1" if opts.cache_dir is not None else None)
     _write_json(out_dir / "train_info.json", {
         "model": str(run.model.path), "kind": backend.kind, "mode": opts.mode, "frames": run.frames,
@@ -291,8 +296,12 @@ def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, 
 
 
 def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, opts: RunOptions = RunOptions(),
-         cfg: TrainConfig = TrainConfig(), scfg: SampleConfig = SampleConfig()) -> torch.Tensor:
-    """The whole method: encode everything once, free the encoders, train the LoRA, sample the edit."""
+         cfg: TrainConfig = TrainConfig(), scfg: SampleConfig = SampleConfig(),
+         on_step: Callable[[TrainProgress], None] | None = None) -> torch.Tensor:
+    """The whole method: encode everything once, free the encoders, train the LoRA, sample the edit.
+
+    `on_step` receives a `TrainProgress` before the first training step and after each.
+    """
     out = Path(out)
     trains = opts.mode in TRAINING_MODES
     run = check_run("edit", model, inputs, opts, cfg=cfg, scfg=scfg, edited_first_frame=Path(edited_first_frame),
@@ -303,7 +312,7 @@ def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, op
     prepared = prepare_sampling(backend, run, opts, scfg)
     loras: list[Path] = []
     if trains:
-        loras = list(_train(backend, run, work_dir_for(out), opts, cfg).values())
+        loras = list(_train(backend, run, work_dir_for(out), opts, cfg, on_step).values())
         for expert in backend.experts:  # sample through the saved files, exactly what the user keeps
             remove_lora(backend.transformer(expert.name))
     backend.free_encoders()

@@ -25,6 +25,7 @@ import json
 import math
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,23 @@ class TrainState:
     losses: list[list[float]] = field(default_factory=list)  # per phase
 
 
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where a run stands, for a live display (the web app's progress bar and loss curve).
+
+    `phases` and `losses` have `train_log.json`'s layout, so `report.loss_curve_svg(progress.log())` draws
+    the curve while training runs exactly as the report draws it afterwards.
+    """
+
+    done: int  # steps done in the whole run (a reused stage 1 counts as done)
+    total: int
+    phases: tuple[dict, ...]  # {"stage", "expert", "steps"} per phase
+    losses: tuple[tuple[float, ...], ...]  # per phase, the losses so far
+
+    def log(self) -> dict:
+        return {"phases": list(self.phases), "losses": [list(values) for values in self.losses]}
+
+
 # ---- flow matching (the paper's Eq. 2, as in the authors' code) -------------------------------------
 
 
@@ -125,17 +143,20 @@ def plan_phases(experts: list[Expert], num_motion: int, num_edited: int, cfg: Tr
 
 def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample], cfg: TrainConfig,
                out_dir: Path, *, resume: bool = False, progress: bool = True,
-               stage1_cache: Path | None = None) -> dict[str, Path]:
+               stage1_cache: Path | None = None,
+               on_step: Callable[[TrainProgress], None] | None = None) -> dict[str, Path]:
     """Train the LoRA(s) and write `lora.safetensors` (and `lora_2.safetensors` for a second expert).
 
     Returns {expert name: LoRA path}. `out_dir/checkpoints/` holds the resumable state; `stage1_cache`, a
     folder of finished stage-1 LoRAs by content (`Stage1Cache`), skips a stage 1 trained before. How the step runs
     (memory mode, attention, compile, gradient checkpointing) is the backend's `perf`: it changes no
     result beyond rounding, so it is not part of the run's key and may change between a crash and --resume.
+    `on_step`, if given, is called with a `TrainProgress` before the first step and after every step.
     """
     out_dir = Path(out_dir)
     samples = motion + edited
     phases = plan_phases(backend.experts, len(motion), len(edited), cfg)
+    phase_info = tuple({"stage": p.stage, "expert": p.expert.name, "steps": p.steps} for p in phases)
     run_key = content_key(json.dumps(asdict(cfg), sort_keys=True), backend.fingerprint(),
                           *[t for s in samples for t in (s.target, s.condition, s.text)])
     settings = lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, backend.fingerprint(), backend.kind)
@@ -178,6 +199,12 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     done_before = sum(p.steps for p in phases[: state.phase]) + state.step
     bar = tqdm(total=total, initial=done_before, desc="training LoRA", disable=not progress, dynamic_ncols=True)
 
+    def report() -> None:
+        if on_step is not None:
+            on_step(TrainProgress(done_before, total, phase_info, tuple(tuple(v) for v in state.losses)))
+
+    report()
+
     for phase_index in range(state.phase, len(phases)):
         phase = phases[phase_index]
         transformer = backend.transformer(phase.expert.name)
@@ -187,6 +214,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
             state.step, state.losses[phase_index] = phase.steps, reused
             done_before += phase.steps
             bar.update(phase.steps)
+            report()
         transformer.train()
         params = [p for p in transformer.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay,
@@ -231,6 +259,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                 done_before += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                report()
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < phase.steps:
                     _save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
         except KeyboardInterrupt:
@@ -252,8 +281,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         lora_io.save_lora(path, backend.transformer(expert.name), settings,
                           extra={"expert": expert.name, "sigma_range": [expert.sigma_low, expert.sigma_high]})
         paths[expert.name] = path
-    log = {"phases": [{"stage": p.stage, "expert": p.expert.name, "steps": p.steps} for p in phases],
-           "losses": state.losses, "config": asdict(cfg), "run_key": run_key,
+    log = {"phases": list(phase_info), "losses": state.losses, "config": asdict(cfg), "run_key": run_key,
            "lora_files": {name: path.name for name, path in paths.items()}}
     with atomic_path(out_dir / "train_log.json") as tmp:
         tmp.write_text(json.dumps(log))
