@@ -171,3 +171,16 @@ def test_bench_quality_writes_every_mode(wan21_dir, tmp_path, capsys):
     assert summary["scenarios"][0]["card"] is True
     assert (out / "table.md").is_file() and (out / "chart.png").is_file()
     assert len(list((out / "sheets").glob("*.png"))) == 1
+
+
+def test_bench_quality_runs_only_the_modes_asked_for(wan21_dir, tmp_path, capsys):
+    code = main(["bench", "quality", "--model", str(wan21_dir), "--scenarios", "1", "--stage1-steps", "2",
+                 "--rank", "4", "--steps", "2", "--modes", "naive,mask-aware", "--timestep-sampling",
+                 "logit-normal", "--out", str(tmp_path / "r"), "--json", str(tmp_path / "q.json"), "--quiet"])
+    assert code == 0
+    summary = json.loads((tmp_path / "q.json").read_text())
+    assert set(summary["modes"]) == {"naive", "mask-aware"}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "quality", "--modes", "mask-aware,magic"])
+    assert exit_info.value.code == 2
+    assert "unknown mode(s) magic" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import conditioning, media, report
-from .backends.wan import WAN_NEGATIVE_PROMPT, EncodedSample, WanBackend, load_wan
+from .backends.wan import EncodedSample, WanBackend, load_wan
 from .cache import TensorCache, content_key
 from .errors import out_of_memory_advice
 from .lora_io import load_lora, remove_lora
@@ -61,7 +61,7 @@ class SampleConfig:
     guidance_2: float | None = None  # Wan2.2's low-noise expert; None = same as guidance
     shift: float = 5.0
     seed: int = 0
-    negative_prompt: str = WAN_NEGATIVE_PROMPT
+    negative_prompt: str | None = None  # None: the model's own (Wan's standard list for Wan folders)
     paste_background: bool = False
 
 
@@ -258,7 +258,8 @@ def prepare_sampling(backend: WanBackend, run: CheckedRun, opts: RunOptions, scf
         condition = conditioning.first_frame_condition(first, run.frames, prompt)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode)
     with out_of_memory_advice("encoding the inference condition", _memory_advice(run, opts)):
-        return PreparedSampling(clip, first, encoder.sample(condition), encoder.prompt(scfg.negative_prompt))
+        negative = backend.default_negative_prompt if scfg.negative_prompt is None else scfg.negative_prompt
+        return PreparedSampling(clip, first, encoder.sample(condition), encoder.prompt(negative))
 
 
 def generate(backend: WanBackend, run: CheckedRun, prepared: PreparedSampling, out: Path, loras: list[Path],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -73,6 +74,17 @@ def _box(text: str) -> tuple[int | None, tuple[float, float, float, float]]:
     if len(v) != 4:
         raise argparse.ArgumentTypeError(f"--box {text!r} is not [FRAME:]x0,y0,x1,y1 (four numbers)")
     return frame, (v[0], v[1], v[2], v[3])
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    from .quality import METHOD_MODES, SANITY_MODES
+
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in METHOD_MODES + SANITY_MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}: use "
+                                         f"{', '.join(METHOD_MODES + SANITY_MODES)}")
+    return modes
 
 
 def _caption(text: str) -> Path:
@@ -163,7 +175,8 @@ def _add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
     g.add_argument("--guidance-2", type=float, help="guidance of Wan2.2's low-noise expert (default: --guidance)")
     g.add_argument("--shift", type=float, default=5.0, help="flow shift of the sampler (default 5)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
-    g.add_argument("--negative-prompt", help="negative prompt (default: Wan's standard one)")
+    g.add_argument("--negative-prompt", help="negative prompt (default: the model's own; Wan's standard one "
+                   "for Wan folders)")
     g.add_argument("--paste-background", action="store_true", help="copy the input's pixels back outside the mask "
                    "(off by default, so the method itself is what you see)")
     g.add_argument("--no-batched-cfg", action="store_true", help="run the conditional and unconditional "
@@ -210,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--recolour-copies", type=int, default=0, help="appearance augmentation: recoloured copies "
                    "of the clip in mask-aware training (ours; default 0 = the paper)")
+    p.add_argument("--timestep-sampling", choices=["uniform", "logit-normal", "shifted"], default="uniform",
+                   help="LoRA training noise levels (default uniform, as the authors)")
+    p.add_argument("--modes", type=_modes, help="comma-separated subset of the rows to run (default all: "
+                   "no-lora,mask-no-lora,naive,mask-aware,mask-aware+frames,low-cost,codec-ceiling,"
+                   "static-first-frame); a lever study needs only naive,mask-aware")
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     p.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")
     p.add_argument("--shift", type=float, default=5.0, help="sampler flow shift (default 5)")
@@ -326,7 +344,7 @@ def _config_path(argv: list[str]) -> Path | None:
 
 def _configs(args: argparse.Namespace):
     from .api import ClipInputs, RunOptions, SampleConfig
-    from .backends.wan import DEFAULT_LORA_TARGETS, WAN_NEGATIVE_PROMPT
+    from .backends.wan import DEFAULT_LORA_TARGETS
     from .performance import PerformanceConfig
     from .train import TrainConfig
 
@@ -348,7 +366,7 @@ def _configs(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every, seed=args.train_seed) if hasattr(args, "rank") else None
     scfg = SampleConfig(
         steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift, seed=args.seed,
-        negative_prompt=args.negative_prompt if args.negative_prompt is not None else WAN_NEGATIVE_PROMPT,
+        negative_prompt=args.negative_prompt,
         paste_background=args.paste_background) if hasattr(args, "steps") else None
     return inputs, opts, cfg, scfg
 
@@ -448,9 +466,11 @@ def _bench_quality(args: argparse.Namespace) -> None:
     from .train import TrainConfig
 
     train = TrainConfig(rank=args.rank, alpha=float(args.rank), learning_rate=args.lr, stage1_steps=args.stage1_steps,
-                        stage2_steps=args.stage2_steps, checkpoint_every=0)
+                        stage2_steps=args.stage2_steps, timestep_sampling=args.timestep_sampling, checkpoint_every=0)
     cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, train=train, steps=args.steps,
                         guidance=args.guidance, shift=args.shift, recolour_copies=args.recolour_copies)
+    if args.modes:
+        cfg = replace(cfg, modes=args.modes)
     summary = run_quality(lambda: load_backend(args.model), cfg, args.out, progress=not args.quiet)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

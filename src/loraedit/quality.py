@@ -68,7 +68,7 @@ def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, 
     train_prompt = compose_prompt("p3rs0n,", scenario.caption)
     prompt = compose_prompt("p3rs0n,", scenario.edited_caption)
     enc = Encoder(backend, None, "maxpool")
-    negative = enc.prompt("")
+    negative = enc.prompt(backend.default_negative_prompt)
     first = scenario.edited_first_frame
     mask_cond = enc.sample(conditioning.mask_aware_condition(video, masks, first, prompt))
     plain_cond = enc.sample(conditioning.first_frame_condition(first, video.shape[0], prompt))

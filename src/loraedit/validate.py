@@ -104,10 +104,19 @@ class _Findings:
 
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """`toy` / `toy-wan2.2` -> the embedded toy model folder; anything else is a local folder path."""
-    from .toyworld.models import toy_model_folder
+    """The embedded models by name, anything else as a local folder path.
 
-    if str(model) in ("toy", "toy-wan2.1"):
+    `toy`: the pretrained toy-world model committed inside the package (96x96, 17 frames);
+    `toy-random` / `toy-wan2.2`: tiny random-weight Wan2.1 / Wan2.2 (two experts) models for mechanics.
+    """
+    from .toyworld.models import WORLD_WEIGHTS, toy_model_folder
+
+    if str(model) == "toy":
+        if not (WORLD_WEIGHTS / "model_index.json").is_file():
+            raise InputError(f"the toy-world weights are missing from {WORLD_WEIGHTS}: reinstall loraedit from a "
+                             "full checkout, or use --model toy-random")
+        return WORLD_WEIGHTS
+    if str(model) in ("toy-random", "toy-wan2.1"):
         return toy_model_folder("wan2.1")
     if str(model) == "toy-wan2.2":
         return toy_model_folder("wan2.2")

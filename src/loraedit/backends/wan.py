@@ -142,6 +142,12 @@ class WanBackend:
         return int(self.info.get("frames", DEFAULT_FRAMES))
 
     @property
+    def default_negative_prompt(self) -> str:
+        """The folder's own negative prompt (`loraedit_model.json`), else Wan's standard one."""
+        negative = self.info.get("negative_prompt")
+        return WAN_NEGATIVE_PROMPT if negative is None else negative
+
+    @property
     def experts(self) -> list[Expert]:
         """Wan2.1: one transformer for all noise levels. Wan2.2: high-noise above the boundary."""
         boundary = self.pipe.config.boundary_ratio
@@ -316,5 +322,6 @@ def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.d
             if name in ("vae", "text_encoder", "image_encoder"):
                 module.to(device)
     pipe.set_progress_bar_config(leave=False, desc="sampling")
-    info = {"working_size": folder.working_size, "frames": folder.default_frames}
+    info = {"working_size": folder.working_size, "frames": folder.default_frames,
+            "negative_prompt": folder.negative_prompt}
     return WanBackend(pipe, folder.path, device, dtype, info, perf)

@@ -47,6 +47,9 @@ class WanFolder:
     latent_channels: int
     fingerprint: str
     transformer_configs: dict[str, dict] = field(repr=False, compare=False)
+    #: The negative prompt the model was trained to read as "unconditional" (loraedit_model.json), or None
+    #: for Wan's standard one. The toy world learnt the empty caption; Wan's Chinese list means nothing to it.
+    negative_prompt: str | None = None
 
     @property
     def size_multiple(self) -> int:
@@ -106,6 +109,9 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
             and isinstance(frames, int) and frames > 0):
         problems.append(f"{info_path} has working_size {size!r} and frames {frames!r}: give "
                         "[width, height] and a frame count as positive integers, or delete the file")
+    negative = info.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        problems.append(f"{info_path} has negative_prompt {negative!r}: give a string, or leave the key out")
     configs = {"transformer": transformer}
     if "transformer_2" in components and (model_dir / "transformer_2/config.json").is_file():
         configs["transformer_2"] = _read_json(model_dir / "transformer_2/config.json", problems)
@@ -121,7 +127,7 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
         temporal_factor=int(vae.get("scale_factor_temporal", 4)),
         patch_size=tuple(int(v) for v in transformer.get("patch_size", (1, 2, 2))),
         latent_channels=int(vae.get("z_dim", 16)), fingerprint=model_fingerprint(model_dir),
-        transformer_configs=configs)
+        transformer_configs=configs, negative_prompt=negative)
 
 
 def lora_shapes(folder: WanFolder, expert: str, rank: int, targets: str) -> dict[str, tuple[int, int]]:

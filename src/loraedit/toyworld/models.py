@@ -194,7 +194,12 @@ def write_world_folder(path: Path, parts: dict, manifest: dict) -> Path:
     from ..backends.wan import MaskAwareWanImageToVideoPipeline
 
     parts = dict(parts)
-    parts["transformer"] = parts["transformer"].to(torch.float16)
+    transformer = parts["transformer"]
+    keep = tuple(transformer._keep_in_fp32_modules or ())  # norms, time embedder, rope: fp32 as diffusers wants
+    for name, param in transformer.named_parameters():
+        if not any(part in keep for part in name.split(".")):
+            param.data = param.data.to(torch.float16)
     pipe = MaskAwareWanImageToVideoPipeline(**parts)
     return _save_model_folder(Path(path), pipe, {"working_size": list(WORLD_SIZE), "frames": WORLD_FRAMES,
+                                                 "negative_prompt": "",  # caption dropout's empty caption
                                                  "note": "toy world, pretrained"}, manifest)

@@ -125,11 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--total-steps", type=int, default=60000, help="length of the cosine schedule")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's). 1 keeps the job steady while "
+                   "other work shares the cores: two threads wait on each other when a neighbour takes one")
     p.add_argument("--export", type=Path, help="write the model folder (fp16) from the latest checkpoint and stop")
     p.add_argument("--preview", type=Path, help="write a contact sheet of what the checkpoint generates from held-out "
                    "first frames (standard I2V), with PSNR against the real continuation, and stop")
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
 
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = models.build_world_components(seed=0)
     transformer = parts["transformer"]
     if args.export:
-        export(work, parts, codec, args.export)
+        export(work, parts, codec, args.export, args)
         return
     if args.preview:
         preview(work, parts, codec, args.preview)
@@ -246,7 +250,8 @@ def _unflatten(flat: dict, groups: list) -> dict:
     return {"state": per, "param_groups": groups}
 
 
-def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int = 4, steps: int = 30) -> list[float]:
+def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int = 4,
+            steps: int = 30) -> tuple[list[float], list[float]]:
     """What the base model does on its own task: generate held-out clips from their first frame."""
     from ..backends.wan import MaskAwareWanImageToVideoPipeline, WanBackend
     from ..media import write_contact_sheet
@@ -270,20 +275,49 @@ def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int =
         rows[f"real {i}"], rows[f"generated {i}: {scores[-1]} dB"] = s.video, video
     write_contact_sheet(out, rows, num_columns=6)
     print(f"preview: PSNR of frames 1-16, generated vs real: {scores}; a static first frame scores {static}")
-    return scores
+    return scores, static
 
 
-def export(work: Path, parts: dict, codec: PatchCodec, out: Path) -> None:
-    """Write the pretrained model as a diffusers folder (fp16 transformer) with a manifest."""
+def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse.Namespace) -> None:
+    """Write the pretrained model as a diffusers folder (fp16 transformer) with a manifest.
+
+    The manifest carries what a reader needs to trust or redo the weights: the commands, seeds, the
+    training time, the held-out losses, the codec's held-out PSNR, what the base model generates from a
+    first frame (PSNR against the real continuation, beside a static first frame) and every file's sha256.
+    """
     state = json.loads((work / "checkpoint" / "state.json").read_text())
+    scores, static = preview(work, parts, codec, work / "preview.png")
     parts["transformer"].load_state_dict(load_file(str(work / "checkpoint" / "transformer.safetensors")))
     parts["vae"] = codec
     fit = json.loads((work / "codec" / "fit.json").read_text())
+    command = (f"python -m loraedit.toyworld.pretrain --work {work} --scenes {args.scenes} --batch {args.batch} "
+               f"--lr {args.lr} --total-steps {args.total_steps} --minutes M  (repeated until step {state['step']})")
     models.write_world_folder(out, parts, manifest={
-        "pretraining": {"steps": state["step"], "log": state["log"][-5:], "seed": 0, "frames": FRAMES,
-                        "size": list(SIZE), "objective": "standard I2V (frame-0 mask), caption dropout 0.1"},
-        "codec": fit})
+        "pretraining": {"steps": state["step"], "batch": args.batch, "lr": args.lr, "schedule":
+                        f"500-step warm-up, cosine over {args.total_steps} steps", "training_scenes": args.scenes,
+                        "seeds": {"torch": 0, "batch_and_noise": "step number", "scenes": f"0..{args.scenes - 1}",
+                                  "heldout_scenes": f"{HELDOUT_SEED_BASE}.."},
+                        "frames": FRAMES, "size": list(SIZE), "device": "CPU, 2 cores",
+                        "hours_approx": round(_hours_spent(state["log"], args.checkpoint_minutes), 2),
+                        "objective": "standard I2V (frame-0 mask, zeros after), flow matching, logit-normal "
+                                     "timesteps, caption dropout 0.1, horizontal flips; never spatial masks",
+                        "heldout_loss": state["log"][-1]["heldout_loss"], "log": state["log"],
+                        "command": command},
+        "codec": {**fit, "command": "fitted in closed form by the same script on first run (fit_codec, 4x spatial)"},
+        "base_model_preview": {"what": "standard I2V from held-out first frames, 30 UniPC steps, guidance 5",
+                               "psnr_frames_1_16_db": scores, "static_first_frame_db": static},
+        "export_command": f"python -m loraedit.toyworld.pretrain --work {work} --export {out}"})
     print(f"exported {out}")
+
+
+def _hours_spent(log: list[dict], checkpoint_minutes: float) -> float:
+    """Training time from the checkpoint log: gaps within a run, plus one interval per run's start."""
+    times = [time.mktime(time.strptime(e["time"], "%Y-%m-%d %H:%M")) for e in log]
+    seconds = checkpoint_minutes * 60.0
+    for a, b in zip(times, times[1:]):
+        gap = b - a
+        seconds += gap if gap <= 3 * checkpoint_minutes * 60 else checkpoint_minutes * 60  # a new run began
+    return seconds / 3600
 
 
 if __name__ == "__main__":

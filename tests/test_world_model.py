@@ -1,0 +1,76 @@
+"""The committed toy-world model: its files match the manifest, `--model toy` loads it, and an edit runs on it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import pytest
+
+from loraedit import media
+from loraedit.backends.wan_folder import read_wan_folder
+from loraedit.cli import main
+from loraedit.metrics import masked_psnr
+from loraedit.toyworld.models import WORLD_WEIGHTS
+from loraedit.toyworld.scenes import HELDOUT_SEED_BASE, generate
+from loraedit.validate import resolve_model_dir
+
+
+def _safetensors_dtypes(path) -> dict[str, str]:
+    """Tensor name -> dtype from a safetensors header (no tensor is read)."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_committed_world_weights_match_their_manifest():
+    manifest = json.loads((WORLD_WEIGHTS / "MANIFEST.json").read_text())
+    files = sorted(WORLD_WEIGHTS.rglob("*.safetensors"))
+    assert {f.relative_to(WORLD_WEIGHTS).as_posix() for f in files} == set(manifest["sha256"])
+    for f in files:
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == manifest["sha256"][f.relative_to(WORLD_WEIGHTS).as_posix()]
+    assert sum(f.stat().st_size for f in WORLD_WEIGHTS.rglob("*") if f.is_file()) <= 30 * 2**20
+    dtypes = _safetensors_dtypes(WORLD_WEIGHTS / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert sum(d == "F16" for d in dtypes.values()) > 0.8 * len(dtypes)  # fp16, norms kept fp32
+    assert manifest["codec"]["heldout_psnr_db"] >= 30  # the ceiling every toy-world number lives under
+    assert manifest["pretraining"]["steps"] > 0 and manifest["pretraining"]["heldout_loss"] > 0
+    assert "never spatial masks" in manifest["pretraining"]["objective"]
+
+
+def test_model_toy_is_the_pretrained_world_model(wan21_dir):
+    assert resolve_model_dir("toy") == WORLD_WEIGHTS
+    folder = read_wan_folder(WORLD_WEIGHTS)
+    assert folder.working_size == (96, 96) and folder.default_frames == 17
+    assert folder.negative_prompt == ""  # what caption dropout taught it, not Wan's list
+    assert read_wan_folder(wan21_dir).negative_prompt is None  # real Wan folders: Wan's standard list
+    assert resolve_model_dir("toy-random") != WORLD_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def world_clip(tmp_path_factory):
+    scenario = generate(HELDOUT_SEED_BASE + 77, kind="object")
+    root = tmp_path_factory.mktemp("world")
+    for t in range(scenario.video.shape[0]):
+        media.write_image(root / "frames" / f"{t:02d}.png", scenario.video[t])
+        media.write_image(root / "masks" / f"{t:02d}.png", scenario.box_masks[t])
+    media.write_image(root / "edited0.png", scenario.edited_first_frame)
+    return scenario, root
+
+
+def test_edit_runs_on_the_world_model_and_starts_from_the_edited_frame(world_clip, tmp_path):
+    scenario, root = world_clip
+    out = tmp_path / "edit.mp4"
+    code = main(["edit", "--model", "toy", "--video", str(root / "frames"), "--mask", str(root / "masks"),
+                 "--edited-first-frame", str(root / "edited0.png"), "--prompt", scenario.edited_caption,
+                 "--train-prompt", scenario.caption, "--stage1-steps", "3", "--steps", "4", "--lr", "1e-3",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
+    assert code == 0
+    video, _ = media.read_video(out)
+    assert video.shape == (17, 3, 96, 96)
+    region = scenario.box_masks[:1]
+    # Frame 0 comes from the condition: the edited object, not the original one, is what the model drew.
+    to_edited = masked_psnr(video[:1], scenario.edited_video[:1], region)
+    to_original = masked_psnr(video[:1], scenario.video[:1], region)
+    assert to_edited > to_original + 2, (to_edited, to_original)
