@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mask_parser(sub)
     _add_eval_parser(sub)
 
+    _add_ui_parser(sub)
+
     p = sub.add_parser("demo", help="run the whole method on a generated toy-world clip")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--model", default="toy", help="model (default: the embedded toy model)")
@@ -268,6 +270,25 @@ def _add_mask_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--config", type=Path, help="TOML file of options (command-line options win)")
+
+
+def _add_ui_parser(sub) -> None:
+    p = sub.add_parser("ui", help="the web app: load a clip, make masks, train with a live loss curve, sample, "
+                       "download (needs the ui extra: pip install 'loraedit[ui]')")
+    p.add_argument("--model", default="toy", help="local diffusers Wan I2V folder, or 'toy' (default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                   "0.0.0.0 opens the app, which has no login, to the network)")
+    p.add_argument("--port", type=int, help="port (default: 7860, or the next free one)")
+    p.add_argument("--work", type=Path, help="folder for the sessions' uploads and results (default: ui/ beside "
+                   "the encoded cache, ~/.cache/loraedit/ui)")
+    p.add_argument("--sam", type=Path, help="local SAM2 (or SAM3 tracker) folder: click the object and it is tracked; "
+                   "without it masks come from key-frame boxes or uploads")
+    p.add_argument("--caption", type=_caption, metavar="florence2:DIR", help="local Florence-2 folder: a button "
+                   "captions the first frame and the edited first frame")
+    p.add_argument("--cache-dir", type=Path, help="encoded latents/embeddings cache (default: "
+                   "~/.cache/loraedit/encoded)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _add_eval_parser(sub) -> None:
@@ -404,6 +425,9 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "eval":
         _eval(args)
         return
+    if args.command == "ui":
+        _ui(args)
+        return
     inputs, opts, cfg, scfg = _configs(args)
     if args.command == "edit":
         api.edit(args.model, inputs, args.edited_first_frame, args.out, opts, cfg, scfg)
@@ -431,6 +455,21 @@ def _mask(args: argparse.Namespace) -> None:
               file=sys.stderr)
     print(f"wrote {args.out / 'masks'} ({info['frames']} PNGs), {args.out / 'preview.mp4'} and "
           f"{args.out / 'masks.json'} in {info['seconds']} s; use them with `loraedit edit --mask {args.out / 'masks'}`")
+
+
+def _ui(args: argparse.Namespace) -> None:
+    try:
+        from .ui.app import serve
+    except ModuleNotFoundError as exc:
+        if exc.name != "gradio":
+            raise
+        raise InputError("the web app needs Gradio: pip install 'loraedit[ui]'") from None
+    from .ui.steps import AppConfig
+
+    cache = args.cache_dir or default_cache_dir()
+    cfg = AppConfig(model=args.model, work=args.work or default_cache_dir().parent / "ui", sam=args.sam,
+                    caption=args.caption, cache_dir=cache, device=args.device)
+    serve(cfg, host=args.host, port=args.port)
 
 
 def _eval(args: argparse.Namespace) -> None:

@@ -40,7 +40,7 @@ _SEPARATOR_VALUE = -0.8  # dark grey in [-1, 1], distinguishable from black fram
 # --------------------------------------------------------------------------------------- reading
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
     """Sort key that orders ``frame2`` before ``frame10`` (frame dumps rarely zero-pad)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
 
@@ -62,7 +62,7 @@ def _frame_files(folder: Path) -> list[Path]:
     if not files:
         kinds = "/".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
         raise InputError(f"folder {folder} has no frame images: put {kinds} files in it")
-    return sorted(files, key=lambda p: _natural_key(p.name))
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _open_image(path: Path) -> Image.Image:

@@ -1,0 +1,425 @@
+"""The page: Gradio Blocks wired to `steps`, errors shown as their one-line messages, a live training display.
+
+Layout, top to bottom, in the order of the work: 1 the clip (upload, or the toy-world example; frames and
+size), 2 the masks (click the object or draw boxes on key frames, then Make masks; or upload masks; the
+tracked mask plays as an overlay), 3 the edit (edited first frame, captions, edited later frames, an
+optional ground truth), 4 training and sampling (settings; Train and edit with a progress bar and the
+loss curve as it comes; Sample with the trained LoRA for a new edited first frame, one click), 5 the
+result (input | output, contact sheet, metrics, downloads of the mp4 and the LoRA).
+
+Nothing leaves the machine: analytics off, no share link, no run history, no footer links, fonts local.
+Every event handler is wrapped by `shown`: a `LoraEditError` becomes its message (HTML-escaped) in an
+error toast; anything else becomes one line too, its traceback only in the server's log.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before Gradio is imported: it reads this at import time
+
+import gradio as gr  # noqa: E402
+
+from .. import uploads  # noqa: E402
+from ..cli import error_text  # noqa: E402
+from ..errors import LoraEditError  # noqa: E402
+from ..report import loss_curve_svg  # noqa: E402
+from ..train import TrainProgress  # noqa: E402
+from ..validate import MODES  # noqa: E402
+from . import steps  # noqa: E402
+from .session import Session  # noqa: E402
+from .steps import AppConfig, Result, Settings  # noqa: E402
+
+log = logging.getLogger("loraedit.ui")
+
+#: The largest upload the page accepts (Gradio refuses bigger ones before they arrive; `uploads` checks
+#: each field's own limit while storing).
+MAX_UPLOAD = max(uploads.KINDS[k].max_bytes for k in ("video", "mask", "image"))
+CSS = ("#train-status progress {width: 50%; height: 14px; accent-color: #f97316; vertical-align: middle} "
+       "#metrics th, #metrics td:nth-child(-n+2) {white-space: nowrap} "
+       "#edited-first img, #later-image img {width: 100%; height: 100%; object-fit: contain; "
+       "image-rendering: pixelated}")
+
+METRIC_MEANING = {
+    "bg_psnr": "output vs input outside the mask (dB): how well the background is kept",
+    "bg_ssim": "the same as SSIM (1 = identical)",
+    "ref_psnr": "output vs the ground-truth edit, whole frame (dB)",
+    "ref_ssim": "output vs the ground-truth edit, whole frame, SSIM",
+    "ref_edit_psnr": "output vs the ground-truth edit inside the mask (dB): how well the edit follows",
+}
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+
+
+def message(exc: LoraEditError) -> str:
+    """The CLI's error text without its program prefix, escaped, one line per problem."""
+    text = error_text(exc).removeprefix("loraedit: error: ")
+    return "<br>".join(html.escape(line) for line in text.splitlines())
+
+
+def shown(fn: Callable) -> Callable:
+    """Run an event handler so that the user sees a failure as one message, never as a traceback."""
+
+    def translate(exc: Exception) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, LoraEditError):
+            return gr.Error(message(exc), print_exception=False)
+        log.exception("internal error in %s", fn.__name__)
+        one_line = " ".join(str(exc).split())[:300]
+        return gr.Error(html.escape(f"internal error: {type(exc).__name__}: {one_line} (details in the server log)"),
+                        print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 (every failure is shown, see translate)
+                raise translate(exc) from None
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise translate(exc) from None
+    return call
+
+
+# ---- what the page shows ----------------------------------------------------------------------------
+
+
+def progress_html(progress: TrainProgress | None, note: str = "") -> str:
+    """The live training display: a progress bar, the step and loss, and the loss curve so far (SVG)."""
+    if progress is None:
+        return f'<div id="train-status"><progress value="0" max="1"></progress> {html.escape(note)}</div>'
+    last = next((values[-1] for values in reversed(progress.losses) if values), None)
+    loss = f", loss {last:.4f}" if last is not None else ""
+    return (f'<div id="train-status"><progress value="{progress.done}" max="{progress.total}"></progress> '
+            f'step {progress.done}/{progress.total}{loss} {html.escape(note)}</div>' + loss_curve_svg(progress.log()))
+
+
+def metrics_table(result: Result) -> str:
+    """The metrics as a markdown table with what each means, and the prompts the run used."""
+    rows = ["| metric | value | meaning |", "|---|---|---|"]
+    rows += [f"| {name} | {value:.4g} | {METRIC_MEANING.get(name, '')} |" for name, value in result.metrics.items()
+             if value is not None]
+    if not any(name.startswith("ref_") for name in result.metrics):
+        rows.append("| (ground truth) | none | upload a ground-truth edit to compare with it |")
+    used = [f"- {name.replace('_', ' ')}: `{html.escape(text)}`" for name, text in result.prompts.items()]
+    return "\n".join(rows + [f"\n{result.video.name}: made in {result.seconds} s"] + used)
+
+
+def result_outputs(result: Result) -> tuple:
+    """Values for the result panel: input|output video, contact sheet, metrics, the two downloads, all files."""
+    lora = result.loras[0] if result.loras else None
+    files = [str(p) for p in (result.video, *result.loras, result.report, result.metrics_json, result.side_by_side,
+                              result.contact)]
+    return (str(result.side_by_side), str(result.contact), metrics_table(result),
+            gr.DownloadButton(value=str(result.video), interactive=True),
+            gr.DownloadButton(value=str(lora) if lora else None, interactive=lora is not None), files)
+
+
+# ---- the page ---------------------------------------------------------------------------------------
+
+
+def build_app(cfg: AppConfig) -> gr.Blocks:
+    """The whole page for one model; each browser tab gets its own session when it loads the page."""
+    facts = steps.check_config(cfg)  # a bad model, SAM2 or Florence-2 folder stops the app before it serves
+    start = steps.default_settings(cfg)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(cfg.work).resolve() / "gradio"))  # Gradio's copies stay here
+    with gr.Blocks(title="loraedit", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
+        ui = SimpleNamespace(state=gr.State(None))
+        gr.Markdown(f"# loraedit: edit a video from its edited first frame\nModel **{cfg.model}** ({facts.kind}, "
+                    f"{facts.working_size[0]}x{facts.working_size[1]}, {facts.default_frames} frames) · masks: "
+                    f"{'SAM2 tracking of clicks, or ' if cfg.sam else ''}key-frame boxes, or uploaded · captions: "
+                    f"{'Florence-2 on request' if cfg.caption else 'typed'}")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                _clip_panel(ui, start)
+            with gr.Column():
+                _mask_panel(ui, cfg, facts.default_frames)
+            with gr.Column():
+                _edit_panel(ui, cfg, start)
+        _train_panel(ui, start)
+        _result_panel(ui)
+        _wire(ui, cfg, demo)
+    return demo
+
+
+def _clip_panel(ui: SimpleNamespace, start: Settings) -> None:
+    gr.Markdown("## 1 · Clip")
+    with gr.Row():
+        ui.example_seed = gr.Number(0, precision=0, label="example seed", minimum=0, scale=1)
+        ui.example_button = gr.Button("Load toy-world example", elem_id="load-example", scale=2)
+    ui.video = gr.Video(label="input video", sources=["upload"], elem_id="input-video", height=260)
+    ui.clip_info = gr.Markdown("no clip yet", elem_id="clip-info")
+    with gr.Row():
+        ui.frames = gr.Number(start.frames, precision=0, label="frames (4k+1)", elem_id="frames")
+        ui.width = gr.Number(start.width, precision=0, label="width", elem_id="width")
+        ui.height = gr.Number(start.height, precision=0, label="height", elem_id="height")
+
+
+def _mask_panel(ui: SimpleNamespace, cfg: AppConfig, frames: int) -> None:
+    gr.Markdown("## 2 · Masks")
+    ui.frame_index = gr.Slider(0, max(frames - 1, 1), value=0, step=1, label="frame", elem_id="frame-index")
+    ui.frame_image = gr.Image(label="click on the frame", interactive=False, elem_id="frame-image", height=260,
+                              format="png")
+    ui.tool = gr.Radio(list(cfg.tools), value=cfg.tools[0], label="a click means", elem_id="tool")
+    ui.prompts = gr.Textbox(label="prompts (as `loraedit mask` options)", interactive=False, lines=2,
+                            elem_id="prompts")
+    with gr.Row():
+        ui.clear_button = gr.Button("Clear prompts", elem_id="clear-prompts")
+        ui.mask_button = gr.Button("Make masks", variant="primary", elem_id="make-masks")
+    ui.shape = gr.Radio(["box", "outline"], value="box", label="mask shape (SAM2)", visible=cfg.sam is not None)
+    ui.mask_files = gr.File(label="…or upload masks: one video, or one PNG per frame (white = edit)",
+                            file_count="multiple", file_types=[".png", *steps.VIDEO_SUFFIXES], elem_id="mask-files",
+                            height=100)
+    ui.mask_preview = gr.Video(label="tracked mask (overlay)", interactive=False, elem_id="mask-preview", height=260,
+                               autoplay=True, loop=True)
+    ui.mask_info = gr.Markdown("", elem_id="mask-info")
+
+
+def _edit_panel(ui: SimpleNamespace, cfg: AppConfig, start: Settings) -> None:
+    gr.Markdown("## 3 · Edit")
+    ui.edited_first = gr.Image(label="edited first frame", type="filepath", image_mode=None, sources=["upload"],
+                               elem_id="edited-first", height=260, format="png")
+    ui.edit_info = gr.Markdown("", elem_id="edit-info")
+    ui.train_prompt = gr.Textbox(start.train_prompt, label="caption of the input's first frame (training)",
+                                 elem_id="train-caption")
+    ui.prompt = gr.Textbox(start.prompt, label="caption of the edited first frame (sampling)", elem_id="caption")
+    ui.caption_button = gr.Button("Caption with Florence-2", visible=cfg.caption is not None,
+                                  elem_id="caption-button")
+    with gr.Accordion("edited later frames (optional)", open=False):
+        ui.later_index = gr.Number(None, precision=0, label="source frame index", minimum=1)
+        ui.later_image = gr.Image(label="edited frame", type="filepath", image_mode=None, sources=["upload"],
+                                  height=160, format="png", elem_id="later-image")
+        ui.later_mask = gr.File(label="its mask (optional, PNG)", file_types=[".png"], height=80)
+        with gr.Row():
+            ui.later_add = gr.Button("Add edited frame")
+            ui.later_clear = gr.Button("Clear")
+    ui.later_info = gr.Markdown(steps.edited_frames_text({}), elem_id="later-info")
+    with gr.Accordion("ground truth (optional)", open=False):
+        ui.reference = gr.Video(label="ground-truth edited video", sources=["upload"], height=160)
+    ui.reference_info = gr.Markdown("", elem_id="reference-info")
+
+
+def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
+    gr.Markdown("## 4 · Train and sample")
+    with gr.Row():
+        ui.stage1_steps = gr.Number(start.stage1_steps, precision=0, label="stage-1 steps (motion)",
+                                    elem_id="stage1-steps")
+        ui.stage2_steps = gr.Number(start.stage2_steps, precision=0, label="stage-2 steps (edited frames)",
+                                    elem_id="stage2-steps")
+        ui.steps = gr.Number(start.steps, precision=0, label="sampling steps", elem_id="sample-steps")
+        with gr.Column():
+            ui.train_button = gr.Button("Train and edit", variant="primary", elem_id="train")
+            ui.sample_button = gr.Button("Sample with the trained LoRA (new edited first frame)",
+                                         elem_id="sample-again")
+    with gr.Accordion("more settings", open=False):
+        with gr.Row():
+            ui.mode = gr.Dropdown(list(MODES), value=start.mode, label="mode")
+            ui.rank = gr.Number(start.rank, precision=0, label="LoRA rank")
+            ui.learning_rate = gr.Number(start.learning_rate, label="learning rate")
+            ui.guidance = gr.Number(start.guidance, label="guidance (CFG)")
+            ui.seed = gr.Number(start.seed, precision=0, label="sampling seed")
+        ui.negative_prompt = gr.Textbox(start.negative_prompt, label="negative prompt (empty: the model's own)",
+                                        lines=2)
+    ui.train_status = gr.HTML(progress_html(None, "not started"), elem_id="train-progress")
+
+
+def _result_panel(ui: SimpleNamespace) -> None:
+    gr.Markdown("## 5 · Result")
+    with gr.Row(equal_height=False):
+        ui.side_by_side = gr.Video(label="input | output", interactive=False, elem_id="side-by-side", autoplay=True,
+                                   loop=True, height=300)
+        ui.contact = gr.Image(label="input, mask, output", interactive=False, elem_id="contact", height=300)
+        with gr.Column(min_width=420):
+            ui.metrics = gr.Markdown("no result yet", elem_id="metrics")
+            ui.download_video = gr.DownloadButton("Download the mp4", interactive=False, elem_id="download-video")
+            ui.download_lora = gr.DownloadButton("Download the LoRA", interactive=False, elem_id="download-lora")
+            ui.all_files = gr.File(label="all files of the result", interactive=False, elem_id="result-files")
+
+
+def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
+    """Connect the page's events to the steps. Every handler returns the session first (Gradio keeps it)."""
+    settings_in = [getattr(ui, f.name) for f in fields(Settings)]  # the components are named like the fields
+    result_panel = [ui.side_by_side, ui.contact, ui.metrics, ui.download_video, ui.download_lora, ui.all_files]
+
+    def session(state: Session | None) -> Session:
+        return state if isinstance(state, Session) else Session.start(cfg.work)
+
+    def clip_outputs(s: Session, clip: steps.Clip) -> tuple:
+        return (str(clip.video), clip.info, gr.Slider(maximum=max(clip.frames - 1, 1), value=0), steps.frame_view(s, 0))
+
+    @shown
+    def on_load(state):
+        return session(state)
+
+    @shown
+    def on_example(state, seed_value):
+        s = session(state)
+        ex = steps.load_example(cfg, s, seed_value)
+        return (s, *clip_outputs(s, ex.clip), steps.prompts_text(s), str(ex.mask_preview), "the example's box masks",
+                str(ex.edited_first), "the example's edit (a ground truth comes with it)", ex.edited_frames,
+                *[getattr(ex.settings, f.name) for f in fields(Settings)])
+
+    @shown
+    def on_video(state, received):
+        s = session(state)
+        if received is None:
+            return (s, *[gr.skip()] * 6)
+        clip = steps.load_video(s, received)
+        return (s, *clip_outputs(s, clip)[1:], steps.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
+
+    @shown
+    def on_frame(state, index):
+        s = session(state)
+        return s, steps.frame_view(s, index) if s.video is not None else None
+
+    @shown
+    def on_click(state, index, tool_name, evt: gr.SelectData):
+        s = session(state)
+        x, y = evt.index
+        return s, steps.click(cfg, s, index, x, y, tool_name), steps.prompts_text(s)
+
+    @shown
+    def on_clear(state, index):
+        s = session(state)
+        s.clear_prompts()
+        return s, steps.frame_view(s, index) if s.video is not None else None, steps.prompts_text(s)
+
+    @shown
+    def on_make_masks(state, shape_name):
+        s = session(state)
+        return (s, *map(str, steps.make_masks(cfg, s, shape_name)))
+
+    @shown
+    def on_mask_files(state, received):
+        s = session(state)
+        if not received:
+            return s, gr.skip(), gr.skip()
+        return (s, *map(str, steps.load_masks(s, list(received))))
+
+    @shown
+    def on_edited_first(state, received):
+        s = session(state)
+        return s, steps.load_edited_first(s, received)[1] if received is not None else gr.skip()
+
+    @shown
+    def on_reference(state, received):
+        s = session(state)
+        return s, steps.load_reference(s, received) if received is not None else gr.skip()
+
+    @shown
+    def on_add_later(state, index, image, mask):
+        s = session(state)
+        return s, steps.add_edited_frame(s, index, image, mask)
+
+    @shown
+    def on_clear_later(state):
+        s = session(state)
+        return s, steps.clear_edited_frames(s)
+
+    @shown
+    def on_caption(state):
+        s = session(state)
+        return (s, *steps.captions(cfg, s))
+
+    @shown
+    def on_train(state, *values):
+        s = session(state)
+        skip = [gr.skip()] * len(result_panel)
+        yield (s, progress_html(None, "loading the model and encoding the clip…"), *skip)
+        last, outcome = None, {}
+        for last in _training(cfg, s, Settings(*values), outcome):
+            note = "sampling the edit…" if last.done == last.total else "training…"
+            yield (s, progress_html(last, note), *skip)
+        if "error" in outcome:
+            raise outcome["error"]
+        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"]))
+
+    @shown
+    def on_sample(state, *values):
+        s = session(state)
+        return (s, *result_outputs(steps.sample_with_lora(cfg, s, Settings(*values))))
+
+    state = ui.state
+    demo.load(on_load, [state], [state])
+    ui.example_button.click(on_example, [state, ui.example_seed],
+                            [state, ui.video, ui.clip_info, ui.frame_index, ui.frame_image, ui.prompts,
+                             ui.mask_preview, ui.mask_info, ui.edited_first, ui.edit_info, ui.later_info,
+                             *settings_in])
+    ui.video.upload(on_video, [state, ui.video],
+                    [state, ui.clip_info, ui.frame_index, ui.frame_image, ui.prompts, ui.mask_preview, ui.later_info])
+    ui.frame_index.change(on_frame, [state, ui.frame_index], [state, ui.frame_image])
+    ui.frame_image.select(on_click, [state, ui.frame_index, ui.tool], [state, ui.frame_image, ui.prompts])
+    ui.clear_button.click(on_clear, [state, ui.frame_index], [state, ui.frame_image, ui.prompts])
+    ui.mask_button.click(on_make_masks, [state, ui.shape], [state, ui.mask_preview, ui.mask_info])
+    ui.mask_files.upload(on_mask_files, [state, ui.mask_files], [state, ui.mask_preview, ui.mask_info])
+    ui.edited_first.upload(on_edited_first, [state, ui.edited_first], [state, ui.edit_info])
+    ui.reference.upload(on_reference, [state, ui.reference], [state, ui.reference_info])
+    ui.later_add.click(on_add_later, [state, ui.later_index, ui.later_image, ui.later_mask], [state, ui.later_info])
+    ui.later_clear.click(on_clear_later, [state], [state, ui.later_info])
+    ui.caption_button.click(on_caption, [state], [state, ui.train_prompt, ui.prompt])
+    ui.train_button.click(on_train, [state, *settings_in], [state, ui.train_status, *result_panel],
+                          concurrency_id="model", concurrency_limit=1)
+    ui.sample_button.click(on_sample, [state, *settings_in], [state, *result_panel], concurrency_id="model",
+                           concurrency_limit=1)
+
+
+def _training(cfg: AppConfig, s: Session, settings: Settings, outcome: dict) -> Iterator[TrainProgress]:
+    """Run `steps.train_and_edit` in a thread and yield its progress as it comes (the newest when several
+    arrived); `outcome` receives the result or the exception."""
+    updates: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        try:
+            outcome["result"] = steps.train_and_edit(cfg, s, settings, on_step=updates.put)
+        except BaseException as exc:  # noqa: BLE001 (handed to the page's error display)
+            outcome["error"] = exc
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=work, name="loraedit-train", daemon=True).start()
+    yield from _latest(updates)
+
+
+def _latest(updates: queue.Queue) -> Iterator[TrainProgress]:
+    """The newest progress report each time one or more arrived, until the worker's end mark (None)."""
+    while True:
+        item = updates.get()
+        while item is not None and not updates.empty():
+            newer = updates.get_nowait()
+            if newer is None:
+                yield item
+                return
+            item = newer
+        if item is None:
+            return
+        yield item
+
+
+def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> gr.Blocks:
+    """Start the app: local only unless `host` says otherwise, no share link, nothing sent anywhere."""
+    Path(cfg.work).mkdir(parents=True, exist_ok=True)
+    demo = build_app(cfg)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
+                allowed_paths=[str(Path(cfg.work).resolve())], max_file_size=MAX_UPLOAD, footer_links=[],
+                run_history=False, ssr_mode=False, pwa=False, mcp_server=False, show_error=False, quiet=not block,
+                theme=gr.themes.Default(), css=CSS)
+    return demo

@@ -1,0 +1,480 @@
+"""The web app: its steps without a browser (fast), then one whole edit in a real browser (Chromium, headless).
+
+The steps run on the tiny random Wan folder (`wan21_dir`); the browser test runs `loraedit ui`'s app on the
+`toy` model as a user would: the toy-world example, boxes drawn on two key frames, an edited later frame,
+training with the live progress bar and loss curve, the result with its metrics, both downloads, and a new
+edited first frame sampled with the trained LoRA. It saves docs/ui.png (the README's screenshot).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("gradio", reason="the web app needs the ui extra: pip install -e '.[test,ui]'")
+
+from loraedit import lora_io, media, uploads  # noqa: E402
+from loraedit.cli import build_parser, main  # noqa: E402
+from loraedit.errors import InputError, LoraEditError  # noqa: E402
+from loraedit.ui import steps  # noqa: E402
+from loraedit.ui.session import Session, store_mask_frames, store_upload  # noqa: E402
+from loraedit.ui.steps import BOX, OBJECT, AppConfig, Settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FAST = dict(stage1_steps=2, stage2_steps=2, rank=4, learning_rate=1e-3, steps=2)
+
+
+@pytest.fixture
+def cfg(tmp_path, wan21_dir) -> AppConfig:
+    return AppConfig(model=str(wan21_dir), work=tmp_path / "work", cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def example(cfg):
+    s = Session.start(cfg.work)
+    return s, steps.load_example(cfg, s)
+
+
+def _png(path: Path, image: torch.Tensor) -> Path:
+    media.write_image(path, image)
+    return path
+
+
+def _click_box(cfg: AppConfig, s: Session, frame: int, box: tuple[int, int, int, int]):
+    """Two clicks, as the page reports them: in the pixels of the (enlarged) frame it shows."""
+    k = steps.display_scale(s)
+    steps.click(cfg, s, frame, box[0] * k, box[1] * k, BOX)
+    return steps.click(cfg, s, frame, box[2] * k, box[3] * k, BOX)
+
+
+# ---- sessions and uploads -------------------------------------------------------------------------------
+
+
+def test_a_session_has_a_private_folder_found_only_by_its_id(tmp_path):
+    s = Session.start(tmp_path)
+    assert s.folder.is_dir() and s.folder.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(InputError, match="unknown session"):
+        _ = Session("../" + s.id, tmp_path).folder
+
+
+def test_uploads_are_stored_under_names_the_app_chooses(tmp_path, clip_files):
+    s = Session.start(tmp_path)
+    received = tmp_path / "gradio" / "My clip (final).MP4"  # a name uploads.py would refuse as it is
+    received.parent.mkdir()
+    received.write_bytes(clip_files["video"].read_bytes())
+    stored = store_upload(s, received, "input", "video")
+    assert stored.parent == s.folder and stored.name == "input-1.mp4"
+    assert stored.read_bytes() == received.read_bytes()
+    assert store_upload(s, received, "input", "video").name == "input-2.mp4"  # never replaces a stored file
+    fake = tmp_path / "gradio" / "edit.png"
+    fake.write_bytes(b"not a picture at all")
+    with pytest.raises(InputError, match="first bytes"):
+        store_upload(s, fake, "edited-first-frame", "image")
+    with pytest.raises(InputError, match="must be one of"):
+        store_upload(s, clip_files["edited0"], "input", "video")
+    assert not [p for p in s.folder.iterdir() if p.name.startswith(".upload-")]  # refused uploads leave nothing
+
+
+def test_mask_frames_keep_their_names_order_and_each_set_is_kept(tmp_path):
+    s = Session.start(tmp_path)
+    sent = []
+    for i in (10, 2, 1):
+        mask = torch.zeros(8, 8)
+        mask[:i % 8 + 1] = 1
+        sent.append(_png(tmp_path / f"m{i}.png", mask))
+    first = store_mask_frames(s, sent)
+    assert sorted(p.name for p in first.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert torch.equal(media.read_mask_image(first / "00002.png"), media.read_mask_image(tmp_path / "m10.png"))
+    second = store_mask_frames(s, sent[:1])
+    assert first.is_dir() and second != first and len(list(second.iterdir())) == 1
+    assert not (s.folder / uploads.KINDS["mask-frame"].folder).exists()  # the upload folder was renamed
+    with pytest.raises(InputError, match="PNG"):
+        store_mask_frames(s, [tmp_path / "clip.mp4"])
+
+
+# ---- the steps ------------------------------------------------------------------------------------------
+
+
+def test_an_uploaded_video_becomes_the_clip_and_resets_the_last_ones_inputs(cfg, example, clip_files, tmp_path):
+    s, _ = example
+    clip = steps.load_video(s, clip_files["video"])
+    assert clip.frames == 17 and clip.info == "17 frames at 64x64, 16 fps" and clip.video.name.startswith("input-")
+    assert s.masks is None and s.reference is None and s.edited_frames == {} and not s.boxes
+    assert steps.frame_view(s, 99).shape == (64 * steps.display_scale(s), 64 * steps.display_scale(s), 3)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\0\0\0\x18ftypmp42" + b"\0" * 64)  # the right first bytes, no video in it
+    with pytest.raises(InputError):
+        steps.load_video(s, broken)
+
+
+def test_the_example_fills_every_input(cfg, example):
+    s, ex = example
+    facts = steps.model_facts(cfg.model)
+    assert ex.clip.frames == facts.default_frames and "frames at" in ex.clip.info
+    assert len(list(s.masks.iterdir())) == facts.default_frames and ex.mask_preview.is_file()
+    assert s.edited_first.is_file() and s.reference.is_file()
+    assert ex.settings.train_prompt and ex.settings.prompt
+    assert (ex.settings.width, ex.settings.height) == facts.working_size
+    for path in (s.video, s.masks, s.edited_first, s.reference):
+        assert path.resolve().is_relative_to(s.folder.resolve())
+
+
+def test_boxes_drawn_on_key_frames_become_interpolated_masks(cfg, example):
+    s, ex = example
+    last = ex.clip.frames - 1
+    k = steps.display_scale(s)
+    steps.click(cfg, s, 0, 20 * k, 6 * k, BOX)  # any two opposite corners
+    assert "first corner of a box on frame 0" in steps.prompts_text(s)
+    view = steps.click(cfg, s, 0, 4 * k, 22 * k, BOX)
+    assert view.shape[:2] == (k * steps.model_facts(cfg.model).working_size[1],
+                              k * steps.model_facts(cfg.model).working_size[0])  # enlarged, the box drawn on it
+    _click_box(cfg, s, last, (30, 20, 50, 40))
+    assert steps.prompts_text(s) == f"--box 0:4,6,20,22\n--box {last}:30,20,50,40"
+    preview, info = steps.make_masks(cfg, s)
+    assert preview.is_file() and "key-frame boxes" in info
+    made = media.read_masks(s.masks)
+    assert made.shape[0] == ex.clip.frames
+    assert made[0, 6:22, 4:20].all() and made[0].sum() == 16 * 16
+    assert made[last, 20:40, 30:50].all() and made[last].sum() == 20 * 20
+
+
+def test_bad_clicks_are_refused_with_a_message(cfg, example):
+    s, _ = example
+    with pytest.raises(InputError, match="--sam"):
+        steps.click(cfg, s, 0, 5, 5, OBJECT)
+    k = steps.display_scale(s)
+    steps.click(cfg, s, 0, 5 * k, 5 * k, BOX)
+    with pytest.raises(InputError, match="empty"):
+        steps.click(cfg, s, 0, 5 * k, 40 * k, BOX)  # a box of no width
+    s.clear_prompts()
+    with pytest.raises(InputError, match="no prompts"):
+        steps.make_masks(cfg, s)
+    with pytest.raises(InputError, match="no clip"):
+        steps.click(cfg, Session.start(cfg.work), 0, 1, 1, BOX)
+
+
+def test_a_click_on_the_object_is_tracked_with_sam2(cfg, example, tmp_path):
+    from dataclasses import replace
+
+    from test_masks import write_tiny_sam2
+
+    with_sam = replace(cfg, sam=write_tiny_sam2(tmp_path / "sam2"))
+    s, _ = example
+    k = steps.display_scale(s)
+    steps.click(with_sam, s, 0, 30 * k, 30 * k, OBJECT)
+    steps.click(with_sam, s, 0, 2 * k, 2 * k, "click: not the object")
+    assert steps.prompts_text(s) == "--points 0:30,30,1\n--points 0:2,2,0"
+    preview, info = steps.make_masks(with_sam, s, shape="outline")
+    assert "sam2 + outline" in info and preview.is_file()
+    assert media.read_masks(s.masks).shape[0] == steps.model_facts(cfg.model).default_frames
+
+
+def test_uploaded_masks_must_fit_the_clip(cfg, example, tmp_path):
+    s, ex = example
+    masks = media.read_masks(s.masks)
+    sent = [_png(tmp_path / f"frame{t}.png", masks[t]) for t in range(masks.shape[0])]
+    with pytest.raises(InputError, match="frames but the video has"):
+        steps.load_masks(s, sent[:-1])
+    assert s.masks is None  # a refused upload leaves no half-set behind
+    preview, info = steps.load_masks(s, sent)
+    assert preview.is_file() and info == f"{ex.clip.frames} masks uploaded"
+    assert torch.equal(media.read_masks(s.masks), masks)
+    media.write_video(tmp_path / "masks.mp4", masks[:, None].expand(-1, 3, -1, -1) * 2 - 1)
+    steps.load_masks(s, [tmp_path / "masks.mp4"])
+    assert s.masks.suffix == ".mp4"
+
+
+def test_edited_frames_ground_truth_and_captions(cfg, example, tmp_path):
+    s, ex = example
+    image = _png(tmp_path / "edit.png", torch.zeros(3, 64, 64))
+    with pytest.raises(InputError, match="frame 0 is the edited first frame"):
+        steps.add_edited_frame(s, 0, image)
+    with pytest.raises(InputError, match="outside the video"):
+        steps.add_edited_frame(s, ex.clip.frames, image)
+    assert steps.add_edited_frame(s, 4, image) == "edited later frames: frame 4"
+    assert "no edited later frames" in steps.clear_edited_frames(s)
+    path, note = steps.load_edited_first(s, image)
+    assert s.edited_first == path and s.reference is None and "ground truth belonged" in note
+    steps.load_reference(s, s.video)
+    assert s.reference is not None
+    with pytest.raises(InputError, match="--caption"):
+        steps.captions(cfg, s)
+
+
+def test_captions_come_from_florence2_when_the_app_has_it(cfg, example, tmp_path):
+    from dataclasses import replace
+
+    from test_captions import write_tiny_florence2
+
+    s, _ = example
+    train, edited = steps.captions(replace(cfg, caption=write_tiny_florence2(tmp_path / "florence2")), s)
+    assert isinstance(train, str) and isinstance(edited, str)
+
+
+def test_train_and_edit_then_sample_with_the_lora(cfg, example, tmp_path):
+    s, ex = example
+    settings = Settings(**{**ex.settings.__dict__, **FAST})
+    with pytest.raises(InputError, match="Train and edit first"):
+        steps.sample_with_lora(cfg, s, settings)
+    seen = []
+    result = steps.train_and_edit(cfg, s, settings, on_step=seen.append)
+    assert [p.done for p in seen] == [0, 1, 2] and seen[-1].total == 2
+    assert result.video.is_file() and result.side_by_side.is_file() and result.report.is_file()
+    assert {"bg_psnr", "bg_ssim", "ref_psnr", "ref_ssim", "ref_edit_psnr"} <= set(result.metrics)
+    assert [p.name for p in result.loras] == ["lora.safetensors"] and s.trained.loras == result.loras
+
+    steps.load_edited_first(s, _png(tmp_path / "other.png", media.read_image(s.edited_first).flip(0)))
+    again = steps.sample_with_lora(cfg, s, settings)
+    assert again.video.name == "edit-2.mp4" and again.loras == result.loras
+    assert "bg_psnr" in again.metrics and not any(k.startswith("ref_") for k in again.metrics)
+
+
+def test_settings_from_the_form_are_checked(cfg, example):
+    s, ex = example
+    with pytest.raises(InputError, match="stage-1 steps None is not a whole number"):
+        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "stage1_steps": None}))
+    with pytest.raises(InputError, match="learning rate 'x' is not a number"):
+        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "learning_rate": "x"}))
+    with pytest.raises(InputError, match="is not 4k\\+1"):  # the library's own checks, before anything loads
+        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, **FAST, "frames": 6}))
+
+
+# ---- the page's wrapper, displays and start-up ----------------------------------------------------------
+
+
+def test_errors_reach_the_page_as_one_message_without_a_traceback():
+    import gradio as gr
+
+    from loraedit.ui.app import shown
+
+    @shown
+    def bad_input():
+        raise InputError("mask <m> has 9 frames", "frames 10 is not 4k+1")
+
+    @shown
+    def bug():
+        raise RuntimeError("oops <x>\n  at line 3")
+
+    @shown
+    def stream():
+        yield 1
+        raise LoraEditError("the GPU ran out of memory")
+
+    with pytest.raises(gr.Error) as exc:
+        bad_input()
+    assert exc.value.message == ("2 problems with the input (nothing was loaded or run):<br>  - mask &lt;m&gt; has 9 "
+                                 "frames<br>  - frames 10 is not 4k+1")
+    with pytest.raises(gr.Error) as exc:
+        bug()
+    assert exc.value.message == "internal error: RuntimeError: oops &lt;x&gt; at line 3 (details in the server log)"
+    gen = stream()
+    assert next(gen) == 1
+    with pytest.raises(gr.Error, match="the GPU ran out of memory"):
+        next(gen)
+
+
+def test_progress_display_and_metrics_table():
+    from loraedit.train import TrainProgress
+    from loraedit.ui.app import metrics_table, progress_html
+
+    progress = TrainProgress(3, 10, ({"stage": 1, "expert": "transformer", "steps": 10},), ((0.5, 0.4, 0.3),))
+    shown = progress_html(progress, "training…")
+    assert '<progress value="3" max="10">' in shown and "step 3/10, loss 0.3000" in shown and "<svg" in shown
+    result = steps.Result(Path("edit-1.mp4"), *[Path("x")] * 4, (), {"bg_psnr": 31.234, "bg_ssim": 0.9},
+                          {"prompt": "p3rs0n, a <b>"}, 2.5)
+    table = metrics_table(result)
+    assert "| bg_psnr | 31.23 |" in table and "(ground truth) | none" in table and "&lt;b&gt;" in table
+
+
+def test_the_app_refuses_to_start_on_bad_folders(tmp_path):
+    from loraedit.ui.app import build_app
+
+    with pytest.raises(InputError) as exc:
+        build_app(AppConfig(model=str(tmp_path / "nowhere"), work=tmp_path, sam=tmp_path / "nosam"))
+    assert len(exc.value.problems) == 2 and "--model" in exc.value.problems[0] and "--sam" in exc.value.problems[1]
+    assert main(["ui", "--model", str(tmp_path / "nowhere"), "--work", str(tmp_path)]) == 2
+    args = build_parser().parse_args(["ui"])
+    assert (args.host, args.model, args.port) == ("127.0.0.1", "toy", None)
+
+
+# ---- a whole edit in a real browser ---------------------------------------------------------------------
+
+
+def _browser_or_skip():
+    """Playwright driving Debian's Chromium; under CI the test must run, elsewhere it is skipped without them."""
+    reason = None
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ModuleNotFoundError:
+        reason = "playwright is missing (pip install -e '.[test]')"
+    if reason is None:
+        return sync_playwright
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"the browser test must run under CI: {reason}")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+class Page:
+    """A few user actions on the app's page (Playwright), in the clip's own pixels where it matters."""
+
+    def __init__(self, page, clip_width: int):
+        self.page, self.clip_width = page, clip_width
+
+    def text(self, elem_id: str) -> str:
+        return self.page.inner_text(f"#{elem_id}")
+
+    def wait_text(self, elem_id: str, needle: str, timeout: float = 120) -> str:
+        self.page.wait_for_function("([id, s]) => document.getElementById(id)?.innerText.includes(s)",
+                                    arg=[elem_id, needle], timeout=timeout * 1000)
+        return self.text(elem_id)
+
+    def frame_shown(self, not_src: str = "") -> str:
+        """Wait until the frame to click on is loaded (and is not `not_src`); its address."""
+        self.page.wait_for_function("s => { const i = document.querySelector('#frame-image img'); "
+                                    "return i && i.complete && i.naturalWidth > 0 && i.src != s; }", arg=not_src)
+        return self.page.eval_on_selector("#frame-image img", "i => i.src")
+
+    def click_frame(self, x: float, y: float) -> None:
+        """Click clip pixel (x, y) on the shown frame, placed the way the page maps clicks back (contain, <= 1:1)."""
+        self.frame_shown()
+        before = self.page.input_value("#prompts textarea")
+        left, top, width, height, nw, nh = self.page.eval_on_selector(
+            "#frame-image img", "i => {const b = i.getBoundingClientRect(); "
+            "return [b.left, b.top, b.width, b.height, i.naturalWidth, i.naturalHeight]}")
+        k = nw / self.clip_width
+        scale = min(width / nw, height / nh, 1)
+        self.page.mouse.click(left + (width - nw * scale) / 2 + (x + 0.5) * k * scale,
+                              top + (height - nh * scale) / 2 + (y + 0.5) * k * scale)
+        self.page.wait_for_function("v => document.querySelector('#prompts textarea').value != v", arg=before)
+
+    def box(self, frame: int, box: tuple[int, int, int, int]) -> None:
+        number = self.page.locator("#frame-index input[type=number]")
+        if number.input_value() != str(frame):
+            shown = self.frame_shown()
+            number.fill(str(frame))
+            number.press("Enter")
+            self.frame_shown(not_src=shown)  # the new frame is drawn
+        self.click_frame(box[0], box[1])
+        self.click_frame(box[2] - 1, box[3] - 1)
+
+    def download(self, elem_id: str, to: Path) -> Path:
+        with self.page.expect_download() as event:
+            self.page.click(f"#{elem_id}")
+        event.value.save_as(to)
+        return to
+
+
+def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
+    sync_playwright = _browser_or_skip()
+    from loraedit.ui.app import serve
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    cfg = AppConfig(model="toy", work=tmp_path / "work", cache_dir=tmp_path / "cache")
+    facts = steps.model_facts("toy")
+    scenario = steps.example_scenario(cfg, 0)
+    frames, (width, _) = facts.default_frames, facts.working_size
+    later = frames // 2
+    later_png = _png(tmp_path / "later.png", scenario.edited_video[later])
+    new_edit = _png(tmp_path / "new-edit.png", scenario.edited_first_frame.flip(0))  # another colour
+
+    app = serve(cfg, host="127.0.0.1", port=_free_port(), block=False)
+    costs, outside = {}, []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
+                (app.local_url, "data:", "blob:")) else None)
+            ui = Page(page, width)
+            page.goto(app.local_url)
+
+            # Bad input: one line in an error toast, nothing else happens.
+            page.click("#train")
+            page.get_by_text("no clip is loaded").first.wait_for(timeout=30_000)
+
+            started = time.perf_counter()
+            page.click("#load-example")
+            assert "frames at" in ui.wait_text("clip-info", f"{frames} frames at")
+            page.wait_for_function("document.querySelector('#input-video video')?.readyState >= 2")
+            assert ui.text("edit-info").startswith("the example's edit")
+            costs["load"] = time.perf_counter() - started
+
+            started = time.perf_counter()
+            ui.box(0, _bbox(scenario.box_masks[0]))
+            ui.box(frames - 1, _bbox(scenario.box_masks[-1]))
+            assert re.fullmatch(rf"--box 0:[\d.,]+\n--box {frames - 1}:[\d.,]+", page.input_value("#prompts textarea"))
+            page.click("#make-masks")
+            assert f"{frames} masks (key-frame boxes" in ui.wait_text("mask-info", "masks (")
+            page.wait_for_function("document.querySelector('#mask-preview video')?.readyState >= 2")
+            costs["mask"] = time.perf_counter() - started
+
+            page.get_by_text("edited later frames (optional)").click()
+            page.get_by_label("source frame index").fill(str(later))
+            page.locator("#later-image input[type=file]").set_input_files(str(later_png))
+            page.wait_for_function("document.querySelector('#later-image img')")
+            page.get_by_role("button", name="Add edited frame").click()
+            ui.wait_text("later-info", f"frame {later}")
+
+            stage1, stage2, sampling = 6, 2, 6
+            total = stage1 + stage2
+            for elem_id, value in (("stage1-steps", stage1), ("stage2-steps", stage2), ("sample-steps", sampling)):
+                page.fill(f"#{elem_id} input", str(value))
+            page.evaluate("""() => { window.seen = [];
+                new MutationObserver(() => { const p = document.querySelector('#train-status progress');
+                    if (p) window.seen.push([p.value, p.max]); })
+                .observe(document.getElementById('train-progress'), {subtree: true, childList: true,
+                                                                      characterData: true}); }""")
+            started = time.perf_counter()
+            page.click("#train")
+            metrics = ui.wait_text("metrics", "bg_psnr", timeout=180)
+            costs["train"] = time.perf_counter() - started
+            seen = page.evaluate("window.seen")
+            assert [total, total] in seen and any(v < total and top == total for v, top in seen), seen  # live
+            assert f"step {total}/{total}" in ui.text("train-status")
+            assert page.locator("#train-progress svg polyline").count()  # the loss curve
+            for name in ("bg_psnr", "bg_ssim", "ref_psnr", "ref_ssim", "ref_edit_psnr"):  # ground truth included
+                assert re.search(rf"{name}\s+-?\d+(\.\d+)?", metrics), (name, metrics)
+            page.wait_for_function("document.querySelector('#side-by-side video')?.readyState >= 2")
+
+            video = media.read_video(ui.download("download-video", tmp_path / "download.mp4"))[0]
+            assert video.shape == (frames, 3, facts.working_size[1], width)
+            state, settings = lora_io.read_lora(ui.download("download-lora", tmp_path / "download.safetensors"))
+            assert state and settings.rank == 16 and settings.base_kind == facts.kind
+
+            started = time.perf_counter()
+            page.locator("#edited-first input[type=file]").set_input_files(str(new_edit))
+            ui.wait_text("edit-info", "new edited first frame")
+            page.click("#sample-again")
+            metrics = ui.wait_text("metrics", "edit-2.mp4", timeout=120)
+            costs["sample"] = time.perf_counter() - started
+            assert re.search(r"bg_psnr\s+\d", metrics) and "ref_psnr" not in metrics  # no ground truth for it
+            page.wait_for_timeout(500)
+            for path in (REPO / "docs" / "ui.png", tmp_path / "ui.png"):
+                page.screenshot(path=str(path), full_page=True)
+            browser.close()
+    finally:
+        app.close()
+    assert outside == []  # the page fetched nothing from outside the app
+    assert (tmp_path / "ui.png").stat().st_size > 10_000
+    print("browser test seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()))
