@@ -3,13 +3,15 @@
 The steps run on the tiny random Wan folder (`wan21_dir`); the browser test runs `loraedit ui`'s app on the
 `toy` model as a user would: the toy-world example, boxes drawn on two key frames, an edited later frame,
 training with the live progress bar and loss curve, the result with its metrics, both downloads, and a new
-edited first frame sampled with the trained LoRA. It saves docs/ui.png (the README's screenshot).
+edited first frame sampled with the trained LoRA. It saves a screenshot in its tmp folder, and refreshes
+docs/ui.png (the README's) when LORAEDIT_UPDATE_SCREENSHOT=1.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -470,8 +472,9 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
             costs["sample"] = time.perf_counter() - started
             assert re.search(r"bg_psnr\s+\d", metrics) and "ref_psnr" not in metrics  # no ground truth for it
             page.wait_for_timeout(500)
-            for path in (REPO / "docs" / "ui.png", tmp_path / "ui.png"):
-                page.screenshot(path=str(path), full_page=True)
+            page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+            if os.environ.get("LORAEDIT_UPDATE_SCREENSHOT"):  # refresh the README's picture on purpose only
+                shutil.copyfile(tmp_path / "ui.png", REPO / "docs" / "ui.png")
             browser.close()
     finally:
         app.close()
