@@ -58,3 +58,12 @@ def test_propagation_errors_compare_each_latent_frame_with_predicting_zeros(enco
 def test_hours_spent_counts_gaps_within_runs_and_one_interval_per_restart():
     log = [{"time": "2026-11-26 03:00"}, {"time": "2026-11-26 03:05"}, {"time": "2026-11-26 05:00"}]
     assert pretrain._hours_spent(log, 5.0) == pytest.approx(15 / 60)
+
+
+def test_noise_levels_shift_towards_high_noise_and_one_is_no_shift():
+    plain = pretrain.noise_levels(1000, torch.Generator().manual_seed(0))
+    same = pretrain.noise_levels(1000, torch.Generator().manual_seed(0), shift=1.0)
+    shifted = pretrain.noise_levels(1000, torch.Generator().manual_seed(0), shift=3.0)
+    assert torch.equal(plain, same)
+    assert torch.all(shifted >= plain) and torch.all((shifted > 0) & (shifted < 1))
+    assert (shifted > 0.8).float().mean() > 2 * (plain > 0.8).float().mean()

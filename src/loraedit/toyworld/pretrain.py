@@ -98,8 +98,20 @@ def encode_captions(parts: dict, captions: list[str]) -> torch.Tensor:
     return torch.cat(out)
 
 
-def train_step(transformer, enc: Encoded, idx: torch.Tensor, gen: torch.Generator, dropout: float) -> torch.Tensor:
-    """One flow-matching step of the standard I2V objective on clips `idx` (flip augmentation)."""
+def noise_levels(n: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+    """`n` logit-normal noise levels (mean 0.3, std 1 in logit space), flow-shifted by `shift` (1 = none)."""
+    sigma = torch.sigmoid(torch.randn(n, generator=gen) * 1.0 + 0.3)
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def train_step(transformer, enc: Encoded, idx: torch.Tensor, gen: torch.Generator, dropout: float,
+               shift: float = 1.0) -> torch.Tensor:
+    """One flow-matching step of the standard I2V objective on clips `idx` (flip augmentation).
+
+    Noise levels are logit-normal, then optionally shifted towards high noise (`s' = k s / (1 + (k-1) s)`,
+    the sampler's own flow shift): the sampler spends most of its steps above 0.8, where the model must
+    carry frame 0 forward, and a 180-token proxy learnt that regime faster with k = 3 (docs/RESULTS.md).
+    """
     x0, cond, image = enc.latents[idx], enc.conditions[idx], enc.images[idx]
     text_index = idx.clone()
     text_index[torch.rand(len(idx), generator=gen) < dropout] = len(enc.texts) - 1  # caption dropout -> CFG
@@ -108,7 +120,7 @@ def train_step(transformer, enc: Encoded, idx: torch.Tensor, gen: torch.Generato
     x0 = torch.where(flip.view(-1, 1, 1, 1, 1), x0.flip(-1), x0)
     cond = torch.where(flip.view(-1, 1, 1, 1, 1), cond.flip(-1), cond)
     noise = torch.randn(x0.shape, generator=gen)
-    sigma = torch.sigmoid(torch.randn(len(idx), generator=gen) * 1.0 + 0.3).view(-1, 1, 1, 1, 1)  # logit-normal
+    sigma = noise_levels(len(idx), gen, shift).view(-1, 1, 1, 1, 1)
     noisy = (1 - sigma) * x0 + sigma * noise
     pred = transformer(hidden_states=torch.cat([noisy, cond], 1), timestep=sigma.flatten() * 1000,
                        encoder_hidden_states=text, encoder_hidden_states_image=image, return_dict=False)[0]
@@ -125,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--total-steps", type=int, default=60000, help="length of the cosine schedule")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--timestep-shift", type=float, default=1.0, help="shift the training noise levels towards "
+                   "high noise by this flow shift (1 = none; the held-out loss always uses none, to stay comparable)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's). 1 keeps the job steady while "
                    "other work shares the cores: two threads wait on each other when a neighbour takes one")
     p.add_argument("--export", type=Path, help="write the model folder (fp16) from the latest checkpoint and stop")
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(enc), (args.batch,), generator=gen)
-        loss = train_step(transformer, enc, idx, gen, dropout=0.1)
+        loss = train_step(transformer, enc, idx, gen, dropout=0.1, shift=args.timestep_shift)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -209,9 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         if state["step"] % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr:.2e}")
         if time.perf_counter() - last_ckpt > args.checkpoint_minutes * 60:
-            _checkpoint(ckpt, transformer, optimizer, state, losses, held_enc)
+            _checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift)
             losses, last_ckpt = [], time.perf_counter()
-    _checkpoint(ckpt, transformer, optimizer, state, losses, held_enc)
+    _checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift)
     bar.close()
 
 
@@ -249,9 +263,12 @@ def propagation_errors(transformer, enc: Encoded, sigmas=(0.1, 0.3, 0.5, 0.7, 0.
     return report
 
 
-def _checkpoint(ckpt: Path, transformer, optimizer, state: dict, losses: list[float], held_enc: Encoded) -> None:
+def _checkpoint(ckpt: Path, transformer, optimizer, state: dict, losses: list[float], held_enc: Encoded,
+                shift: float = 1.0) -> None:
     entry = {"step": state["step"], "train_loss": round(sum(losses) / max(len(losses), 1), 5),
              "heldout_loss": round(heldout_loss(transformer, held_enc), 5), "time": time.strftime("%Y-%m-%d %H:%M")}
+    if shift != 1.0:
+        entry["timestep_shift"] = shift  # the training loss above is on the shifted levels
     state["log"].append(entry)
     print(f"checkpoint: {entry}", flush=True)
     tmp = ckpt.with_name(ckpt.name + ".tmp")
@@ -337,7 +354,8 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
                         "frames": FRAMES, "size": list(SIZE), "device": "CPU, 2 cores",
                         "hours_approx": round(_hours_spent(state["log"], args.checkpoint_minutes), 2),
                         "objective": "standard I2V (frame-0 mask, zeros after), flow matching, logit-normal "
-                                     "timesteps, caption dropout 0.1, horizontal flips; never spatial masks",
+                                     "timesteps (shifted where a log entry says timestep_shift), caption dropout "
+                                     "0.1, horizontal flips; never spatial masks",
                         "heldout_loss": state["log"][-1]["heldout_loss"], "log": state["log"],
                         "command": command},
         "codec": {**fit, "command": "fitted in closed form by the same script on first run (fit_codec, 4x spatial)"},
