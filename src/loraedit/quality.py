@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -150,7 +151,8 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
     for i, seed in enumerate(scenario_seeds(cfg)):
         scenario = generate(seed, kind="card" if cfg.card_every and i % cfg.card_every == 0 else "object")
         t0 = time.perf_counter()
-        results = run_scenario(backend_factory(), scenario, cfg, out_dir / "work" / str(seed))
+        with tempfile.TemporaryDirectory(prefix="loraedit-quality-") as work:  # LoRAs: scratch, not results
+            results = run_scenario(backend_factory(), scenario, cfg, Path(work))
         rows = {m: {k: round(v, 4) for k, v in r.items() if k != "video"} for m, r in results.items()}
         per_scenario.append({"seed": seed, "card": scenario.is_card, "caption": scenario.caption, "modes": rows,
                              "seconds": round(time.perf_counter() - t0, 1)})
