@@ -42,7 +42,7 @@ METRICS = ("edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err
 
 @dataclass(frozen=True)
 class QualityConfig:
-    """What the bench runs. Training defaults are the toy world's measured choice (see docs/RESULTS.md)."""
+    """What the bench runs. Training defaults are the authors' (METHOD.md); docs/RESULTS.md measures levers."""
 
     scenarios: int = 12
     seed: int = 0
