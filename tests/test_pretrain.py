@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from loraedit.toyworld import models, pretrain
-from loraedit.toyworld.codec import fit_codec
+from loraedit.toyworld.codec import fit_codec, psnr
 from loraedit.toyworld.scenes import generate
 
 
@@ -67,3 +67,20 @@ def test_noise_levels_shift_towards_high_noise_and_one_is_no_shift():
     assert torch.equal(plain, same)
     assert torch.all(shifted >= plain) and torch.all((shifted > 0) & (shifted < 1))
     assert (shifted > 0.8).float().mean() > 2 * (plain > 0.8).float().mean()
+
+
+def test_a_balanced_codec_gives_frame_0_the_spread_of_later_frames_and_decodes_as_well():
+    videos = [generate(seed).video for seed in range(6)]
+    batch = torch.stack(videos).permute(0, 2, 1, 3, 4)
+    plain, balanced = fit_codec(videos, spatial=4), fit_codec(videos, spatial=4, balance_first_frame=True)
+
+    def spreads(codec):
+        z = codec.encode(batch).latent_dist.mode()
+        return z[:, :, 0].std(dim=(0, 2, 3)), z[:, :, 1:].std(dim=(0, 2, 3, 4))
+
+    first, later = spreads(plain)
+    assert float((first / later).mean()) < 0.7  # the imbalance this option exists for
+    first, later = spreads(balanced)
+    assert torch.allclose(first, later, rtol=1e-3)
+    reconstruct = [psnr(c.decode(c.encode(batch).latent_dist.mode()).sample, batch) for c in (plain, balanced)]
+    assert abs(reconstruct[0] - reconstruct[1]) < 0.2, reconstruct

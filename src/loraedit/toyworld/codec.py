@@ -132,8 +132,15 @@ class PatchCodec(ModelMixin, ConfigMixin):
 
 
 def fit_codec(videos: list[torch.Tensor], z_dim: int = 16, spatial: int = 8, temporal: int = 4, context: int = 1,
-              ridge: float = 1e-3) -> PatchCodec:
-    """Fit encoder (PCA) and decoder (ridge least squares) on videos [T, 3, H, W] in [-1, 1]."""
+              ridge: float = 1e-3, balance_first_frame: bool = False) -> PatchCodec:
+    """Fit encoder (PCA) and decoder (ridge least squares) on videos [T, 3, H, W] in [-1, 1].
+
+    `balance_first_frame` scales each frame-0 latent channel to the spread of the same channel in the later
+    latent frames. Unbalanced, a 4-frame group's PCA coefficients carry about 7x the energy of frame 0's
+    after the one per-channel normalisation the pipeline applies, so the model's loss hardly weighs frame 0
+    and its condition is a faint signal (docs/RESULTS.md, section 2: variant V1). The decoder is fitted
+    after the scaling, so reconstruction is unchanged up to the ridge term.
+    """
     codec = PatchCodec(z_dim, spatial, temporal, context)
     batch = torch.stack(videos).permute(0, 2, 1, 3, 4).float()  # [N, 3, T, H, W]
     first, later = codec._patches(batch)
@@ -145,6 +152,10 @@ def fit_codec(videos: list[torch.Tensor], z_dim: int = 16, spatial: int = 8, tem
             _, _, v = torch.linalg.svd(flat - mu, full_matrices=False)
             mean.copy_(mu)
             enc.copy_(v[:z_dim])
+        if balance_first_frame:
+            z = codec.encode(batch).latent_dist.mode()
+            spread_first, spread_later = z[:, :, 0].std(dim=(0, 2, 3)), z[:, :, 1:].std(dim=(0, 2, 3, 4))
+            codec.enc_first.mul_((spread_later / spread_first.clamp_min(1e-8))[:, None])
         z = codec.encode(batch).latent_dist.mode()
         features = codec.context_features(z)
         for feats, target, dec in ((features[:, 0], first, codec.dec_first), (features[:, 1:], later, codec.dec_later)):

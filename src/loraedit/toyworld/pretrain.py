@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scenes", type=int, default=3000, help="training scenes (seeds 0..N-1)")
     p.add_argument("--codec-scenes", type=int, default=600)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--balance-first-frame", action="store_true", help="when fitting a new codec (a new --work): "
+                   "give frame 0's latents the spread of the later ones (docs/RESULTS.md, variant V1)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--total-steps", type=int, default=60000, help="length of the cosine schedule")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
@@ -158,13 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     if not (codec_dir / "config.json").is_file():
         started = time.perf_counter()
         fit = render_dataset(range(0, args.codec_scenes), work / "data")
-        codec = fit_codec([to_unit(v) for v in fit["videos"]], spatial=4)  # 8x caps the world near 21 dB
+        codec = fit_codec([to_unit(v) for v in fit["videos"]], spatial=4,  # 8x caps the world near 21 dB
+                          balance_first_frame=args.balance_first_frame)
         held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 100), work / "data")
         x = to_unit(held["videos"]).permute(0, 2, 1, 3, 4)
         score = psnr(x, codec.decode(codec.encode(x).latent_dist.mode()).sample)
         codec.save_pretrained(codec_dir)
         (codec_dir / "fit.json").write_text(json.dumps({"heldout_psnr_db": round(score, 2), "fit_scenes":
-                                                        args.codec_scenes, "seconds": round(time.perf_counter() - started, 1)}))
+                                                        args.codec_scenes, "seconds": round(time.perf_counter() - started, 1),
+                                                        "balance_first_frame": args.balance_first_frame}))
         print(f"codec: held-out PSNR {score:.2f} dB")
     codec = PatchCodec.from_pretrained(codec_dir)
 
