@@ -66,6 +66,7 @@ def scenario_seeds(cfg: QualityConfig) -> list[int]:
 def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, progress: bool = False) -> dict:
     """All modes on one scenario: {mode: {"video": tensor, **metrics}} (modes that do not apply absent)."""
     video, masks, gt = scenario.video, scenario.box_masks, scenario.edited_video
+    backend.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")  # a line per scenario
     train_prompt = compose_prompt("p3rs0n,", scenario.caption)
     prompt = compose_prompt("p3rs0n,", scenario.edited_caption)
     enc = Encoder(backend, None, "maxpool")
