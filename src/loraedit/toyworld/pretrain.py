@@ -104,6 +104,13 @@ def noise_levels(n: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tens
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
+def predict_velocity(transformer, noisy: torch.Tensor, condition: torch.Tensor, sigma: torch.Tensor,
+                     text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """The transformer's flow velocity for noisy latents at noise levels `sigma` [B], with the I2V condition."""
+    return transformer(hidden_states=torch.cat([noisy, condition], 1), timestep=sigma * 1000,
+                       encoder_hidden_states=text, encoder_hidden_states_image=image, return_dict=False)[0]
+
+
 def train_step(transformer, enc: Encoded, idx: torch.Tensor, gen: torch.Generator, dropout: float,
                shift: float = 1.0) -> torch.Tensor:
     """One flow-matching step of the standard I2V objective on clips `idx` (flip augmentation).
@@ -122,8 +129,7 @@ def train_step(transformer, enc: Encoded, idx: torch.Tensor, gen: torch.Generato
     noise = torch.randn(x0.shape, generator=gen)
     sigma = noise_levels(len(idx), gen, shift).view(-1, 1, 1, 1, 1)
     noisy = (1 - sigma) * x0 + sigma * noise
-    pred = transformer(hidden_states=torch.cat([noisy, cond], 1), timestep=sigma.flatten() * 1000,
-                       encoder_hidden_states=text, encoder_hidden_states_image=image, return_dict=False)[0]
+    pred = predict_velocity(transformer, noisy, cond, sigma.flatten(), text, image)
     return torch.nn.functional.mse_loss(pred, noise - x0)
 
 
@@ -174,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parts = models.build_world_components(seed=0)
     transformer = parts["transformer"]
+    if args.export or args.preview or args.diagnose:  # each reads the latest checkpoint, loaded once here
+        transformer.load_state_dict(load_file(str(work / "checkpoint" / "transformer.safetensors")))
     if args.export:
         export(work, parts, codec, args.export, args)
         return
@@ -258,9 +266,8 @@ def propagation_errors(transformer, enc: Encoded, sigmas=(0.1, 0.3, 0.5, 0.7, 0.
     with torch.no_grad():
         for s in sigmas:
             noisy = (1 - s) * x0 + s * noise
-            v = transformer(hidden_states=torch.cat([noisy, enc.conditions], 1),
-                            timestep=torch.full((len(x0),), s * 1000.0), encoder_hidden_states=enc.texts[:len(x0)],
-                            encoder_hidden_states_image=enc.images, return_dict=False)[0]
+            v = predict_velocity(transformer, noisy, enc.conditions, torch.full((len(x0),), s), enc.texts[:len(x0)],
+                                 enc.images)
             err = (noisy - s * v - x0).pow(2)
             report[f"sigma {s}"] = [round(float(err[:, :, f].mean()), 4) for f in range(x0.shape[2])]
     transformer.train()
@@ -301,12 +308,11 @@ def _unflatten(flat: dict, groups: list) -> dict:
 
 def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int = 4,
             steps: int = 30) -> tuple[list[float], list[float]]:
-    """What the base model does on its own task: generate held-out clips from their first frame."""
+    """What the loaded base model does on its own task: generate held-out clips from their first frame."""
     from ..backends.wan import MaskAwareWanImageToVideoPipeline, WanBackend
     from ..media import write_contact_sheet
 
     parts = dict(parts)
-    parts["transformer"].load_state_dict(load_file(str(work / "checkpoint" / "transformer.safetensors")))
     parts["transformer"].eval().requires_grad_(False)
     pipe = MaskAwareWanImageToVideoPipeline(**{**parts, "vae": codec})
     pipe.set_progress_bar_config(disable=True)
@@ -328,15 +334,14 @@ def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int =
 
 
 def diagnose(work: Path, parts: dict, codec: PatchCodec, scenes: int = 16) -> dict:
-    """`propagation_errors` of the latest checkpoint on the first held-out scenes."""
-    parts["transformer"].load_state_dict(load_file(str(work / "checkpoint" / "transformer.safetensors")))
+    """`propagation_errors` of the loaded transformer on the first held-out scenes."""
     held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 64), work / "data")
     held = {"videos": held["videos"][:scenes], "captions": held["captions"][:scenes]}
     return propagation_errors(parts["transformer"], Encoded(parts, codec, held))
 
 
 def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse.Namespace) -> None:
-    """Write the pretrained model as a diffusers folder (fp16 transformer) with a manifest.
+    """Write the loaded model as a diffusers folder (fp16 transformer) with a manifest.
 
     The manifest carries what a reader needs to trust or redo the weights: the commands, seeds, the
     training time, the held-out losses, the codec's held-out PSNR, what the base model generates from a
@@ -345,7 +350,6 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
     state = json.loads((work / "checkpoint" / "state.json").read_text())
     scores, static = preview(work, parts, codec, work / "preview.png")
     errors = diagnose(work, parts, codec)
-    parts["transformer"].load_state_dict(load_file(str(work / "checkpoint" / "transformer.safetensors")))
     parts["vae"] = codec
     fit = json.loads((work / "codec" / "fit.json").read_text())
     command = (f"python -m loraedit.toyworld.pretrain --work {work} --scenes {args.scenes} --batch {args.batch} "
