@@ -45,7 +45,25 @@ def test_model_toy_is_the_pretrained_world_model(wan21_dir):
     assert folder.working_size == (96, 96) and folder.default_frames == 17
     assert folder.negative_prompt == ""  # what caption dropout taught it, not Wan's list
     assert read_wan_folder(wan21_dir).negative_prompt is None  # real Wan folders: Wan's standard list
+    assert folder.guidance == 1.0 and read_wan_folder(wan21_dir).guidance is None  # toy: CFG 1; Wan: the authors' 5
     assert resolve_model_dir("toy-random") != WORLD_WEIGHTS
+
+
+def test_a_model_folder_declares_its_own_guidance(wan21_dir, tmp_path):
+    """`guidance` in loraedit_model.json is the sampler's default CFG; a bad value is a one-line error naming it."""
+    import shutil
+
+    from loraedit.errors import InputError
+
+    model = tmp_path / "model"
+    shutil.copytree(wan21_dir, model)
+    info = model / "loraedit_model.json"
+    base = json.loads(info.read_text()) if info.is_file() else {}
+    info.write_text(json.dumps({**base, "guidance": 2.5}))
+    assert read_wan_folder(model).guidance == 2.5
+    info.write_text(json.dumps({**base, "guidance": "high"}))
+    with pytest.raises(InputError, match=r"loraedit_model.json has guidance 'high': give a number >= 0"):
+        read_wan_folder(model)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +92,5 @@ def test_edit_runs_on_the_world_model_and_starts_from_the_edited_frame(world_cli
     to_edited = masked_psnr(video[:1], scenario.edited_video[:1], region)
     to_original = masked_psnr(video[:1], scenario.video[:1], region)
     assert to_edited > to_original + 2, (to_edited, to_original)
+    # No --guidance given: the model's own CFG 1, and the settings written beside the video say so.
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["settings"]["guidance"] == 1.0

@@ -54,10 +54,13 @@ class ClipInputs:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Sampling settings; defaults are the authors' (30 steps, CFG 5, shift 5, Wan's negative prompt)."""
+    """Sampling settings; defaults are the authors' (30 steps, CFG 5, shift 5, Wan's negative prompt).
+
+    CFG and the negative prompt default to the model's own (`loraedit_model.json`; Wan: the authors').
+    """
 
     steps: int = 30
-    guidance: float = 5.0
+    guidance: float | None = None  # None: the model's own (5 for Wan)
     guidance_2: float | None = None  # Wan2.2's low-noise expert; None = same as guidance
     shift: float = 5.0
     seed: int = 0
@@ -265,6 +268,8 @@ def prepare_sampling(backend: WanBackend, run: CheckedRun, opts: RunOptions, scf
 def generate(backend: WanBackend, run: CheckedRun, prepared: PreparedSampling, out: Path, loras: list[Path],
              opts: RunOptions, scfg: SampleConfig) -> torch.Tensor:
     """Attach the LoRA file(s), sample, optionally paste the background back, write the outputs."""
+    if scfg.guidance is None:  # resolved here, so that the settings written with the video say the number
+        scfg = replace(scfg, guidance=backend.default_guidance)
     if opts.mode in TRAINING_MODES:
         for path, expert in zip(loras, backend.experts, strict=True):
             load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint(), dtype=backend.dtype,

@@ -171,7 +171,8 @@ def _add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
         g.add_argument("--lora", dest="loras", action="append", type=Path, default=[],
                        help="LoRA file from `loraedit train` (twice for Wan2.2: lora.safetensors, lora_2.safetensors)")
     g.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
-    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's own; 5 for "
+                   "Wan folders, as the authors; 1 for the toy world)")
     g.add_argument("--guidance-2", type=float, help="guidance of Wan2.2's low-noise expert (default: --guidance)")
     g.add_argument("--shift", type=float, default=5.0, help="flow shift of the sampler (default 5)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "no-lora,mask-no-lora,naive,mask-aware,mask-aware+frames,low-cost,codec-ceiling,"
                    "static-first-frame); a lever study needs only naive,mask-aware")
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
-    p.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")
+    p.add_argument("--guidance", type=float, help="CFG scale (default: the model's own; 1 for the toy world, "
+                   "5 for Wan)")
     p.add_argument("--shift", type=float, default=5.0, help="sampler flow shift (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -51,7 +51,7 @@ class QualityConfig:
     recolour_copies: int = 0  # appearance augmentation of mask-aware training (ours; 0 = the paper's method)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(checkpoint_every=0))
     steps: int = 30
-    guidance: float = 5.0
+    guidance: float | None = None  # None: the model's own (loraedit_model.json; 5 for Wan, 1 for the toy world)
     shift: float = 5.0
     sample_seed: int = 0
     modes: tuple[str, ...] = METHOD_MODES + SANITY_MODES
@@ -147,6 +147,8 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
     from .toyworld.scenes import generate
 
     out_dir = Path(out_dir)
+    if cfg.guidance is None:  # the JSON records the number used
+        cfg = replace(cfg, guidance=backend_factory().default_guidance)
     per_scenario = []
     started = time.perf_counter()
     for i, seed in enumerate(scenario_seeds(cfg)):

@@ -194,7 +194,8 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
     if scfg is not None:
         for name, value, ok, need in (
                 ("--steps", scfg.steps, scfg.steps >= 1, "at least 1"),
-                ("--guidance", scfg.guidance, math.isfinite(scfg.guidance) and scfg.guidance >= 0, ">= 0"),
+                ("--guidance", scfg.guidance,
+                 scfg.guidance is None or (math.isfinite(scfg.guidance) and scfg.guidance >= 0), ">= 0"),
                 ("--guidance-2", scfg.guidance_2,
                  scfg.guidance_2 is None or (math.isfinite(scfg.guidance_2) and scfg.guidance_2 >= 0), ">= 0"),
                 ("--shift", scfg.shift, math.isfinite(scfg.shift) and scfg.shift > 0, "> 0")):

@@ -34,6 +34,9 @@ WAN_NEGATIVE_PROMPT = (
     "picture, messy background, three legs, many people in the background, walking backwards"
 )
 
+#: The authors' CFG scale for Wan (METHOD.md); a model folder may declare its own in loraedit_model.json.
+WAN_GUIDANCE = 5.0
+
 #: LoRA targets of the authors: every Linear of every block (self- and cross-attention q/k/v/o, both FFN
 #: layers) except the CLIP image key/value projections (add_k_proj / add_v_proj). A peft regex, matched
 #: against the full module name, so nothing outside `blocks.N` is touched.
@@ -148,6 +151,12 @@ class WanBackend:
         return WAN_NEGATIVE_PROMPT if negative is None else negative
 
     @property
+    def default_guidance(self) -> float:
+        """The folder's own CFG scale (`loraedit_model.json`), else the authors' 5 for Wan."""
+        guidance = self.info.get("guidance")
+        return WAN_GUIDANCE if guidance is None else float(guidance)
+
+    @property
     def experts(self) -> list[Expert]:
         """Wan2.1: one transformer for all noise levels. Wan2.2: high-noise above the boundary."""
         boundary = self.pipe.config.boundary_ratio
@@ -249,13 +258,16 @@ class WanBackend:
     # ---- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
-                 negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
+                 negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float | None,
                  shift: float, seed: int, guidance_2: float | None = None) -> torch.Tensor:
         """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1].
+
+        `guidance` None is the model's own (`default_guidance`).
 
         With `perf.batched_cfg` (and guidance > 1) each step's conditional and unconditional predictions
         come from one batched forward (`performance.BatchedCFG`); the pipeline itself is unchanged.
         """
+        guidance = self.default_guidance if guidance is None else guidance
         self.place_transformers()
         self._set_shift(shift)
         t_lat, h_lat, w_lat = condition.shape[-3:]
@@ -323,5 +335,5 @@ def load_wan(model_dir: Path, device: torch.device | None = None, dtype: torch.d
                 module.to(device)
     pipe.set_progress_bar_config(leave=False, desc="sampling")
     info = {"working_size": folder.working_size, "frames": folder.default_frames,
-            "negative_prompt": folder.negative_prompt}
+            "negative_prompt": folder.negative_prompt, "guidance": folder.guidance}
     return WanBackend(pipe, folder.path, device, dtype, info, perf)

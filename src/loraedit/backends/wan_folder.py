@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class WanFolder:
     #: The negative prompt the model was trained to read as "unconditional" (loraedit_model.json), or None
     #: for Wan's standard one. The toy world learnt the empty caption; Wan's Chinese list means nothing to it.
     negative_prompt: str | None = None
+    #: The CFG scale the model samples best at (loraedit_model.json), or None for the authors' 5. The toy
+    #: world's frozen random text encoder carries little, and CFG 5 amplifies noise (docs/RESULTS.md).
+    guidance: float | None = None
 
     @property
     def size_multiple(self) -> int:
@@ -112,6 +116,10 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
     negative = info.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         problems.append(f"{info_path} has negative_prompt {negative!r}: give a string, or leave the key out")
+    guidance = info.get("guidance")
+    if guidance is not None and not (isinstance(guidance, int | float) and not isinstance(guidance, bool)
+                                     and math.isfinite(guidance) and guidance >= 0):
+        problems.append(f"{info_path} has guidance {guidance!r}: give a number >= 0, or leave the key out")
     configs = {"transformer": transformer}
     if "transformer_2" in components and (model_dir / "transformer_2/config.json").is_file():
         configs["transformer_2"] = _read_json(model_dir / "transformer_2/config.json", problems)
@@ -127,7 +135,8 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
         temporal_factor=int(vae.get("scale_factor_temporal", 4)),
         patch_size=tuple(int(v) for v in transformer.get("patch_size", (1, 2, 2))),
         latent_channels=int(vae.get("z_dim", 16)), fingerprint=model_fingerprint(model_dir),
-        transformer_configs=configs, negative_prompt=negative)
+        transformer_configs=configs, negative_prompt=negative,
+        guidance=None if guidance is None else float(guidance))
 
 
 def lora_shapes(folder: WanFolder, expert: str, rank: int, targets: str) -> dict[str, tuple[int, int]]:

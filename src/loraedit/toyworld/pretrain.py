@@ -316,14 +316,14 @@ def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int =
     parts["transformer"].eval().requires_grad_(False)
     pipe = MaskAwareWanImageToVideoPipeline(**{**parts, "vae": codec})
     pipe.set_progress_bar_config(disable=True)
-    backend = WanBackend(pipe, work, torch.device("cpu"), torch.float32, {})
+    backend = WanBackend(pipe, work, torch.device("cpu"), torch.float32, {"guidance": models.WORLD_GUIDANCE})
     rows, scores, static = {}, [], []
     negative = backend.encode_prompt("")
     for i in range(scenes):
         s = generate(HELDOUT_SEED_BASE + 500 + i, FRAMES, SIZE)
         sample = conditioning.first_frame_condition(s.video[0], FRAMES, s.caption)
         video = backend.generate(backend.condition_tensor(sample), s.video[0], backend.encode_prompt(s.caption),
-                                 negative, backend.encode_image(s.video[0]), steps=steps, guidance=5.0, shift=5.0,
+                                 negative, backend.encode_image(s.video[0]), steps=steps, guidance=None, shift=5.0,
                                  seed=0)
         scores.append(round(psnr(video[1:], s.video[1:]), 2))
         static.append(round(psnr(s.video[:1].expand_as(s.video[1:]), s.video[1:]), 2))
@@ -367,7 +367,8 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
                         "heldout_loss": state["log"][-1]["heldout_loss"], "log": state["log"],
                         "command": command},
         "codec": {**fit, "command": "fitted in closed form by the same script on first run (fit_codec, 4x spatial)"},
-        "base_model_preview": {"what": "standard I2V from held-out first frames, 30 UniPC steps, guidance 5",
+        "base_model_preview": {"what": "standard I2V from held-out first frames, 30 UniPC steps, shift 5, "
+                                       f"guidance {models.WORLD_GUIDANCE:g} (the model's own)",
                                "psnr_frames_1_16_db": scores, "static_first_frame_db": static},
         "clean_latent_error_per_latent_frame": {"what": "16 held-out scenes; frame 0 is given, 1-4 propagated",
                                                 **errors},

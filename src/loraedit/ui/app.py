@@ -234,7 +234,7 @@ def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
             ui.mode = gr.Dropdown(list(MODES), value=start.mode, label="mode")
             ui.rank = gr.Number(start.rank, precision=0, label="LoRA rank")
             ui.learning_rate = gr.Number(start.learning_rate, label="learning rate")
-            ui.guidance = gr.Number(start.guidance, label="guidance (CFG)")
+            ui.guidance = gr.Number(start.guidance, label="guidance (CFG; empty: the model's own)")
             ui.seed = gr.Number(start.seed, precision=0, label="sampling seed")
         ui.negative_prompt = gr.Textbox(start.negative_prompt, label="negative prompt (empty: the model's own)",
                                         lines=2)

@@ -67,7 +67,7 @@ class Settings:
     rank: int = TrainConfig.rank
     learning_rate: float = TrainConfig.learning_rate
     steps: int = SampleConfig.steps
-    guidance: float = SampleConfig.guidance
+    guidance: float | None = SampleConfig.guidance  # None (an empty field): the model's own
     seed: int = SampleConfig.seed
     negative_prompt: str = ""  # "": the model's own (Wan's standard list; the empty caption for the toy world)
 
@@ -432,8 +432,9 @@ def _train_config(settings: Settings) -> TrainConfig:
 
 def _sample_config(settings: Settings) -> SampleConfig:
     own = {"negative_prompt": settings.negative_prompt} if settings.negative_prompt.strip() else {}  # else the default
-    return SampleConfig(steps=_int(settings.steps, "sampling steps"), guidance=_float(settings.guidance, "guidance"),
-                        seed=_int(settings.seed, "seed"), **own)
+    if settings.guidance is not None and str(settings.guidance).strip():
+        own["guidance"] = _float(settings.guidance, "guidance")
+    return SampleConfig(steps=_int(settings.steps, "sampling steps"), seed=_int(settings.seed, "seed"), **own)
 
 
 def _int(value, what: str, low: int | None = None) -> int:
