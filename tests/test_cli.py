@@ -171,6 +171,9 @@ def test_bench_quality_writes_every_mode(wan21_dir, tmp_path, capsys):
     assert summary["scenarios"][0]["card"] is True
     assert (out / "table.md").is_file() and (out / "chart.png").is_file()
     assert len(list((out / "sheets").glob("*.png"))) == 1
+    config = json.loads((out / "quality.json").read_text())["config"]  # the settings used, written down
+    assert (config["train"]["learning_rate"], config["train"]["timestep_sampling"]) == (1e-3, "shifted")
+    assert config["guidance"] == 5.0  # a Wan folder without its own CFG: the authors' 5
 
 
 def test_bench_quality_runs_only_the_modes_asked_for(wan21_dir, tmp_path, capsys):
