@@ -354,6 +354,11 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
     fit = json.loads((work / "codec" / "fit.json").read_text())
     command = (f"python -m loraedit.toyworld.pretrain --work {work} --scenes {args.scenes} --batch {args.batch} "
                f"--lr {args.lr} --total-steps {args.total_steps} --minutes M  (repeated until step {state['step']})")
+    shifted = [e for e in state["log"] if e.get("timestep_shift", 1.0) != 1.0]
+    if shifted:  # the log says from which checkpoint on the training noise levels were shifted
+        first = shifted[0]
+        command += (f"; --timestep-shift {first['timestep_shift']:g} from the run after step "
+                    f"{_step_before(state['log'], first)}")
     models.write_world_folder(out, parts, manifest={
         "pretraining": {"steps": state["step"], "batch": args.batch, "lr": args.lr, "schedule":
                         f"500-step warm-up, cosine over {args.total_steps} steps", "training_scenes": args.scenes,
@@ -374,6 +379,12 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
                                                 **errors},
         "export_command": f"python -m loraedit.toyworld.pretrain --work {work} --export {out}"})
     print(f"exported {out}")
+
+
+def _step_before(log: list[dict], entry: dict) -> int:
+    """The step of the log entry before `entry` (0 if it is the first)."""
+    i = log.index(entry)
+    return log[i - 1]["step"] if i else 0
 
 
 def _hours_spent(log: list[dict], checkpoint_minutes: float) -> float:
