@@ -258,16 +258,13 @@ class WanBackend:
     # ---- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
-                 negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float | None,
+                 negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None) -> torch.Tensor:
         """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1].
-
-        `guidance` None is the model's own (`default_guidance`).
 
         With `perf.batched_cfg` (and guidance > 1) each step's conditional and unconditional predictions
         come from one batched forward (`performance.BatchedCFG`); the pipeline itself is unchanged.
         """
-        guidance = self.default_guidance if guidance is None else guidance
         self.place_transformers()
         self._set_shift(shift)
         t_lat, h_lat, w_lat = condition.shape[-3:]

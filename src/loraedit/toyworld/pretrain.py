@@ -316,15 +316,15 @@ def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int =
     parts["transformer"].eval().requires_grad_(False)
     pipe = MaskAwareWanImageToVideoPipeline(**{**parts, "vae": codec})
     pipe.set_progress_bar_config(disable=True)
-    backend = WanBackend(pipe, work, torch.device("cpu"), torch.float32, {"guidance": models.WORLD_GUIDANCE})
+    backend = WanBackend(pipe, work, torch.device("cpu"), torch.float32, {})
     rows, scores, static = {}, [], []
     negative = backend.encode_prompt("")
     for i in range(scenes):
         s = generate(HELDOUT_SEED_BASE + 500 + i, FRAMES, SIZE)
         sample = conditioning.first_frame_condition(s.video[0], FRAMES, s.caption)
         video = backend.generate(backend.condition_tensor(sample), s.video[0], backend.encode_prompt(s.caption),
-                                 negative, backend.encode_image(s.video[0]), steps=steps, guidance=None, shift=5.0,
-                                 seed=0)
+                                 negative, backend.encode_image(s.video[0]), steps=steps,
+                                 guidance=models.WORLD_GUIDANCE, shift=5.0, seed=0)
         scores.append(round(psnr(video[1:], s.video[1:]), 2))
         static.append(round(psnr(s.video[:1].expand_as(s.video[1:]), s.video[1:]), 2))
         rows[f"real {i}"], rows[f"generated {i}: {scores[-1]} dB"] = s.video, video
