@@ -4,7 +4,8 @@ For each memory mode (full, fp8, offload, fp8+offload) and clip (49x480x832, 81x
 training step as `loraedit.train` runs it (rank 16 on the authors' targets, fp32 LoRA, bf16 autocast,
 gradient checkpointing on every block, fused AdamW, the attention backend `auto` picks) and one sampling
 step (the transformer on the batch [cond; uncond], as batched CFG runs it), each timed after a warm-up
-step, with the CUDA peak allocation beside the value `loraedit.perfmodel` predicts.
+step, with the CUDA peak allocation beside the value `loraedit.perfmodel` predicts. In the full mode the
+training step is measured again with `--keep-attention` (selective checkpointing).
 
 GPU time comes in short windows, so everything runs in one go under a time budget (`--budget-s`, default
 480 s; what does not fit is reported as skipped), the 14B weights are built on the GPU (meta-device
@@ -154,12 +155,15 @@ class Memory:
             torch.cuda.synchronize()
 
 
-def train_steps(model, config, clip, device, dtype, memory: Memory, timed: int = 1) -> dict:
+def train_steps(model, config, clip, device, dtype, memory: Memory, timed: int = 1,
+                keep_attention: bool = False) -> dict:
     """A LoRA step as loraedit.train runs it: warm-up, then `timed` steps; s/step and peak memory."""
+    if _has_lora(model):
+        lora_io.remove_lora(model)
     torch.manual_seed(0)
     lora_io.add_lora(model, lora_io.LoraSettings(16, 16.0, DEFAULT_LORA_TARGETS, "bench", "wan2.1-i2v"),
                      dtype=torch.float32, device=device)
-    set_gradient_checkpointing(model, None)
+    set_gradient_checkpointing(model, None, keep_attention)
     set_attention(model, PerformanceConfig(), device, training=True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -209,6 +213,11 @@ def sample_steps(model, config, clip, device, dtype, memory: Memory, timed: int 
     return {"s_per_step": sum(times) / len(times), "peak_gib": memory.peak_gib()}
 
 
+def keep_attention_steps(*args, **kwargs) -> dict:
+    """`train_steps` with `--keep-attention` (checkpointed blocks keep their self-attention output)."""
+    return train_steps(*args, keep_attention=True, **kwargs)
+
+
 def modelled(config: dict, clip, mode: str) -> dict:
     dims = perfmodel.WanDims.from_config(config)
     frames, height, width = clip
@@ -216,6 +225,7 @@ def modelled(config: dict, clip, mode: str) -> dict:
     image_tokens = perfmodel.CLIP_TOKENS_14B if config["num_attention_heads"] >= 40 else 5
     c = perfmodel.Clip(tokens, image_tokens=image_tokens, rank=16)
     return {"tokens": tokens, "train_peak_gib": perfmodel.train_step_memory(dims, c, mode)["peak"],
+            "keep_attention_peak_gib": perfmodel.train_step_memory(dims, c, mode, keep_attention=True)["peak"],
             "sample_peak_gib": perfmodel.sample_step_memory(dims, c, mode)["peak"],
             "train_pflop": perfmodel.train_step_flops(dims, c)["total"] / 1e15,
             "sample_pflop": perfmodel.sample_step_flops(dims, c) / 1e15}
@@ -245,7 +255,10 @@ def run(config: dict, clips, modes, device: torch.device, dtype: torch.dtype, bu
                 if time.perf_counter() - started > budget_s:
                     row["skipped"] = "time budget"
                 else:
-                    for what, fn in (("train", train_steps), ("sample", sample_steps)):  # sampling with the LoRA
+                    measurements = [("train", train_steps), ("sample", sample_steps)]  # sampling with the LoRA
+                    if mode == "full":
+                        measurements.append(("train_keep_attention", keep_attention_steps))
+                    for what, fn in measurements:
                         try:
                             row[what] = fn(model, config, clip, device, dtype, memory)
                         except Exception as exc:  # out of memory, or a kernel missing here: record, go on
@@ -307,6 +320,10 @@ def markdown(results: dict, tiny: bool) -> str:
         lines.append(f"| {row['mode']} | {row['clip']} | {cell(t, 's_per_step')} | "
                      f"{cell(t, 'peak_gib')} ({m['train_peak_gib']:.1f}) | {cell(s, 's_per_step')} | "
                      f"{cell(s, 'peak_gib')} ({m['sample_peak_gib']:.1f}) |")
+        if "train_keep_attention" in row:
+            k = row["train_keep_attention"]
+            lines.append(f"| {row['mode']}, --keep-attention | {row['clip']} | {cell(k, 's_per_step')} | "
+                         f"{cell(k, 'peak_gib')} ({m['keep_attention_peak_gib']:.1f}) | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,8 @@ toy-world clip:
 - training: s/step and peak RSS of a naive reference loop (re-encodes the clip with the VAE, text and CLIP
   encoders every step; gradients for every weight; no gradient checkpointing; textbook attention;
   for-loop AdamW) and of loraedit's loop (cached encodings, encoders freed, LoRA-only gradients, SDPA
-  attention, foreach AdamW), with checkpointing on every block (the default) and off; the FLOPs of a
+  attention, foreach AdamW), with checkpointing on every block (the GPU default), on every block keeping
+  the self-attention outputs (`--keep-attention`), and off (the CPU default); the FLOPs of a
   step from `loraedit.perfmodel` over the measured time and the machine's matmul throughput;
 - sampling: s/step of the naive path (prompts and image encoded per call, cond and uncond as two
   forwards, textbook attention) and of loraedit's (cached embeddings, batched CFG), decoding included;
@@ -249,7 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
         #    Each variant keeps its fastest round: a busy neighbour on a shared machine only ever slows one.
         variants = {"naive": NAIVE_PERF, "loraedit": PerformanceConfig(),  # on a CPU: no gradient checkpointing
                     "loraedit, checkpointing every block (the GPU default)":
-                        PerformanceConfig(checkpoint_blocks=ALL_BLOCKS)}
+                        PerformanceConfig(checkpoint_blocks=ALL_BLOCKS),
+                    "loraedit, checkpointing every block, --keep-attention":
+                        PerformanceConfig(checkpoint_blocks=ALL_BLOCKS, keep_attention=True)}
         train: dict = {}
         for round_ in range(args.rounds):
             for name, perf in variants.items():
@@ -273,8 +276,10 @@ def main(argv: list[str] | None = None) -> dict:
         clip = perfmodel.Clip(encoded.target[0].numel() // dims.patch[0] // dims.patch[1] // dims.patch[2],
                               image_tokens=0 if encoded.image is None else encoded.image.shape[0], rank=cfg.rank)
         for name, row in train.items():
-            ckpt = None if "every block" in name else 0
-            flops = perfmodel.train_step_flops(dims, clip, ckpt, flash=name != "naive")["total"]
+            perf = variants[name]
+            ckpt = None if perf.checkpoint_blocks == ALL_BLOCKS else 0
+            flops = perfmodel.train_step_flops(dims, clip, ckpt, flash=name != "naive",
+                                               keep_attention=perf.keep_attention)["total"]
             row["gflop_per_step"] = flops / 1e9
             row["speedup_vs_naive"] = naive_s / row["s_per_step"]
         results["train"] = train
@@ -298,6 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
         sample["loraedit"]["speedup_vs_naive"] = sample["naive"]["s_per_step"] / sample["loraedit"]["s_per_step"]
         results["sample"] = sample
 
+        # 3b. --keep-attention by clip length: at 720 tokens the selective-checkpointing policy's per-op
+        #     Python call costs more than the attention it saves; the longer the clip, the more it saves.
+        results["keep_attention"] = keep_attention_by_length(model_dir, encoded, clip, args.rounds)
         # 4. The cost model on this model: activation bytes counted vs modelled (bf16 autocast, as on a GPU).
         results["model_check"] = activation_check(model_dir, dims, clip, encoded)
         # The machine's throughput again: a busy neighbour during the first measurement would inflate every share.
@@ -314,6 +322,37 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def keep_attention_by_length(model_dir: Path, encoded, clip, rounds: int) -> list[dict]:
+    """s per training forward + backward (random latents, checkpointing every block) with and without
+    `--keep-attention`, at the clip's length and at 4 times as many latent frames; the fastest of `rounds`."""
+    from loraedit.performance import set_gradient_checkpointing
+
+    backend = load_wan(model_dir)
+    backend.place_transformers()
+    transformer = backend.transformer("transformer")
+    torch.manual_seed(0)
+    lora_io.add_lora(transformer, lora_io.LoraSettings(clip.rank, clip.rank, TrainConfig().targets, "b", "k"),
+                     dtype=torch.float32)
+    c, t, h, w = encoded.target.shape
+    image = None if encoded.image is None else encoded.image[None]
+    rows = []
+    for frames in (t, 4 * t):
+        g = torch.Generator().manual_seed(frames)
+        latents = torch.randn(1, c, frames, h, w, generator=g)
+        condition = torch.randn(1, encoded.condition.shape[0], frames, h, w, generator=g)
+        best = {}
+        for _ in range(rounds):
+            for keep in (False, True):
+                set_gradient_checkpointing(transformer, None, keep)
+                started = time.perf_counter()
+                backend.predict(transformer, latents, condition, torch.tensor([500.0]), encoded.text[None],
+                                image).square().mean().backward()
+                best[keep] = min(best.get(keep, float("inf")), time.perf_counter() - started)
+        rows.append({"latent_frames": frames, "tokens": clip.tokens * frames // t, "s_checkpointing": best[False],
+                     "s_keep_attention": best[True], "speedup": best[False] / best[True]})
+    return rows
+
+
 def activation_check(model_dir: Path, dims, clip, encoded) -> dict:
     """Bytes autograd saves in one bf16-autocast step of this model: counted vs modelled, at the clip's
     length and at other lengths (random latents), with flash-type SDPA and with textbook attention."""
@@ -321,15 +360,17 @@ def activation_check(model_dir: Path, dims, clip, encoded) -> dict:
 
     out: dict = {"at_clip": {}, "by_latent_frames": []}
     c, t, h, w = encoded.target.shape
-    for name, ckpt, attention in (("checkpointing", None, "native"), ("no checkpointing", 0, "native"),
-                                  ("no checkpointing, textbook attention", 0, "_native_math")):
+    for name, ckpt, attention, keep in (("checkpointing", None, "native", False),
+                                        ("checkpointing, --keep-attention", None, "native", True),
+                                        ("no checkpointing", 0, "native", False),
+                                        ("no checkpointing, textbook attention", 0, "_native_math", False)):
         backend = load_wan(model_dir, dtype=torch.bfloat16, perf=PerformanceConfig(attention=attention))
         backend.place_transformers()
         transformer = backend.transformer("transformer")
         torch.manual_seed(0)
         lora_io.add_lora(transformer, lora_io.LoraSettings(clip.rank, clip.rank, TrainConfig().targets, "b", "k"),
                          dtype=torch.float32)
-        set_gradient_checkpointing(transformer, ckpt)
+        set_gradient_checkpointing(transformer, ckpt, keep)
         image = None if encoded.image is None else encoded.image[None].bfloat16()
         kind = "flash" if attention == "native" else "math"
         for frames in sorted({1, 2, t, 2 * t, 4 * t}):
@@ -345,7 +386,8 @@ def activation_check(model_dir: Path, dims, clip, encoded) -> dict:
             tokens = clip.tokens * frames // t
             counted = perfmodel.saved_activation_bytes(transformer, step)
             size = perfmodel.Clip(tokens, image_tokens=clip.image_tokens, rank=clip.rank)
-            modelled = perfmodel.train_step_memory(dims, size, "full", ckpt, attention=kind)["activations"]
+            modelled = perfmodel.train_step_memory(dims, size, "full", ckpt, attention=kind,
+                                                   keep_attention=keep)["activations"]
             row = {"counted_mib": counted / 2**20, "modelled_mib": modelled * perfmodel.GIB / 2**20}
             if frames == t:
                 out["at_clip"][name] = {**row, "ratio": row["modelled_mib"] / row["counted_mib"]}
@@ -376,12 +418,18 @@ def report(r: dict) -> str:
     for name, row in s.items():
         ratio = f"{row['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in row else "1.00x"
         lines.append(f"| {name} | {row['s_per_step']:.4f} | {ratio} | {row['peak_rss_mib']:.0f} |")
+    lines += ["", "--keep-attention by clip length (training forward + backward, checkpointing every block):",
+              "| latent frames | tokens | s, checkpointing | s, --keep-attention | speed-up |", "|---|---|---|---|---|"]
+    for row in r["keep_attention"]:
+        lines.append(f"| {row['latent_frames']} | {row['tokens']} | {row['s_checkpointing']:.4f} | "
+                     f"{row['s_keep_attention']:.4f} | {row['speedup']:.2f}x |")
     lines += ["", "cost model on this model (activation bytes of one step, bf16 autocast):"]
     for name, row in r["model_check"]["at_clip"].items():
         lines.append(f"  {name}: counted {row['counted_mib']:.2f} MiB, modelled {row['modelled_mib']:.2f} MiB "
                      f"(x{row['ratio']:.3f})")
+    modes = list(r["model_check"]["at_clip"])
     lines += ["", "activation MiB by clip length, counted (modelled):", "| latent frames | tokens | "
-              + " | ".join(r["model_check"]["at_clip"]) + " |", "|---|---|---|---|---|"]
+              + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
     rows = r["model_check"]["by_latent_frames"]
     for frames in sorted({x["latent_frames"] for x in rows}):
         cells = [x for x in rows if x["latent_frames"] == frames]

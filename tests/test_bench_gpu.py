@@ -40,6 +40,10 @@ def test_tiny_run_on_cpu_measures_every_mode(tmp_path):
     by_mode = {r["mode"]: r["train"]["loss"] for r in runs if r["clip"] == "5x32x48"}
     assert abs(by_mode["offload"] - by_mode["full"]) < 1e-5 and abs(by_mode["fp8"] - by_mode["full"]) < 0.05
     assert "| fp8+offload | 9x32x48 |" in doc.read_text()
+    kept = [r["train_keep_attention"] for r in runs if r["mode"] == "full"]
+    assert len(kept) == 2 and all(k["s_per_step"] > 0 for k in kept)
+    assert kept[0]["loss"] == runs[0]["train"]["loss"]  # the same step, the same kernels: the same loss
+    assert "| full, --keep-attention | 5x32x48 |" in doc.read_text()
 
 
 def test_the_14b_model_is_typed_before_it_is_allocated():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from loraedit import lora_io, perfmodel
@@ -26,12 +27,12 @@ def _config(heads=3, head_dim=32, ffn=160, layers=3, image=True) -> dict:
             "image_dim": 8 if image else None, "added_kv_proj_dim": heads * head_dim if image else None}
 
 
-def _model(config: dict, rank: int, dtype=torch.float32, attention="native", checkpoint_blocks=0):
+def _model(config: dict, rank: int, dtype=torch.float32, attention="native", checkpoint_blocks=0, keep_attention=False):
     torch.manual_seed(0)
     model = WanTransformer3DModel.from_config(config).to(dtype).requires_grad_(False)
     model.set_attention_backend(attention)
     lora_io.add_lora(model, lora_io.LoraSettings(rank, rank, DEFAULT_LORA_TARGETS, "x", "wan"), dtype=torch.float32)
-    set_gradient_checkpointing(model, checkpoint_blocks)
+    set_gradient_checkpointing(model, checkpoint_blocks, keep_attention)
     return model
 
 
@@ -108,6 +109,49 @@ def test_activation_memory_matches_what_autograd_saves(checkpoint_blocks):
         assert memory["recompute"] == pytest.approx((full - memory["activations"]) / dims.layers, rel=0.1)
 
 
+class _AttentionKernelCalls(TorchDispatchMode):
+    """Counts the fused SDPA kernel's calls by whether its queries and keys are the same tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {"self": 0, "cross": 0}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) == "aten._scaled_dot_product_flash_attention_for_cpu.default":  # the forward kernel
+            self.calls["self" if args[0].shape[2] == args[1].shape[2] else "cross"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_keep_attention_keeps_the_modelled_bytes_and_skips_the_recomputed_self_attention():
+    config = _config(heads=3, head_dim=32, ffn=160, layers=3)
+    dims, rank = WanDims.from_config(config), 8
+    inputs = _inputs(config, 4, 8, 12, 5, dtype=torch.bfloat16)
+    clip = Clip(4 * 4 * 6, image_tokens=5, rank=rank)
+    saved, calls, grads = {}, {}, {}
+    for keep in (False, True):
+        model = _model(config, rank, dtype=torch.bfloat16, checkpoint_blocks=None, keep_attention=keep)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(**inputs)[0]
+
+        saved[keep] = perfmodel.saved_activation_bytes(model, step)
+        with _AttentionKernelCalls() as counter:
+            step().float().square().mean().backward()
+        calls[keep] = counter.calls
+        grads[keep] = torch.cat([p.grad.flatten() for n, p in sorted(model.named_parameters()) if p.grad is not None])
+    layers = dims.layers
+    # Forward + recompute: self-attention once per block instead of twice; cross-attention (text, CLIP) twice.
+    assert calls[False] == {"self": 2 * layers, "cross": 4 * layers}
+    assert calls[True] == {"self": layers, "cross": 4 * layers}
+    assert saved[True] - saved[False] == layers * perfmodel.kept_attention_bytes(dims, clip)
+    modelled = {k: perfmodel.train_step_memory(dims, clip, "full", None, keep_attention=k)["activations"] for k in calls}
+    assert (modelled[True] - modelled[False]) * perfmodel.GIB == pytest.approx(saved[True] - saved[False], rel=1e-6)
+    assert torch.equal(grads[True], grads[False])  # the same kernels on the same inputs: the same gradients
+    flops = {k: perfmodel.train_step_flops(dims, clip, None, keep_attention=k)["recompute"] for k in calls}
+    assert flops[False] - flops[True] == layers * perfmodel.self_attention_flops(dims, clip)
+
+
 def test_memory_is_linear_in_frames_with_checkpointing_and_flash():
     dims = WanDims.from_config(perfmodel.WAN21_I2V_14B)
     peaks = {}
@@ -133,7 +177,13 @@ def test_the_14b_table():
 
 
 def test_edit_recipes():
-    rows = {(r["device"].split()[0], r["recipe"][:3]): r for r in perfmodel.edit_recipes()}
-    assert rows[("H100", "49 ")]["edit_min"] > rows[("H100", "low")]["edit_min"]
-    assert rows[("RTX", "low")]["peak_gib"] < perfmodel.RTX4090.memory_gib
-    assert "the authors, measured" in perfmodel.format_recipes(list(rows.values()))
+    recipes = perfmodel.edit_recipes()
+    rows = {(r["device"].split()[0], r["recipe"][:3], "keep" in r["mode"]): r for r in recipes}
+    assert len(rows) == len(recipes)
+    assert rows[("H100", "49 ", False)]["edit_min"] > rows[("H100", "low", False)]["edit_min"]
+    assert rows[("RTX", "low", False)]["peak_gib"] < perfmodel.RTX4090.memory_gib
+    # --keep-attention: faster, more memory; listed only where it fits (not at 49 frames on a 24 GB card).
+    kept, plain = rows[("H100", "49 ", True)], rows[("H100", "49 ", False)]
+    assert kept["train_s"] < plain["train_s"] and kept["peak_gib"] > plain["peak_gib"]
+    assert ("RTX", "49 ", True) not in rows and ("RTX", "low", True) in rows
+    assert "the authors, measured" in perfmodel.format_recipes(recipes)

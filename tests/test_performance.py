@@ -50,6 +50,7 @@ def plain(wan21_dir, clip, tmp_path_factory):
 MODES = [
     (PerformanceConfig(checkpoint_blocks=performance.ALL_BLOCKS), 1e-5, 1e-3),  # every block (plain on CPU: none)
     (PerformanceConfig(checkpoint_blocks=1), 1e-5, 1e-3),  # the first of two blocks only
+    (PerformanceConfig(checkpoint_blocks=performance.ALL_BLOCKS, keep_attention=True), 1e-5, 1e-3),
     (PerformanceConfig(memory_mode="offload"), 1e-5, 1e-3),
     (PerformanceConfig(attention="_native_math"), 1e-4, 1e-2),  # the textbook attention, quadratic memory
     (PerformanceConfig(memory_mode="fp8"), 2e-2, 0.25),  # float8 e4m3 base weights: 3 mantissa bits
@@ -58,7 +59,7 @@ MODES = [
 
 
 @pytest.mark.parametrize("perf, rtol, lora_rtol", MODES,
-                         ids=["checkpoint-every-block", "checkpoint-1-block", "offload", "math-attention", "fp8",
+                         ids=["checkpoint-every-block", "checkpoint-1-block", "keep-attention", "offload", "math-attention", "fp8",
                               "fp8+offload"])
 def test_every_mode_trains_like_the_plain_path(wan21_dir, clip, plain, tmp_path, perf, rtol, lora_rtol):
     losses, lora, backend = _train(wan21_dir, clip, perf, tmp_path)
@@ -183,6 +184,8 @@ def test_option_problems_are_named():
     assert not any("sage" in p for p in performance_problems(PerformanceConfig(attention="sage"), trains=False)
                    if "backward" in p)
     assert any("--attention 'fast'" in p for p in performance_problems(PerformanceConfig(attention="fast"), False))
+    nothing_to_keep = performance_problems(PerformanceConfig(checkpoint_blocks=0, keep_attention=True), trains=True)
+    assert nothing_to_keep and "--keep-attention" in nothing_to_keep[0]
 
 
 def test_command_line_options_reach_the_config(clip_files):
@@ -196,8 +199,8 @@ def test_command_line_options_reach_the_config(clip_files):
     assert perf.fp8_base and perf.offload
     args = build_parser().parse_args(["train", *files, "--no-gradient-checkpointing"])
     assert _configs(args)[1].performance == replace(PLAIN, checkpoint_blocks=0)
-    args = build_parser().parse_args(["train", *files, "--checkpoint-blocks", "all"])
-    assert _configs(args)[1].performance.checkpoint_blocks == performance.ALL_BLOCKS
+    args = build_parser().parse_args(["train", *files, "--checkpoint-blocks", "all", "--keep-attention"])
+    assert _configs(args)[1].performance == replace(PLAIN, checkpoint_blocks=performance.ALL_BLOCKS, keep_attention=True)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", *files, "--checkpoint-blocks", "most"])
     args = build_parser().parse_args(["sample", *files, "--edited-first-frame", str(clip_files["edited0"])])

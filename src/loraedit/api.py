@@ -108,6 +108,8 @@ def _memory_advice(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = 
     perf = opts.performance
     if cfg is not None and perf.checkpoint_blocks is not None and perf.checkpoint_blocks < ALL_BLOCKS:
         tips.append("checkpoint every block (--checkpoint-blocks all, or drop --no-gradient-checkpointing)")
+    if cfg is not None and perf.keep_attention:
+        tips.append("drop --keep-attention")
     if not perf.offload:
         tips.append("add --memory-mode " + ("fp8+offload" if perf.fp8_base else "fp8 (or fp8+offload on a 24 GB card)"))
     if cfg is not None and not opts.low_cost:

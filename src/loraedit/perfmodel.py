@@ -181,12 +181,18 @@ def block_backward_flops(dims: WanDims, clip: Clip, first: bool, flash: bool) ->
     return frozen + lora + attention
 
 
+def self_attention_flops(dims: WanDims, clip: Clip) -> int:
+    """The self-attention products (QK^T and PV) of one block's forward: what `--keep-attention` does not redo."""
+    return 2 * _mm(clip.tokens, dims.dim, clip.tokens)
+
+
 def train_step_flops(dims: WanDims, clip: Clip, checkpoint_blocks: int | None = None,
-                     flash: bool = True) -> dict[str, int]:
+                     flash: bool = True, keep_attention: bool = False) -> dict[str, int]:
     """FLOPs of one LoRA training step (batch 1): forward, recomputed forwards, backward, total."""
     ckpt = dims.layers if checkpoint_blocks is None else min(checkpoint_blocks, dims.layers)
     forward = forward_flops(dims, clip)
-    recompute = ckpt * sum(block_forward_flops(dims, clip).values())
+    recompute = ckpt * (sum(block_forward_flops(dims, clip).values())
+                        - (self_attention_flops(dims, clip) if keep_attention else 0))
     n, d, pt, ph, pw = clip.tokens, dims.dim, *dims.patch
     backward = block_backward_flops(dims, clip, True, flash) + (dims.layers - 1) * block_backward_flops(
         dims, clip, False, flash) + _mm(n, dims.out_channels * pt * ph * pw, d)  # + proj_out's input gradient
@@ -218,11 +224,19 @@ def block_activation_bytes(dims: WanDims, clip: Clip, attention: str = "flash") 
     return int(per_token * n + fixed + extra)
 
 
+def kept_attention_bytes(dims: WanDims, clip: Clip) -> int:
+    """What `--keep-attention` keeps per checkpointed block: the self-attention output (bf16) and the
+    kernel's log-sum-exp (fp32, one per head and token); counted with saved-tensor hooks (test_perfmodel)."""
+    return (2 * dims.dim + 4 * dims.heads) * clip.tokens
+
+
 def train_step_memory(dims: WanDims, clip: Clip, mode: str = "full", checkpoint_blocks: int | None = None,
-                      attention: str = "flash") -> dict[str, float]:
+                      attention: str = "flash", keep_attention: bool = False) -> dict[str, float]:
     """GiB on the GPU during a LoRA step, by part; `host` is the pinned CPU memory of offloaded weights.
 
-    mode: full | fp8 | offload | fp8+offload. fp8 and offload save memory only for checkpointed blocks:
+    mode: full | fp8 | offload | fp8+offload. `keep_attention`: checkpointed blocks also keep their
+    self-attention output (a fused kernel's; textbook attention is recomputed whatever the flag).
+    fp8 and offload save memory only for checkpointed blocks:
     autograd keeps each layer's bf16 / on-GPU weight copy until that layer's backward, so a block that is
     not checkpointed holds its copy through the whole step.
     """
@@ -239,7 +253,8 @@ def train_step_memory(dims: WanDims, clip: Clip, mode: str = "full", checkpoint_
         outside = (4 * d + 8) * n + 2 * (clip.text_tokens + li) * d + 14 * d
     else:  # rotary tables, less what block 0 does not keep (its q/k/v input needs no gradient)
         outside = 4 * dims.head_dim * n - 6 * clip.rank * d - 2 * d
-    activations = ckpt * 2 * d * n + loose * block_activation_bytes(dims, clip, attention) + outside
+    kept = kept_attention_bytes(dims, clip) if keep_attention and attention == "flash" else 0
+    activations = ckpt * (2 * d * n + kept) + loose * block_activation_bytes(dims, clip, attention) + outside
     recompute = block_activation_bytes(dims, clip, attention) if ckpt else 0
     working = (4 * f + 16 * d) * n
     parts = {
@@ -332,8 +347,9 @@ def edit_recipes(train_steps: int = 100, sample_steps: int = 30) -> list[dict]:
     """Modelled minutes for one whole 49-frame 832x480 edit (stage-1 training + sampling), per device and recipe.
 
     `low-cost` trains on 13-frame clips (the paper's Sec. 4.5; quality measured by `loraedit bench quality`)
-    and samples all 49 frames. Offloaded weights stream over the host link three times per training step
-    (forward, recomputed forward, backward) and once per sampling step; compute and transfers overlap.
+    and samples all 49 frames. `--keep-attention` rows are listed where their memory fits the device.
+    Offloaded weights stream over the host link three times per training step (forward, recomputed
+    forward, backward) and once per sampling step; compute and transfers overlap.
     """
     dims = WanDims.from_config(WAN21_I2V_14B)
     params = parameter_counts(dims)
@@ -345,11 +361,16 @@ def edit_recipes(train_steps: int = 100, sample_steps: int = 30) -> list[dict]:
         streamed = weights if "offload" in mode else 0
         sample_s = step_seconds(sample_step_flops(dims, full), device, streamed)
         for recipe, clip in (("49 frames", full), ("low-cost (13-frame clips)", short)):
-            train_s = step_seconds(train_step_flops(dims, clip)["total"], device, 3 * streamed)
-            minutes = (train_steps * train_s + sample_steps * sample_s) / 60
-            rows.append({"device": device.name, "mode": mode, "recipe": recipe, "train_s": train_s,
-                         "sample_s": sample_s, "edit_min": minutes,
-                         "peak_gib": train_step_memory(dims, clip, mode)["peak"]})
+            for keep in (False, True):
+                peak = train_step_memory(dims, clip, mode, keep_attention=keep)["peak"]
+                if keep and peak > device.memory_gib:
+                    continue
+                flops = train_step_flops(dims, clip, keep_attention=keep)["total"]
+                train_s = step_seconds(flops, device, 3 * streamed)
+                minutes = (train_steps * train_s + sample_steps * sample_s) / 60
+                rows.append({"device": device.name, "mode": mode + (", --keep-attention" if keep else ""),
+                             "recipe": recipe, "train_s": train_s, "sample_s": sample_s, "edit_min": minutes,
+                             "peak_gib": peak})
     return rows
 
 

@@ -20,6 +20,11 @@ measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tes
   block, the least memory; 0: none, the fastest; between: memory linear in the blocks left out); None =
   auto: every block on a GPU, none on a CPU (where memory is not the limit and recomputing only costs
   time: 1.4x slower steps on the toy world's model, `make bench`).
+- keep attention (`--keep-attention`): selective checkpointing. A checkpointed block also keeps its
+  self-attention output (bf16, with the kernel's fp32 log-sum-exp), so its recomputed forward runs the
+  cheap projections again but not the attention products, the block's most expensive part at long clips
+  (a third of a Wan 14B block's forward at 49 frames). Costs 2 d + 4 heads bytes per video token per
+  checkpointed block (8.2 GiB for Wan 14B at 49 frames): off by default, since a 24 GB card has no room.
 - compile: `torch.compile` of each transformer block (the repeated region; compiles once, ~1 min).
 - batched CFG: the conditional and unconditional predictions of a sampling step in one batched forward
   (`BatchedCFG`, a diffusers model hook; the pipeline itself is unchanged). The same FLOPs, one pass over
@@ -31,6 +36,7 @@ measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tes
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -58,6 +64,7 @@ class PerformanceConfig:
     attention: str = "auto"  # a diffusers attention backend name, or auto
     compile: bool = False  # torch.compile every transformer block
     checkpoint_blocks: int | None = None  # checkpoint the first k blocks; None = auto (GPU: all, CPU: none)
+    keep_attention: bool = False  # checkpointed blocks keep their self-attention output (see module doc)
     batched_cfg: bool = True  # cond + uncond in one forward while sampling
     vae_tiling: bool = False  # spatially tiled VAE decoding
     offload_stream: bool = True  # overlap offload transfers with compute on a CUDA stream (GPU only)
@@ -88,6 +95,9 @@ def performance_problems(perf: PerformanceConfig, trains: bool) -> list[str]:
     if perf.checkpoint_blocks is not None and perf.checkpoint_blocks < 0:
         problems.append(f"--checkpoint-blocks {perf.checkpoint_blocks} is negative: give 0 (none) up to the number "
                         "of transformer blocks, or all")
+    elif perf.keep_attention and perf.checkpoint_blocks == 0:
+        problems.append("--keep-attention only acts inside checkpointed blocks and --checkpoint-blocks is 0 (or "
+                        "--no-gradient-checkpointing): drop one of them")
     return problems
 
 
@@ -158,11 +168,12 @@ def checkpointed_blocks(perf: PerformanceConfig, device: torch.device) -> int | 
     return 0 if device.type == "cpu" else None
 
 
-def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None) -> int:
+def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None, keep_attention: bool = False) -> int:
     """Checkpoint the first `blocks` transformer blocks (None = all, 0 = none). Returns how many.
 
     A checkpointed block keeps only its input for the backward pass and runs its forward again there:
     one more forward of that block per step, in exchange for all of its activations (see perfmodel).
+    With `keep_attention` it also keeps its self-attention output, so that forward skips the attention.
     """
     all_blocks = list(transformer.blocks)
     count = len(all_blocks) if blocks is None else min(blocks, len(all_blocks))
@@ -170,14 +181,49 @@ def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None)
         transformer.disable_gradient_checkpointing()
         return 0
     chosen = {id(b) for b in all_blocks[:count]}
+    options = {"use_reentrant": False}
+    if keep_attention:
+        options["context_fn"] = _keep_self_attention_context
+    if "respect_saved_tensors_hooks" in inspect.signature(torch.utils.checkpoint.checkpoint).parameters:
+        options["respect_saved_tensors_hooks"] = True  # what it keeps is seen by saved-tensor hooks (perfmodel counts)
 
     def checkpoint_some(block, *args):
         if id(block) in chosen:
-            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            return torch.utils.checkpoint.checkpoint(block, *args, **options)
         return block(*args)
 
     transformer.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_some)
     return count
+
+
+def _is_self_attention_kernel(op, args) -> bool:
+    """A fused attention kernel (PyTorch SDPA's flash / memory-efficient / cuDNN, or flash-attn's) whose
+    queries and keys are the same tokens. Cross-attention to the text and CLIP tokens is cheap to redo
+    and its output as large as the self-attention's, so it is recomputed. Textbook attention
+    (`_native_math`) is not one kernel: it is simply recomputed."""
+    name = str(op)
+    if "backward" in name or not ("scaled_dot_product" in name or "flash_attn" in name):
+        return False
+    query, key = args[0], args[1]
+    if not (isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor)) or query.dim() != 4:
+        return False
+    # SDPA kernels take [batch, heads, tokens, dim]; flash-attn takes [batch, tokens, heads, dim].
+    token_axis = 1 if "flash_attn" in name else 2
+    return query.shape[token_axis] == key.shape[token_axis]
+
+
+def _keep_self_attention_policy(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    if _is_self_attention_kernel(op, args):
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_self_attention_context():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_keep_self_attention_policy)
 
 
 # ---- sampling: batched classifier-free guidance ---------------------------------------------------------

@@ -171,7 +171,8 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_step_seed(cfg.seed, -1, i))
             lora_io.add_lora(transformer, settings, dtype=torch.float32, device=device)
-        set_gradient_checkpointing(transformer, checkpointed_blocks(backend.perf, device))
+        set_gradient_checkpointing(transformer, checkpointed_blocks(backend.perf, device),
+                                   backend.perf.keep_attention)
         set_attention(transformer, backend.perf, device, training=True)
 
     # 2. Resume (from a checkpoint, or a finished run's LoRA files) or start fresh.
