@@ -13,7 +13,9 @@ toy-world clip:
   the self-attention outputs (`--keep-attention`), and off (the CPU default); the FLOPs of a
   step from `loraedit.perfmodel` over the measured time and the machine's matmul throughput;
 - sampling: s/step of the naive path (prompts and image encoded per call, cond and uncond as two
-  forwards, textbook attention) and of loraedit's (cached embeddings, batched CFG), decoding included;
+  forwards, textbook attention) and of loraedit's (cached embeddings, batched CFG), decoding included,
+  and of loraedit's with diffusers' First Block Cache at 0.1 (approximate: the share of blocks it
+  skipped is printed beside it);
 - the cost model checked on this model (activation bytes counted with saved-tensor hooks), and the
   modelled Wan2.1-I2V-14B table (see docs/PERFORMANCE.md: modelled, not measured here).
 
@@ -42,6 +44,9 @@ from loraedit.train import TrainConfig, flow_matching_loss, sample_sigma, train_
 
 PROMPT = "p3rs0n, a red square on a striped background"
 NAIVE_PERF = PerformanceConfig(attention="_native_math", checkpoint_blocks=0, batched_cfg=False)
+#: The sampling row that is not exact: diffusers' First Block Cache (its quality: docs/PERFORMANCE.md).
+FIRST_BLOCK_CACHE = 0.1
+CACHED = f"loraedit, --first-block-cache {FIRST_BLOCK_CACHE} (approximate)"
 
 
 # ---- the machine ----------------------------------------------------------------------------------------
@@ -203,8 +208,8 @@ def naive_sampling(backend: WanBackend, video, masks, first, steps: int) -> floa
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="world", help="world (default: the toy world's model), toy (the tiny "
-                        "random Wan2.1), or a model folder")
+    parser.add_argument("--model", default="world", help="world (default: the toy world's model), toy-random (a "
+                        "tiny random Wan2.1 with Wan's own VAE and UMT5 and CLIP encoders), or a model folder")
     parser.add_argument("--train-steps", type=int, default=24, help="steps of loraedit's loop per variant")
     parser.add_argument("--naive-steps", type=int, default=12, help="steps of the naive reference loop")
     parser.add_argument("--sample-steps", type=int, default=12, help="sampling steps per sampler")
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "load_average_at_start": Path("/proc/loadavg").read_text().split()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = {"world": lambda: world_model_folder(tmp), "toy": lambda: None}.get(args.model, lambda: None)()
+        model_dir = world_model_folder(tmp) if args.model == "world" else None
         if model_dir is None:
             from loraedit.validate import resolve_model_dir
 
@@ -294,13 +299,17 @@ def main(argv: list[str] | None = None) -> dict:
             with PeakRSS() as rss:
                 seconds = naive_sampling(naive, video, masks, first, args.sample_steps)
             _keep_fastest(sample, "naive", seconds, rss)
-            with PeakRSS() as rss:
-                started = time.perf_counter()
-                trained.generate(cond.condition, first, cond.text, negative, cond.image, steps=args.sample_steps,
-                                 guidance=5.0, shift=5.0, seed=0)
-                seconds = (time.perf_counter() - started) / args.sample_steps
-            _keep_fastest(sample, "loraedit", seconds, rss)
-        sample["loraedit"]["speedup_vs_naive"] = sample["naive"]["s_per_step"] / sample["loraedit"]["s_per_step"]
+            for name, threshold in (("loraedit", 0.0), (CACHED, FIRST_BLOCK_CACHE)):
+                with PeakRSS() as rss:
+                    started = time.perf_counter()
+                    trained.generate(cond.condition, first, cond.text, negative, cond.image,
+                                     steps=args.sample_steps, guidance=5.0, shift=5.0, seed=0,
+                                     first_block_cache_threshold=threshold)
+                    seconds = (time.perf_counter() - started) / args.sample_steps
+                _keep_fastest(sample, name, seconds, rss)
+            sample[CACHED]["blocks_skipped"] = trained.last_block_counter.skipped_fraction
+        for name in ("loraedit", CACHED):
+            sample[name]["speedup_vs_naive"] = sample["naive"]["s_per_step"] / sample[name]["s_per_step"]
         results["sample"] = sample
 
         # 3b. --keep-attention by clip length: at 720 tokens the selective-checkpointing policy's per-op
@@ -414,10 +423,12 @@ def report(r: dict) -> str:
         lines.append(f"| {name} | {row['s_per_step']:.4f} | {row['speedup_vs_naive']:.2f}x | "
                      f"{row['gflop_per_step']:.2f} | {100 * row['fraction_of_matmul']:.1f}% | "
                      f"{row['peak_rss_mib']:.0f} (+{row['rss_above_start_mib']:.0f}) |")
-    lines += ["", "| sampling (decode included) | s/step | vs naive | peak RSS MiB |", "|---|---|---|---|"]
+    lines += ["", "| sampling (decode included) | s/step | vs naive | peak RSS MiB | blocks skipped |",
+              "|---|---|---|---|---|"]
     for name, row in s.items():
         ratio = f"{row['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in row else "1.00x"
-        lines.append(f"| {name} | {row['s_per_step']:.4f} | {ratio} | {row['peak_rss_mib']:.0f} |")
+        skipped = f"{100 * row['blocks_skipped']:.0f}%" if "blocks_skipped" in row else "0%"
+        lines.append(f"| {name} | {row['s_per_step']:.4f} | {ratio} | {row['peak_rss_mib']:.0f} | {skipped} |")
     lines += ["", "--keep-attention by clip length (training forward + backward, checkpointing every block):",
               "| latent frames | tokens | s, checkpointing | s, --keep-attention | speed-up |", "|---|---|---|---|---|"]
     for row in r["keep_attention"]:

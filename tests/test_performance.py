@@ -165,6 +165,36 @@ def test_batched_cfg_leaves_other_calls_alone(wan21_dir):
         assert torch.allclose(call(other, "uncond"), call(other), atol=1e-5)
 
 
+def _sample_with_cache(backend, clip, threshold, steps=6):
+    video, masks, first = clip
+    enc = Encoder(backend, None, "maxpool")
+    cond = enc.sample(conditioning.mask_aware_condition(video, masks, first, "p3rs0n, a square"))
+    backend.pipe.set_progress_bar_config(disable=True)
+    return backend.generate(cond.condition, first, cond.text, enc.prompt(""), cond.image, steps=steps, guidance=5.0,
+                            shift=5.0, seed=0, first_block_cache_threshold=threshold)
+
+
+@pytest.mark.parametrize("model", ["wan21_dir", "wan22_dir"])
+def test_first_block_cache_skips_blocks_and_leaves_nothing_behind(model, clip, request):
+    backend = load_wan(request.getfixturevalue(model))
+    exact = _sample_with_cache(backend, clip, 0.0)
+    assert backend.last_block_counter.steps == 0  # threshold 0: nothing installed, the exact sampler
+    transformers = [t for t in (backend.pipe.transformer, backend.pipe.transformer_2) if t is not None]
+    tail_runs = []
+    for t in transformers:
+        t.blocks[-1].attn1.register_forward_pre_hook(lambda *_: tail_runs.append(1))
+    # A threshold no change reaches: after the first forward of each expert the tail is always reused.
+    cached = _sample_with_cache(backend, clip, 1e9)
+    counter = backend.last_block_counter
+    assert counter.steps == 6 and counter.full == len(transformers) == len(tail_runs)
+    assert counter.skipped_fraction == pytest.approx(1 - len(transformers) / 6)
+    assert torch.isfinite(cached).all() and not torch.equal(cached, exact)
+    for t in transformers:  # the hooks are gone: the same call is exact again
+        assert not getattr(t, "is_cache_enabled", False)
+    torch.testing.assert_close(_sample_with_cache(backend, clip, 0.0), exact, rtol=0, atol=0)
+    assert backend.last_block_counter.full == 0
+
+
 def test_vae_tiling_switch(wan21_dir):
     backend = load_wan(wan21_dir, perf=PerformanceConfig(vae_tiling=True))
     backend.place_transformers()
@@ -204,7 +234,10 @@ def test_command_line_options_reach_the_config(clip_files):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", *files, "--checkpoint-blocks", "most"])
     args = build_parser().parse_args(["sample", *files, "--edited-first-frame", str(clip_files["edited0"])])
-    assert _configs(args)[1].performance == PLAIN
+    assert _configs(args)[1].performance == PLAIN and _configs(args)[3].first_block_cache == 0.0
+    args = build_parser().parse_args(["sample", *files, "--edited-first-frame", str(clip_files["edited0"]),
+                                      "--first-block-cache", "0.1"])
+    assert _configs(args)[3].first_block_cache == 0.1
 
 
 def test_auto_attention_picks_a_backend_with_a_backward_for_training(monkeypatch):

@@ -288,6 +288,8 @@ CATALOGUE = [
          expect="trains no LoRA"),
     Case("sampling steps not positive", "sample", extra=lambda f: ["--steps", "0"], expect="--steps 0 is invalid"),
     Case("flow shift not positive", "sample", extra=lambda f: ["--shift", "0"], expect="--shift 0.0 is invalid"),
+    Case("first-block cache negative", "sample", extra=lambda f: ["--first-block-cache", "-0.1"],
+         expect="--first-block-cache -0.1 is invalid"),
     # usage: options and config files
     Case("required option missing", "sample", lambda f: {"--video": None}, "required: --video"),
     Case("unknown option", "sample", extra=lambda f: ["--bogus"], expect="unrecognized arguments"),

@@ -66,6 +66,7 @@ class SampleConfig:
     seed: int = 0
     negative_prompt: str | None = None  # None: the model's own (Wan's standard list for Wan folders)
     paste_background: bool = False
+    first_block_cache: float = 0.0  # > 0: reuse later blocks across steps (faster, approximate; 0 = exact)
 
 
 @dataclass(frozen=True)
@@ -281,11 +282,15 @@ def generate(backend: WanBackend, run: CheckedRun, prepared: PreparedSampling, o
     with out_of_memory_advice("sampling the edit", _memory_advice(run, opts)):
         video = backend.generate(cond.condition, prepared.first_frame, cond.text, prepared.negative, cond.image,
                                  steps=scfg.steps, guidance=scfg.guidance, guidance_2=scfg.guidance_2,
-                                 shift=scfg.shift, seed=scfg.seed)
+                                 shift=scfg.shift, seed=scfg.seed,
+                                 first_block_cache_threshold=scfg.first_block_cache)
     if scfg.paste_background:
         video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks)
     log = Path(loras[0]).with_name("train_log.json") if loras else None
-    write_outputs(Path(out), video, prepared.clip, _settings(run, opts, None, scfg), log)
+    settings = _settings(run, opts, None, scfg)
+    if scfg.first_block_cache:  # how much the approximation skipped, beside its threshold
+        settings["first_block_cache_skipped"] = round(backend.last_block_counter.skipped_fraction, 3)
+    write_outputs(Path(out), video, prepared.clip, settings, log)
     return video
 
 
@@ -353,7 +358,7 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
                      "lr": cfg.learning_rate, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps}
     if scfg is not None:
         settings |= {"steps": scfg.steps, "guidance": scfg.guidance, "shift": scfg.shift, "seed": scfg.seed,
-                     "paste_background": scfg.paste_background}
+                     "paste_background": scfg.paste_background, "first_block_cache": scfg.first_block_cache}
     return settings
 
 

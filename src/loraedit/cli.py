@@ -179,6 +179,9 @@ def _add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
     g.add_argument("--guidance-2", type=float, help="guidance of Wan2.2's low-noise expert (default: --guidance)")
     g.add_argument("--shift", type=float, default=5.0, help="flow shift of the sampler (default 5)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="reuse the blocks after the "
+                   "first across sampling steps while the first block's output changes by less than T (diffusers' "
+                   "First Block Cache; faster, approximate; 0.1 skipped about half in the toy world; default 0 = off)")
     g.add_argument("--negative-prompt", help="negative prompt (default: the model's own; Wan's standard one "
                    "for Wan folders)")
     g.add_argument("--paste-background", action="store_true", help="copy the input's pixels back outside the mask "
@@ -237,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="CFG scale (default: the model's own; 1 for the toy world, "
                    "5 for Wan)")
     p.add_argument("--shift", type=float, default=5.0, help="sampler flow shift (default 5)")
+    p.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="sample every mode with "
+                   "diffusers' First Block Cache at threshold T (default 0 = off)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -393,8 +398,8 @@ def _configs(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every, seed=args.train_seed) if hasattr(args, "rank") else None
     scfg = SampleConfig(
         steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift, seed=args.seed,
-        negative_prompt=args.negative_prompt,
-        paste_background=args.paste_background) if hasattr(args, "steps") else None
+        negative_prompt=args.negative_prompt, paste_background=args.paste_background,
+        first_block_cache=args.first_block_cache) if hasattr(args, "steps") else None
     return inputs, opts, cfg, scfg
 
 
@@ -514,7 +519,8 @@ def _bench_quality(args: argparse.Namespace) -> None:
                     stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                     timestep_sampling=args.timestep_sampling)
     cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, train=train, steps=args.steps,
-                        guidance=args.guidance, shift=args.shift, recolour_copies=args.recolour_copies)
+                        guidance=args.guidance, shift=args.shift, recolour_copies=args.recolour_copies,
+                        first_block_cache=args.first_block_cache)
     if args.modes:
         cfg = replace(cfg, modes=args.modes)
     summary = run_quality(lambda: load_backend(args.model), cfg, args.out, progress=not args.quiet)

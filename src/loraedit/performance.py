@@ -32,6 +32,12 @@ measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tes
   sampling forward.
 - VAE tiling: spatially tiled VAE decoding (memory bounded for large frames; Wan's VAE already decodes
   frame group by frame group, so its memory is linear in frames).
+
+One sampling speed-up here *does* change the result, so it is a sampling setting
+(`SampleConfig.first_block_cache`, recorded with every video), not part of `PerformanceConfig`:
+`first_block_cache` installs diffusers' First Block Cache, which runs the first block every step and
+reuses the other blocks' residual from the last full step while the first block's output has changed
+by less than the threshold (relative mean absolute change). 0 = off, exact.
 """
 
 from __future__ import annotations
@@ -295,6 +301,45 @@ def _output(sample: torch.Tensor):
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
     return Transformer2DModelOutput(sample=sample)
+
+
+class BlockCounter:
+    """Counts sampling forwards (the first block always runs) and those that ran every block."""
+
+    def __init__(self):
+        self.steps = 0
+        self.full = 0
+
+    @property
+    def skipped_fraction(self) -> float:
+        """Share of the blocks after the first that the cache did not run."""
+        return 1 - self.full / self.steps if self.steps else 0.0
+
+
+@contextmanager
+def first_block_cache(transformers: list[torch.nn.Module], threshold: float):
+    """diffusers' First Block Cache on each transformer for one pipeline call (module doc); yields a
+    `BlockCounter` (what the cache skipped: its speed-up, whatever the device). threshold 0: nothing installed."""
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    counter = BlockCounter()
+    handles = []
+    try:
+        for transformer in transformers if threshold > 0 else []:
+            transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+            # The last block's self-attention runs only when the cache lets the tail compute.
+            handles.append(transformer.blocks[0].register_forward_pre_hook(lambda *_: _tick(counter, "steps")))
+            handles.append(transformer.blocks[-1].attn1.register_forward_pre_hook(lambda *_: _tick(counter, "full")))
+        yield counter
+    finally:
+        for handle in handles:
+            handle.remove()
+        for transformer in transformers if threshold > 0 else []:
+            transformer.disable_cache()
+
+
+def _tick(counter: BlockCounter, name: str) -> None:
+    setattr(counter, name, getattr(counter, name) + 1)
 
 
 @contextmanager

@@ -62,6 +62,7 @@ class QualityConfig:
     guidance: float | None = None  # None: the model's own (loraedit_model.json; 5 for Wan, 1 for the toy world)
     shift: float = 5.0
     sample_seed: int = 0
+    first_block_cache: float = 0.0  # > 0: diffusers' First Block Cache while sampling (approximate)
     modes: tuple[str, ...] = METHOD_MODES + SANITY_MODES
 
 
@@ -83,25 +84,30 @@ def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, 
     mask_cond = enc.sample(conditioning.mask_aware_condition(video, masks, first, prompt))
     plain_cond = enc.sample(conditioning.first_frame_condition(first, video.shape[0], prompt))
 
-    def sample(encoded) -> torch.Tensor:
-        return backend.generate(encoded.condition, first, encoded.text, negative, encoded.image, steps=cfg.steps,
-                                guidance=cfg.guidance, shift=cfg.shift, seed=cfg.sample_seed)
+    skipped: dict[str, float] = {}  # per sampled mode: the blocks the first-block cache did not run
+
+    def sample(encoded, mode: str) -> torch.Tensor:
+        video = backend.generate(encoded.condition, first, encoded.text, negative, encoded.image, steps=cfg.steps,
+                                 guidance=cfg.guidance, shift=cfg.shift, seed=cfg.sample_seed,
+                                 first_block_cache_threshold=cfg.first_block_cache)
+        skipped[mode] = backend.last_block_counter.skipped_fraction
+        return video
 
     def trained(name: str, motion, edited, encoded_condition) -> torch.Tensor:
         run_dir = work / name
         train_lora(backend, [enc.sample(s) for s in motion], [enc.sample(s) for s in edited], cfg.train, run_dir,
                    progress=progress)
         try:
-            return sample(encoded_condition)
+            return sample(encoded_condition, name)
         finally:
             for expert in backend.experts:
                 remove_lora(backend.transformer(expert.name))
 
     outputs: dict[str, torch.Tensor] = {}
     if "no-lora" in cfg.modes:
-        outputs["no-lora"] = sample(plain_cond)
+        outputs["no-lora"] = sample(plain_cond, "no-lora")
     if "mask-no-lora" in cfg.modes:
-        outputs["mask-no-lora"] = sample(mask_cond)
+        outputs["mask-no-lora"] = sample(mask_cond, "mask-no-lora")
     if "naive" in cfg.modes:
         outputs["naive"] = trained("naive", [conditioning.naive_sample(video, train_prompt)], [], plain_cond)
     motion = [conditioning.motion_sample(video, masks, train_prompt)]
@@ -126,6 +132,8 @@ def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, 
         if scenario.later_frame is not None:  # the back face: frames from the edited later frame on
             j = scenario.later_frame
             row["back_psnr"] = masked_psnr(out[j:], gt[j:], masks[j:])
+        if cfg.first_block_cache and mode in skipped:
+            row["cache_skipped"] = skipped[mode]
         results[mode] = {"video": out, **row}
     return results
 
@@ -141,6 +149,9 @@ def summarise(per_scenario: list[dict], modes: tuple[str, ...]) -> dict:
         backs = [r["back_psnr"] for r in rows if "back_psnr" in r]
         if backs:
             summary[mode]["back_psnr"] = _mean(backs)
+        cached = [r["cache_skipped"] for r in rows if "cache_skipped" in r]
+        if cached:
+            summary[mode]["cache_skipped"] = _mean(cached)
         summary[mode]["n"] = len(rows)
     return summary
 

@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .. import conditioning
 from ..conditioning import Sample
-from ..performance import PerformanceConfig, batched_cfg, configure_transformer, set_attention
+from ..performance import PerformanceConfig, batched_cfg, configure_transformer, first_block_cache, set_attention
 from .wan_folder import DEFAULT_FRAMES, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
 
 #: Wan's cross-attention splits its context as [image tokens, 512 text tokens] (hard-coded in
@@ -116,6 +116,7 @@ class WanBackend:
         self.dtype = dtype
         self.perf = perf or PerformanceConfig()
         self._placed = False  # transformers still on the CPU as loaded (see place_transformers)
+        self.last_block_counter = None  # what the first-block cache skipped in the last `generate`
         self.info = info  # working_size / frames, as `read_wan_folder` found them in loraedit_model.json
         vae_cfg = pipe.vae.config
         self.spatial_factor = int(getattr(vae_cfg, "scale_factor_spatial", 8))
@@ -259,8 +260,13 @@ class WanBackend:
     @torch.no_grad()
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
-                 shift: float, seed: int, guidance_2: float | None = None) -> torch.Tensor:
+                 shift: float, seed: int, guidance_2: float | None = None,
+                 first_block_cache_threshold: float = 0.0) -> torch.Tensor:
         """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1].
+
+        `first_block_cache_threshold` > 0 reuses the blocks after the first across steps while the first
+        block's output barely changes (`performance.first_block_cache`; approximate). What it skipped is
+        left in `self.last_block_counter`.
 
         With `perf.batched_cfg` (and guidance > 1) each step's conditional and unconditional predictions
         come from one batched forward (`performance.BatchedCFG`); the pipeline itself is unchanged.
@@ -276,7 +282,8 @@ class WanBackend:
         for transformer in transformers:
             set_attention(transformer, self.perf, self.device, training=False)
         batch_cfg = self.perf.batched_cfg and guidance > 1  # the pipeline's own test for running uncond
-        with batched_cfg(transformers if batch_cfg else [], negative):
+        with batched_cfg(transformers if batch_cfg else [], negative), \
+                first_block_cache(transformers, first_block_cache_threshold) as counter:
             out = self.pipe(
                 image=((first_frame + 1) / 2).clamp(0, 1)[None].to(self.device),
                 prompt_embeds=text[None].to(self.device, self.dtype),
@@ -286,6 +293,7 @@ class WanBackend:
                 guidance_scale=guidance, guidance_scale_2=guidance_2 if self.pipe.transformer_2 is not None else None,
                 generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", condition=condition,
             ).frames
+        self.last_block_counter = counter
         latents = out[0].float().cpu()  # normalised latents [C, T', h, w]
         return self.decode_latents(latents)
 
