@@ -9,11 +9,13 @@ docs/ui.png (the README's) when LORAEDIT_UPDATE_SCREENSHOT=1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -164,8 +166,6 @@ def test_bad_clicks_are_refused_with_a_message(cfg, example):
 
 
 def test_a_click_on_the_object_is_tracked_with_sam2(cfg, example, tmp_path):
-    from dataclasses import replace
-
     from test_masks import write_tiny_sam2
 
     with_sam = replace(cfg, sam=write_tiny_sam2(tmp_path / "sam2"))
@@ -212,8 +212,6 @@ def test_edited_frames_ground_truth_and_captions(cfg, example, tmp_path):
 
 
 def test_captions_come_from_florence2_when_the_app_has_it(cfg, example, tmp_path):
-    from dataclasses import replace
-
     from test_captions import write_tiny_florence2
 
     s, _ = example
@@ -234,8 +232,10 @@ def test_train_and_edit_then_sample_with_the_lora(cfg, example, tmp_path):
     assert [p.name for p in result.loras] == ["lora.safetensors"] and s.trained.loras == result.loras
 
     steps.load_edited_first(s, _png(tmp_path / "other.png", media.read_image(s.edited_first).flip(0)))
-    again = steps.sample_with_lora(cfg, s, settings)
+    again = steps.sample_with_lora(cfg, s, replace(settings, first_block_cache=0.5))
     assert again.video.name == "edit-2.mp4" and again.loras == result.loras
+    recorded = json.loads(again.metrics_json.read_text())["settings"]
+    assert recorded["first_block_cache"] == 0.5 and 0 <= recorded["first_block_cache_skipped"] <= 1
     assert "bg_psnr" in again.metrics and not any(k.startswith("ref_") for k in again.metrics)
 
 

@@ -236,6 +236,8 @@ def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
             ui.learning_rate = gr.Number(start.learning_rate, label="learning rate")
             ui.guidance = gr.Number(start.guidance, label="guidance (CFG; empty: the model's own)")
             ui.seed = gr.Number(start.seed, precision=0, label="sampling seed")
+            ui.first_block_cache = gr.Number(start.first_block_cache, label="first-block cache (0: exact; 0.1: "
+                                             "faster sampling, approximate)")
         ui.negative_prompt = gr.Textbox(start.negative_prompt, label="negative prompt (empty: the model's own)",
                                         lines=2)
     ui.train_status = gr.HTML(progress_html(None, "not started"), elem_id="train-progress")

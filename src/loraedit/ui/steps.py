@@ -70,6 +70,7 @@ class Settings:
     guidance: float | None = SampleConfig.guidance  # None (an empty field): the model's own
     seed: int = SampleConfig.seed
     negative_prompt: str = ""  # "": the model's own (Wan's standard list; the empty caption for the toy world)
+    first_block_cache: float = SampleConfig.first_block_cache  # 0: exact sampling
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,8 @@ def _sample_config(settings: Settings) -> SampleConfig:
     own = {"negative_prompt": settings.negative_prompt} if settings.negative_prompt.strip() else {}  # else the default
     if settings.guidance is not None and str(settings.guidance).strip():
         own["guidance"] = _float(settings.guidance, "guidance")
+    if settings.first_block_cache:
+        own["first_block_cache"] = _float(settings.first_block_cache, "first-block cache")
     return SampleConfig(steps=_int(settings.steps, "sampling steps"), seed=_int(settings.seed, "seed"), **own)
 
 
