@@ -187,3 +187,7 @@ def test_edit_recipes():
     assert kept["train_s"] < plain["train_s"] and kept["peak_gib"] > plain["peak_gib"]
     assert ("RTX", "49 ", True) not in rows and ("RTX", "low", True) in rows
     assert "the authors, measured" in perfmodel.format_recipes(recipes)
+    # A first-block cache that skips 60 % of the 39 later blocks leaves 1/40 + 39/40 x 0.4 of each sampling step.
+    cached = perfmodel.edit_recipes(cache_skipped=0.6)
+    assert cached[0]["sample_s"] == pytest.approx(recipes[0]["sample_s"] * (1 + 39 * 0.4) / 40)
+    assert cached[0]["train_s"] == recipes[0]["train_s"] and cached[0]["edit_min"] < recipes[0]["edit_min"]

@@ -343,8 +343,17 @@ def table_14b(frames: tuple[int, ...] = (49, 81), size: tuple[int, int] = (832, 
 AUTHORS_4090_S_PER_STEP_49 = 31.88
 
 
-def edit_recipes(train_steps: int = 100, sample_steps: int = 30) -> list[dict]:
+def cached_sampling_fraction(layers: int, skipped: float) -> float:
+    """Share of a full sampling forward that runs when a first-block cache skips `skipped` of the blocks
+    after the first (the first block always runs)."""
+    return (1 + (layers - 1) * (1 - skipped)) / layers
+
+
+def edit_recipes(train_steps: int = 100, sample_steps: int = 30, cache_skipped: float = 0.0) -> list[dict]:
     """Modelled minutes for one whole 49-frame 832x480 edit (stage-1 training + sampling), per device and recipe.
+
+    `cache_skipped`: the share of blocks after the first that `--first-block-cache` skips (an input, not
+    a prediction: what Wan skips depends on its weights; the toy world's is measured in docs/RESULTS.md).
 
     `low-cost` trains on 13-frame clips (the paper's Sec. 4.5; quality measured by `loraedit bench quality`)
     and samples all 49 frames. `--keep-attention` rows are listed where their memory fits the device.
@@ -360,6 +369,7 @@ def edit_recipes(train_steps: int = 100, sample_steps: int = 30) -> list[dict]:
         weights = params["fp8"] * (1 if "fp8" in mode else 2) + (params["total"] - params["fp8"]) * 2
         streamed = weights if "offload" in mode else 0
         sample_s = step_seconds(sample_step_flops(dims, full), device, streamed)
+        sample_s *= cached_sampling_fraction(dims.layers, cache_skipped)
         for recipe, clip in (("49 frames", full), ("low-cost (13-frame clips)", short)):
             for keep in (False, True):
                 peak = train_step_memory(dims, clip, mode, keep_attention=keep)["peak"]
