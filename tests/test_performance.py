@@ -87,12 +87,15 @@ def test_gradient_checkpointing_per_block(wan21_dir):
     assert performance.checkpointed_blocks(replace(auto, checkpoint_blocks=3), torch.device("cpu")) == 3
 
 
-def test_compiled_blocks_train_like_the_plain_path(wan21_dir, clip, plain, tmp_path, monkeypatch):
+@pytest.mark.parametrize("perf", [PerformanceConfig(compile=True),
+                                  PerformanceConfig(compile=True, checkpoint_blocks=performance.ALL_BLOCKS,
+                                                    keep_attention=True)], ids=["compile", "compile+keep-attention"])
+def test_compiled_blocks_train_like_the_plain_path(wan21_dir, clip, plain, tmp_path, monkeypatch, perf):
     # The "eager" dynamo backend traces and guards like inductor but needs no C++ toolchain or minutes of
     # code generation: it checks the wiring (compile before LoRA, recompile after), not the kernels.
     monkeypatch.setattr(performance, "COMPILE_KWARGS", {"backend": "eager"})
     torch._dynamo.reset()
-    losses, _, backend = _train(wan21_dir, clip, PerformanceConfig(compile=True), tmp_path)
+    losses, _, backend = _train(wan21_dir, clip, perf, tmp_path)
     assert backend.transformer("transformer").blocks[0]._compiled_call_impl is not None
     assert losses == pytest.approx(plain[0], rel=1e-5)
     torch._dynamo.reset()
