@@ -159,7 +159,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-blocks", type=_blocks, help="gradient checkpointing on the first N transformer "
                    "blocks, or all (default: all on a GPU, none on a CPU; memory grows with the blocks left out)")
     g.add_argument("--keep-attention", action="store_true", help="checkpointed blocks keep their self-attention "
-                   "output, so the recomputed forward skips the attention (faster at long clips; 8 GiB more for "
+                   "output, so the recomputed forward skips the attention (faster at long clips; 7.9 GiB more for "
                    "Wan 14B at 49 frames)")
     g.add_argument("--timestep-shift", type=float, default=3.0, help="shift for --timestep-sampling shifted "
                    "(default 3)")

@@ -23,8 +23,9 @@ measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tes
 - keep attention (`--keep-attention`): selective checkpointing. A checkpointed block also keeps its
   self-attention output (bf16, with the kernel's fp32 log-sum-exp), so its recomputed forward runs the
   cheap projections again but not the attention products, the block's most expensive part at long clips
-  (a third of a Wan 14B block's forward at 49 frames). Costs 2 d + 4 heads bytes per video token per
-  checkpointed block (8.2 GiB for Wan 14B at 49 frames): off by default, since a 24 GB card has no room.
+  (40 % of a Wan 14B block's forward FLOPs at 49 frames, 52 % at 81). Costs 2 d + 4 heads bytes per video
+  token per checkpointed block (7.9 GiB for Wan 14B at 49 frames): off by default, since a 24 GB card
+  has no room.
 - compile: `torch.compile` of each transformer block (the repeated region; compiles once, ~1 min).
 - batched CFG: the conditional and unconditional predictions of a sampling step in one batched forward
   (`BatchedCFG`, a diffusers model hook; the pipeline itself is unchanged). The same FLOPs, one pass over
