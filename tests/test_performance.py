@@ -74,6 +74,12 @@ def test_every_mode_trains_like_the_plain_path(wan21_dir, clip, plain, tmp_path,
     assert base.dtype == (torch.float8_e4m3fn if perf.fp8_base else torch.float32)
 
 
+def test_keep_attention_without_checkpointed_blocks_says_so(wan21_dir, clip, plain, tmp_path, capsys):
+    losses, _, _ = _train(wan21_dir, clip, PerformanceConfig(keep_attention=True), tmp_path)  # CPU: none checkpointed
+    assert "--keep-attention acts inside checkpointed blocks" in capsys.readouterr().err
+    assert losses == plain[0]  # and nothing else changed
+
+
 def test_gradient_checkpointing_per_block(wan21_dir):
     backend = load_wan(wan21_dir)
     transformer = backend.transformer("transformer")

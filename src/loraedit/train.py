@@ -171,9 +171,12 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_step_seed(cfg.seed, -1, i))
             lora_io.add_lora(transformer, settings, dtype=torch.float32, device=device)
-        set_gradient_checkpointing(transformer, checkpointed_blocks(backend.perf, device),
-                                   backend.perf.keep_attention)
+        checkpointed = set_gradient_checkpointing(transformer, checkpointed_blocks(backend.perf, device),
+                                                  backend.perf.keep_attention)
         set_attention(transformer, backend.perf, device, training=True)
+    if backend.perf.keep_attention and not checkpointed:
+        print(f"loraedit: note: --keep-attention acts inside checkpointed blocks and none is checkpointed on "
+              f"{device.type} by default: add --checkpoint-blocks all to use it", file=sys.stderr)
 
     # 2. Resume (from a checkpoint, or a finished run's LoRA files) or start fresh.
     ckpt_dir = out_dir / "checkpoints"
