@@ -311,6 +311,12 @@ class BlockCounter:
         self.steps = 0
         self.full = 0
 
+    def count_step(self, *_) -> None:  # a forward pre-hook on the first block
+        self.steps += 1
+
+    def count_full(self, *_) -> None:  # a forward pre-hook inside the last block: it ran
+        self.full += 1
+
     @property
     def skipped_fraction(self) -> float:
         """Share of the blocks after the first that the cache did not run."""
@@ -324,23 +330,20 @@ def first_block_cache(transformers: list[torch.nn.Module], threshold: float):
     from diffusers.hooks import FirstBlockCacheConfig
 
     counter = BlockCounter()
-    handles = []
+    enabled, handles = [], []
     try:
         for transformer in transformers if threshold > 0 else []:
             transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+            enabled.append(transformer)
             # The last block's self-attention runs only when the cache lets the tail compute.
-            handles.append(transformer.blocks[0].register_forward_pre_hook(lambda *_: _tick(counter, "steps")))
-            handles.append(transformer.blocks[-1].attn1.register_forward_pre_hook(lambda *_: _tick(counter, "full")))
+            handles.append(transformer.blocks[0].register_forward_pre_hook(counter.count_step))
+            handles.append(transformer.blocks[-1].attn1.register_forward_pre_hook(counter.count_full))
         yield counter
     finally:
         for handle in handles:
             handle.remove()
-        for transformer in transformers if threshold > 0 else []:
+        for transformer in enabled:
             transformer.disable_cache()
-
-
-def _tick(counter: BlockCounter, name: str) -> None:
-    setattr(counter, name, getattr(counter, name) + 1)
 
 
 @contextmanager

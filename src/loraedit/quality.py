@@ -146,12 +146,10 @@ def summarise(per_scenario: list[dict], modes: tuple[str, ...]) -> dict:
         if not rows:
             continue
         summary[mode] = {k: _mean([r[k] for r in rows]) for k in METRICS}
-        backs = [r["back_psnr"] for r in rows if "back_psnr" in r]
-        if backs:
-            summary[mode]["back_psnr"] = _mean(backs)
-        cached = [r["cache_skipped"] for r in rows if "cache_skipped" in r]
-        if cached:
-            summary[mode]["cache_skipped"] = _mean(cached)
+        for key in ("back_psnr", "cache_skipped"):  # only where scenarios have them (cards; the cache on)
+            values = [r[key] for r in rows if key in r]
+            if values:
+                summary[mode][key] = _mean(values)
         summary[mode]["n"] = len(rows)
     return summary
 
