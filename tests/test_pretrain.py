@@ -84,3 +84,21 @@ def test_a_balanced_codec_gives_frame_0_the_spread_of_later_frames_and_decodes_a
     assert torch.allclose(first, later, rtol=1e-3)
     reconstruct = [psnr(c.decode(c.encode(batch).latent_dist.mode()).sample, batch) for c in (plain, balanced)]
     assert abs(reconstruct[0] - reconstruct[1]) < 0.2, reconstruct
+
+
+def test_levels_cycle_by_seed_and_a_work_keeps_the_levels_it_started_with(tmp_path):
+    import json
+
+    from loraedit.toyworld.pretrain import _work_levels, level_of, parse_levels
+
+    assert [level_of(s, (1, 1, 2)) for s in range(6)] == [1, 1, 2, 1, 1, 2]
+    assert parse_levels("1,1,2") == (1, 1, 2)
+    for bad in ("", "1,x", "4"):
+        with pytest.raises(SystemExit, match="--levels"):
+            parse_levels(bad)
+    assert _work_levels(tmp_path, None) == (3,)  # a new work without --levels: the first world
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text(json.dumps({"step": 5, "levels": [1, 1, 2]}))
+    assert _work_levels(tmp_path, None) == (1, 1, 2)  # resumed, exported and previewed on its own world
+    with pytest.raises(SystemExit, match="trained on levels 1,1,2"):
+        _work_levels(tmp_path, "3")

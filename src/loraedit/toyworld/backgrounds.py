@@ -52,6 +52,7 @@ PHRASES: tuple[str, ...] = (*PROCEDURAL.values(), *PHOTOS.values(), *(v[0] for v
 _KINDS = ("gradient", "stripes", "checkers", "noise", "photo", "texture")
 _KIND_WEIGHTS = (0.14, 0.14, 0.14, 0.14, 0.28, 0.16)
 _PAN_PROBABILITY = 0.35
+_PAN_SPEED = (0.008, 0.02)
 _IMAGES: dict[str, np.ndarray] = {}  # file name -> uint8 array, loaded once per process
 
 
@@ -136,14 +137,18 @@ def _photo_canvas(name: str, rng: np.random.Generator, h: int, w: int) -> np.nda
     return arr.transpose(2, 0, 1)
 
 
-def sample_background(rng: np.random.Generator, frames: int, width: int,
-                      height: int) -> tuple[np.ndarray, str]:
-    """Draw and render a background clip: (float32 [T, 3, H, W] in [-1, 1], its caption phrase)."""
+def sample_background(rng: np.random.Generator, frames: int, width: int, height: int,
+                      pan_probability: float = _PAN_PROBABILITY,
+                      pan_speed: tuple[float, float] = _PAN_SPEED) -> tuple[np.ndarray, str]:
+    """Draw and render a background clip: (float32 [T, 3, H, W] in [-1, 1], its caption phrase).
+
+    ``pan_probability`` of the clips pan at ``pan_speed`` (fractions of the short side per frame, rounded
+    to whole pixels, at least one)."""
     kind = _KINDS[rng.choice(len(_KINDS), p=_KIND_WEIGHTS)]
     short = min(width, height)
     pan = (0, 0)
-    if rng.random() < _PAN_PROBABILITY and frames > 1:
-        speed = max(1, round(rng.uniform(0.008, 0.02) * short))  # a few px per frame: a slow camera
+    if rng.random() < pan_probability and frames > 1:
+        speed = max(1, round(rng.uniform(*pan_speed) * short))  # a few px per frame: a slow camera
         direction = rng.uniform(0, 2 * math.pi)
         pan = (round(speed * math.cos(direction)), round(speed * math.sin(direction)))
     ch, cw = height + abs(pan[1]) * (frames - 1), width + abs(pan[0]) * (frames - 1)

@@ -26,21 +26,41 @@ from .. import conditioning
 from ..media import atomic_path
 from . import models
 from .codec import PatchCodec, fit_codec, psnr
-from .scenes import HELDOUT_SEED_BASE, generate
+from .scenes import HELDOUT_SEED_BASE, LEVELS, generate
 
 FRAMES, SIZE = 17, (96, 96)
+#: The first world's levels, for checkpoints written before levels existed.
+FIRST_WORLD_LEVELS = (3,)
 
 
-def render_dataset(seeds: range, cache: Path) -> dict[str, torch.Tensor]:
+def level_of(seed: int, levels: tuple[int, ...]) -> int:
+    """The difficulty level of scene ``seed`` in a mix that cycles through ``levels`` by seed
+    (``(1, 1, 2)``: two scenes of level 1 for each of level 2), so every seed range holds the mix."""
+    return levels[seed % len(levels)]
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """"1,1,2" -> (1, 1, 2); each must be one of the world's LEVELS."""
+    try:
+        levels = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--levels {text!r}: give comma-separated levels from {LEVELS}, e.g. 1,1,2") from None
+    if not levels or any(lv not in LEVELS for lv in levels):
+        raise SystemExit(f"--levels {text!r}: give comma-separated levels from {LEVELS}, e.g. 1,1,2")
+    return levels
+
+
+def render_dataset(seeds: range, cache: Path, levels: tuple[int, ...] = FIRST_WORLD_LEVELS) -> dict[str, torch.Tensor]:
     """Videos of the given seeds as one uint8 tensor [N, T, 3, H, W] plus captions (cached on disk)."""
-    path = cache / f"videos-{seeds.start}-{seeds.stop}.safetensors"
+    tag = "" if levels == FIRST_WORLD_LEVELS else "-levels" + "".join(map(str, levels))
+    path = cache / f"videos-{seeds.start}-{seeds.stop}{tag}.safetensors"
     if path.is_file():
         data = load_file(str(path))
         captions = json.loads(path.with_suffix(".json").read_text())
         return {"videos": data["videos"], "captions": captions}
     videos, captions = [], []
     for seed in tqdm(seeds, desc=f"rendering {len(seeds)} scenes", dynamic_ncols=True):
-        s = generate(seed, FRAMES, SIZE)
+        s = generate(seed, FRAMES, SIZE, level=level_of(seed, levels))
         videos.append(((s.video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
         captions.append(s.caption)
     data = torch.stack(videos)
@@ -142,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--balance-first-frame", action="store_true", help="when fitting a new codec (a new --work): "
                    "give frame 0's latents the spread of the later ones (docs/RESULTS.md, variant V1)")
+    p.add_argument("--levels", help="difficulty levels of the training scenes, cycled by seed (e.g. 1,1,2: two "
+                   "of level 1 for each of level 2); fixed by the first run of a --work (default 3, the first world)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--total-steps", type=int, default=60000, help="length of the cosine schedule")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
@@ -160,15 +182,16 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
+    levels = _work_levels(work, args.levels)
 
     # 1. The codec: fitted once, in closed form, on its own scenes; held-out PSNR recorded.
     codec_dir = work / "codec"
     if not (codec_dir / "config.json").is_file():
         started = time.perf_counter()
-        fit = render_dataset(range(0, args.codec_scenes), work / "data")
+        fit = render_dataset(range(0, args.codec_scenes), work / "data", levels)
         codec = fit_codec([to_unit(v) for v in fit["videos"]], spatial=4,  # 8x caps the world near 21 dB
                           balance_first_frame=args.balance_first_frame)
-        held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 100), work / "data")
+        held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 100), work / "data", levels)
         x = to_unit(held["videos"]).permute(0, 2, 1, 3, 4)
         score = psnr(x, codec.decode(codec.encode(x).latent_dist.mode()).sample)
         codec.save_pretrained(codec_dir)
@@ -183,24 +206,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.export or args.preview or args.diagnose:  # each reads the latest checkpoint, loaded once here
         transformer.load_state_dict(load_file(str(work / "checkpoint" / "transformer.safetensors")))
     if args.export:
-        export(work, parts, codec, args.export, args)
+        export(work, parts, codec, args.export, args, levels)
         return
     if args.preview:
-        preview(work, parts, codec, args.preview)
+        preview(work, parts, codec, args.preview, levels)
         return
     if args.diagnose:
-        print(json.dumps(diagnose(work, parts, codec), indent=1))
+        print(json.dumps(diagnose(work, parts, codec, levels), indent=1))
         return
 
     # 2. Encode the training scenes once.
-    data = render_dataset(range(0, args.scenes), work / "data")
+    data = render_dataset(range(0, args.scenes), work / "data", levels)
     enc = Encoded(parts, codec, data)
-    held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 64), work / "data")
+    held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 64), work / "data", levels)
     held_enc = Encoded(parts, codec, held)
 
     # 3. Resume.
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    state = {"step": 0, "log": []}
+    state = {"step": 0, "log": [], "levels": list(levels)}
     ckpt = work / "checkpoint"
     if (ckpt / "state.json").is_file():
         state = json.loads((ckpt / "state.json").read_text())
@@ -306,8 +329,8 @@ def _unflatten(flat: dict, groups: list) -> dict:
     return {"state": per, "param_groups": groups}
 
 
-def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int = 4,
-            steps: int = 30) -> tuple[list[float], list[float]]:
+def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, levels: tuple[int, ...] = FIRST_WORLD_LEVELS,
+            scenes: int = 4, steps: int = 30) -> tuple[list[float], list[float]]:
     """What the loaded base model does on its own task: generate held-out clips from their first frame."""
     from ..backends.wan import MaskAwareWanImageToVideoPipeline, WanBackend
     from ..media import write_contact_sheet
@@ -320,7 +343,8 @@ def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int =
     rows, scores, static = {}, [], []
     negative = backend.encode_prompt("")
     for i in range(scenes):
-        s = generate(HELDOUT_SEED_BASE + 500 + i, FRAMES, SIZE)
+        seed = HELDOUT_SEED_BASE + 500 + i
+        s = generate(seed, FRAMES, SIZE, level=level_of(seed, levels))
         sample = conditioning.first_frame_condition(s.video[0], FRAMES, s.caption)
         video = backend.generate(backend.condition_tensor(sample), s.video[0], backend.encode_prompt(s.caption),
                                  negative, backend.encode_image(s.video[0]), steps=steps,
@@ -333,14 +357,16 @@ def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, scenes: int =
     return scores, static
 
 
-def diagnose(work: Path, parts: dict, codec: PatchCodec, scenes: int = 16) -> dict:
+def diagnose(work: Path, parts: dict, codec: PatchCodec, levels: tuple[int, ...] = FIRST_WORLD_LEVELS,
+             scenes: int = 16) -> dict:
     """`propagation_errors` of the loaded transformer on the first held-out scenes."""
-    held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 64), work / "data")
+    held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 64), work / "data", levels)
     held = {"videos": held["videos"][:scenes], "captions": held["captions"][:scenes]}
     return propagation_errors(parts["transformer"], Encoded(parts, codec, held))
 
 
-def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse.Namespace) -> None:
+def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse.Namespace,
+           levels: tuple[int, ...] = FIRST_WORLD_LEVELS) -> None:
     """Write the loaded model as a diffusers folder (fp16 transformer) with a manifest.
 
     The manifest carries what a reader needs to trust or redo the weights: the commands, seeds, the
@@ -348,12 +374,13 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
     first frame (PSNR against the real continuation, beside a static first frame) and every file's sha256.
     """
     state = json.loads((work / "checkpoint" / "state.json").read_text())
-    scores, static = preview(work, parts, codec, work / "preview.png")
-    errors = diagnose(work, parts, codec)
+    scores, static = preview(work, parts, codec, work / "preview.png", levels)
+    errors = diagnose(work, parts, codec, levels)
     parts["vae"] = codec
     fit = json.loads((work / "codec" / "fit.json").read_text())
     command = (f"python -m loraedit.toyworld.pretrain --work {work} --scenes {args.scenes} --batch {args.batch} "
-               f"--lr {args.lr} --total-steps {args.total_steps} --minutes M  (repeated until step {state['step']})")
+               f"--lr {args.lr} --total-steps {args.total_steps} --levels {','.join(map(str, levels))} "
+               f"--minutes M  (repeated until step {state['step']})")
     shifted = [e for e in state["log"] if e.get("timestep_shift", 1.0) != 1.0]
     if shifted:  # the log says from which checkpoint on the training noise levels were shifted
         first = shifted[0]
@@ -365,6 +392,7 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
                         "seeds": {"torch": 0, "batch_and_noise": "step number", "scenes": f"0..{args.scenes - 1}",
                                   "heldout_scenes": f"{HELDOUT_SEED_BASE}.."},
                         "frames": FRAMES, "size": list(SIZE), "device": "CPU, 2 cores",
+                        "levels": list(levels),
                         "hours_approx": round(_hours_spent(state["log"], args.checkpoint_minutes), 2),
                         "objective": "standard I2V (frame-0 mask, zeros after), flow matching, logit-normal "
                                      "timesteps (shifted where a log entry says timestep_shift), caption dropout "
@@ -379,6 +407,20 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
                                                 **errors},
         "export_command": f"python -m loraedit.toyworld.pretrain --work {work} --export {out}"})
     print(f"exported {out}")
+
+
+def _work_levels(work: Path, requested: str | None) -> tuple[int, ...]:
+    """The levels of a --work: fixed by its first run (kept in the checkpoint's state), so a resumed run
+    and its export, preview and diagnosis see the same world; a different --levels there is refused."""
+    state_file = work / "checkpoint" / "state.json"
+    stored = None
+    if state_file.is_file():
+        stored = tuple(json.loads(state_file.read_text()).get("levels", FIRST_WORLD_LEVELS))
+    levels = parse_levels(requested) if requested else (stored or FIRST_WORLD_LEVELS)
+    if stored is not None and levels != stored:
+        raise SystemExit(f"--levels {requested}: {work} was trained on levels {','.join(map(str, stored))}; "
+                         f"use those, or a new --work")
+    return levels
 
 
 def _step_before(log: list[dict], entry: dict) -> int:

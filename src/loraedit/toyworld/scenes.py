@@ -14,6 +14,12 @@ Everything is drawn from a local ``numpy`` Generator seeded by ``seed``: the sam
 bit-identical tensors. Seeds from ``HELDOUT_SEED_BASE`` up are for evaluation only; pretraining draws
 below it, so evaluation clips are never trained on.
 
+Difficulty ``level``s (``DIFFICULTY``): 1 is slow, smooth motion of one or two objects on a static or
+slowly panning background, so copying frame 0 stays close to every later frame and a tiny model can
+learn to carry it forward; 2 adds spin, breathing scale, a third object (occlusion) and turning cards
+at moderate speed; 3 is the first world (fast objects crossing half the frame), kept bit-identical:
+level 3 draws exactly the random numbers the generator drew before levels existed.
+
 ``moving_square`` is the first, minimal clip (a square crossing a striped gradient); the demo and the
 test fixtures use it and it is kept as it was.
 """
@@ -57,7 +63,32 @@ CAPTION_WORDS: tuple[str, ...] = tuple(sorted(
     | {w for phrase in PHRASES for w in phrase.split()}))
 
 EDIT_KINDS = ("recolour", "repattern", "reshape")
-_CARD_SHARE = 0.3  # of scenes whose edited object is a turning card, when the seed chooses
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard a level's clips are to animate; speeds are fractions of the frame's short side per frame."""
+
+    speed: tuple[float, float]  # object speed range
+    spin_share: float  # share of non-card objects that spin
+    spin_max: float  # radians per frame
+    breathing_share: float  # share of objects whose scale oscillates
+    max_objects: int
+    card_share: float  # of scenes whose edited object is a turning card, when the seed chooses
+    other_card_share: float  # of the other objects that are cards
+    pan_probability: float  # of backgrounds that pan
+    pan_speed: tuple[float, float]  # pan speed range (rounded to whole pixels, at least 1)
+
+
+DIFFICULTY: dict[int, Difficulty] = {
+    1: Difficulty(speed=(0.005, 0.016), spin_share=0.0, spin_max=0.0, breathing_share=0.0, max_objects=2,
+                  card_share=0.0, other_card_share=0.0, pan_probability=0.25, pan_speed=(0.008, 0.012)),
+    2: Difficulty(speed=(0.008, 0.028), spin_share=0.5, spin_max=0.06, breathing_share=0.5, max_objects=3,
+                  card_share=0.3, other_card_share=0.15, pan_probability=0.35, pan_speed=(0.008, 0.012)),
+    3: Difficulty(speed=(0.01, 0.045), spin_share=0.5, spin_max=0.12, breathing_share=0.5, max_objects=3,
+                  card_share=0.3, other_card_share=0.15, pan_probability=0.35, pan_speed=(0.008, 0.02)),
+}
+LEVELS = tuple(DIFFICULTY)
 _MIN_VISIBLE = 0.04  # the edited object covers at least this much of frame 0 (and of the later frame)
 _MAX_TRIES = 200
 
@@ -123,14 +154,14 @@ def _other_pattern(rng: np.random.Generator, pattern: str) -> str:
 
 
 def _motion(rng: np.random.Generator, frames: int, width: int, height: int, rx: float, ry: float,
-            card: bool) -> Motion:
+            card: bool, level: Difficulty) -> Motion:
     short = min(width, height)
-    speed, heading = rng.uniform(0.01, 0.045) * short, rng.uniform(0, 2 * math.pi)
-    spin = 0.0 if card or rng.random() < 0.5 else rng.uniform(-0.12, 0.12)
+    speed, heading = rng.uniform(*level.speed) * short, rng.uniform(0, 2 * math.pi)
+    spin = 0.0 if card or rng.random() < 1 - level.spin_share else rng.uniform(-level.spin_max, level.spin_max)
     # Near upright in frame 0 whatever the shape (a square turned 45 degrees reads as a diamond, and a
     # reshape may make it one), so the caption's noun matches frame 0; spin turns it later.
     angle0 = 0.0 if card or rng.random() < 0.5 else rng.uniform(-0.3, 0.3)
-    amp = 0.0 if rng.random() < 0.5 else rng.uniform(0.04, 0.12)
+    amp = 0.0 if rng.random() < 1 - level.breathing_share else rng.uniform(0.04, 0.12)
     turn = None
     if card:  # starts after frame 0 (which shows the front) and ends by 60% of the clip
         start = rng.uniform(0.1, 0.25) * (frames - 1)
@@ -144,7 +175,7 @@ def _motion(rng: np.random.Generator, frames: int, width: int, height: int, rx: 
 
 
 def _thing(rng: np.random.Generator, frames: int, width: int, height: int, card: bool, hero: bool,
-           used: set[str]) -> Thing:
+           used: set[str], level: Difficulty) -> Thing:
     """One object; the edited one (``hero``) is drawn larger so it reads clearly in frame 0."""
     short = min(width, height)
     colour = _far_colour(rng, used)
@@ -156,12 +187,12 @@ def _thing(rng: np.random.Generator, frames: int, width: int, height: int, card:
         used.add(back_colour)
         front = _fill(rng, colour, rx)
         back = _fill(rng, back_colour, rx, pattern=_other_pattern(rng, "solid"))  # backs are patterned
-        return Thing("card", rx, ry, front, _motion(rng, frames, width, height, rx, ry, True), back)
+        return Thing("card", rx, ry, front, _motion(rng, frames, width, height, rx, ry, True, level), back)
     r = rng.uniform(0.14, 0.22) * short if hero else rng.uniform(0.1, 0.18) * short
     shape = SHAPES[rng.integers(len(SHAPES))]
     aspect = rng.uniform(0.6, 0.8) if shape in ("square", "circle") and rng.random() < 0.4 else 1.0
     rx, ry = (r, r * aspect) if rng.random() < 0.5 else (r * aspect, r)
-    return Thing(shape, rx, ry, _fill(rng, colour, r), _motion(rng, frames, width, height, rx, ry, False))
+    return Thing(shape, rx, ry, _fill(rng, colour, r), _motion(rng, frames, width, height, rx, ry, False, level))
 
 
 def _edit(rng: np.random.Generator, thing: Thing, used: set[str]) -> tuple[Thing, str]:
@@ -213,12 +244,16 @@ def caption_tokens(caption: str) -> list[str]:
 
 
 def generate(seed: int, frames: int = 17, size: tuple[int, int] = (96, 96),
-             kind: str | None = None) -> Scenario:
-    """Render scenario ``seed`` at ``size`` = (width, height); ``kind`` "card"/"object" forces whether
-    the edited object is a turning card (None: the seed decides, about 30% cards)."""
+             kind: str | None = None, level: int = 3) -> Scenario:
+    """Render scenario ``seed`` at ``size`` = (width, height) and difficulty ``level`` (``DIFFICULTY``);
+    ``kind`` "card"/"object" forces whether the edited object is a turning card (None: the seed decides,
+    by the level's card share)."""
     width, height = (int(s) for s in size)
     if kind not in (None, "card", "object"):
         raise ValueError(f"kind {kind!r} is not one of None, 'card', 'object'")
+    if level not in DIFFICULTY:
+        raise ValueError(f"level {level!r} is not one of {LEVELS}")
+    difficulty = DIFFICULTY[level]
     if frames < 1 or min(width, height) < 16:
         raise ValueError(f"a scenario needs frames >= 1 and sides >= 16 px, "
                          f"got {frames} frames at {width}x{height}")
@@ -226,29 +261,31 @@ def generate(seed: int, frames: int = 17, size: tuple[int, int] = (96, 96),
         raise ValueError(f"a turning card needs frames >= 5 (front, turn, back), got {frames}")
     rng = np.random.default_rng(seed)
     # The draw happens whatever ``kind`` says, so a forced kind that matches the seed's gives its scene.
-    drawn_card = rng.random() < _CARD_SHARE
+    drawn_card = rng.random() < difficulty.card_share
     card = drawn_card if kind is None else kind == "card"
     card = card and frames >= 5
-    background, where = sample_background(rng, frames, width, height)
+    background, where = sample_background(rng, frames, width, height, difficulty.pan_probability,
+                                          difficulty.pan_speed)
     for _ in range(_MAX_TRIES):
-        scenario = _try_scene(rng, seed, frames, width, height, card, background, where)
+        scenario = _try_scene(rng, seed, frames, width, height, card, background, where, difficulty)
         if scenario is not None:
             return scenario
     raise RuntimeError(f"seed {seed}: no scene with a clearly visible edited object in {_MAX_TRIES} tries")
 
 
 def _try_scene(rng: np.random.Generator, seed: int, frames: int, width: int, height: int, card: bool,
-               background: np.ndarray, where: str) -> Scenario | None:
+               background: np.ndarray, where: str, level: Difficulty) -> Scenario | None:
     """Draw one scene graph and render it, or None when the edit would not be clearly visible."""
     # 1. Scene graph: objects back to front; the edited one ("hero") at a random depth.
-    count = int(rng.integers(1, 4))
+    count = int(rng.integers(1, level.max_objects + 1))
     hero = int(rng.integers(count))
     used: set[str] = set()
     things = [None] * count
-    things[hero] = _thing(rng, frames, width, height, card, True, used)
+    things[hero] = _thing(rng, frames, width, height, card, True, used, level)
     for i in range(count):
         if i != hero:
-            things[i] = _thing(rng, frames, width, height, rng.random() < 0.15, False, used)
+            things[i] = _thing(rng, frames, width, height, rng.random() < level.other_card_share, False, used,
+                               level)
     edited_hero, edit_kind = _edit(rng, things[hero], used)
 
     # 2. Layers: the edited video swaps only the hero's layer, so everything else is shared.
