@@ -585,3 +585,33 @@ def test_recolour_changes_only_the_edit_region_and_is_seeded():
     assert len(samples) == 2 and not torch.equal(samples[0].target, samples[1].target)
     assert torch.equal(samples[0].keep_mask, C.keep_mask_from_edit_masks(masks))
     assert torch.equal(samples[0].condition_video[0], samples[0].target[0])  # frame 0 shows the recolour
+
+
+def test_colour_transform_is_seeded_affine_and_keeps_blank_pixels_blank():
+    video = distinct_video(5, 6, 6)
+    masks = torch.zeros(5, 6, 6)
+    masks[1:, 1:4, 1:4] = 1
+    sample = C.motion_sample(video, masks, "p")
+    t1 = C.random_colour_transform(torch.Generator().manual_seed(3))
+    t2 = C.random_colour_transform(torch.Generator().manual_seed(3))
+    assert torch.equal(t1.matrix, t2.matrix) and torch.equal(t1.offset, t2.offset)
+    out = C.recolour_sample(sample, t1)
+    assert torch.allclose(out.target, (torch.einsum("ij,tjhw->tihw", t1.matrix, video)
+                                       + t1.offset.view(3, 1, 1)).clamp(-1, 1))
+    assert torch.equal(out.keep_mask, sample.keep_mask)
+    blank = sample.keep_mask == 0
+    assert (out.condition_video.permute(1, 0, 2, 3)[:, blank] == 0).all()  # unknown stays unknown (0)
+    assert torch.allclose(out.condition_video[0], out.target[0]) and torch.allclose(out.clip_image, out.target[0])
+    assert out.target.min() >= -1 and out.target.max() <= 1
+
+
+def test_appearance_variants_differ_in_hue_and_keep_the_motion():
+    video = distinct_video(5, 6, 6)
+    masks = torch.zeros(5, 6, 6)
+    masks[1:, 1:4, 1:4] = 1
+    variants = C.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
+    assert len(variants) == 8 and len({v.name for v in variants}) == 8
+    means = torch.stack([v.target.mean(dim=(0, 2, 3)) for v in variants])  # [8, 3] mean colour per variant
+    assert means.std(dim=0).min() > 0.05  # the colours really vary from draw to draw
+    again = C.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
+    assert all(torch.equal(a.target, b.target) for a, b in zip(variants, again))

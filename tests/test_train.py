@@ -190,3 +190,41 @@ def test_on_step_reports_each_step_with_the_losses_so_far(wan21_dir, toy_clip, t
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert seen[-1].log() == {"phases": log["phases"], "losses": log["losses"]}
     assert "<polyline" in loss_curve_svg(seen[3].log())  # the curve can be drawn mid-run
+
+
+def _variants(backend, toy_clip, count):
+    enc = Encoder(backend, None, "maxpool")
+    video, masks = toy_clip.video[:9], toy_clip.masks[:9]
+    motion = conditioning.motion_sample(video, masks, "p3rs0n, a red square")
+    return [[enc.sample(v) for v in conditioning.appearance_variants(motion, count, seed=0)]]
+
+
+def test_appearance_augment_trains_on_the_variants_and_resumes_exactly(wan21_dir, toy_clip, tmp_path):
+    cfg = replace(CFG, appearance_augment=3)
+    reference = load_wan(wan21_dir)
+    motion, edited = _encoded(reference, toy_clip)
+    variants = _variants(reference, toy_clip, 3)
+    seen = []
+    original = reference.predict
+
+    def spy(transformer, noisy, condition, *args):
+        seen.append(condition)
+        return original(transformer, noisy, condition, *args)
+
+    reference.predict = spy
+    train_lora(reference, motion, edited, cfg, tmp_path / "ref", progress=False, motion_variants=variants)
+    used = {next(i for i, v in enumerate(variants[0]) if torch.equal(c[0], v.condition)) for c in seen
+            if any(torch.equal(c[0], v.condition) for v in variants[0])}
+    assert len(used) >= 2  # several variants were drawn
+    assert not any(torch.equal(c[0], motion[0].condition) for c in seen)  # never the original appearance
+    with pytest.raises(ValueError, match="variants"):
+        train_lora(load_wan(wan21_dir), motion, edited, cfg, tmp_path / "bad", progress=False)
+
+    crashed = load_wan(wan21_dir)
+    _crash_after(crashed, 5)
+    with pytest.raises(_Crash):
+        train_lora(crashed, motion, edited, cfg, tmp_path / "run", progress=False, motion_variants=variants)
+    train_lora(load_wan(wan21_dir), motion, edited, cfg, tmp_path / "run", resume=True, progress=False,
+               motion_variants=variants)
+    ref, got = _final_lora(tmp_path / "ref" / "lora.safetensors"), _final_lora(tmp_path / "run" / "lora.safetensors")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)

@@ -188,6 +188,20 @@ class Encoder:
             target=None if sample.target is None else self.latents(sample.target))
 
 
+def encode_appearance_variants(encoder: Encoder, motion: list[conditioning.Sample],
+                               cfg: TrainConfig) -> list[list[EncodedSample]] | None:
+    """`cfg.appearance_augment` recoloured variants of each motion sample, encoded (None when it is 0).
+
+    Encoded once before training, like every sample, so the encoders can still be freed; each training
+    step then draws one variant (train.train_lora). The transforms come from the training seed.
+    """
+    if not cfg.appearance_augment:
+        return None
+    return [[encoder.sample(v) for v in conditioning.appearance_variants(s, cfg.appearance_augment,
+                                                                           seed=cfg.seed * 1000 + i)]
+            for i, s in enumerate(motion)]
+
+
 # ---- the jobs -------------------------------------------------------------------------------------------
 
 
@@ -229,12 +243,13 @@ def _train(backend: WanBackend, run: CheckedRun, out_dir: Path, opts: RunOptions
     with out_of_memory_advice("encoding the training samples", _memory_advice(run, opts)):
         encoded_motion = [encoder.sample(s) for s in motion]
         encoded_edited = [encoder.sample(s) for s in edited]
+        variants = encode_appearance_variants(encoder, motion, cfg)
     backend.free_encoders()  # training needs none of them: text/CLIP dropped, VAE parked on CPU
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with out_of_memory_advice("training the LoRA", _memory_advice(run, opts, cfg)):
         paths = train_lora(backend, encoded_motion, encoded_edited, cfg, out_dir, resume=opts.resume,
-                           progress=opts.progress, on_step=on_step,
+                           progress=opts.progress, on_step=on_step, motion_variants=variants,
                            stage1_cache=opts.cache_dir / "stage1" if opts.cache_dir is not None else None)
     _write_json(out_dir / "train_info.json", {
         "model": str(run.model.path), "kind": backend.kind, "mode": opts.mode, "frames": run.frames,
@@ -355,7 +370,8 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
     if cfg is not None:
         train_prompt = opts.train_prompt if opts.train_prompt is not None else opts.prompt
         settings |= {"train_prompt": compose_prompt(opts.concept_token, train_prompt), "rank": cfg.rank,
-                     "lr": cfg.learning_rate, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps}
+                     "lr": cfg.learning_rate, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
+                     "appearance_augment": cfg.appearance_augment}
     if scfg is not None:
         settings |= {"steps": scfg.steps, "guidance": scfg.guidance, "shift": scfg.shift, "seed": scfg.seed,
                      "paste_background": scfg.paste_background, "first_block_cache": scfg.first_block_cache}

@@ -151,6 +151,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stage1-steps", type=int, default=100, help="steps on the input video (motion; default 100)")
     g.add_argument("--stage2-steps", type=int, default=100, help="steps on edited frames (only with --edited-frame)")
     g.add_argument("--stage2-repeats", type=int, default=9, help="repeats of each edited frame per stage-2 epoch")
+    g.add_argument("--appearance-augment", type=int, default=0, metavar="N", help="train on N recoloured versions "
+                   "of the clip (one random colour transform each, drawn per step) instead of its own colours, so a "
+                   "long training cannot paint the original object back over the edit (ours; default 0 = the paper)")
     g.add_argument("--timestep-sampling", default="uniform", choices=["uniform", "logit-normal", "shifted"],
                    help="noise-level distribution in training (default uniform, as the authors)")
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint interval in steps (0 = never)")
@@ -231,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--recolour-copies", type=int, default=0, help="appearance augmentation: recoloured copies "
                    "of the clip in mask-aware training (ours; default 0 = the paper)")
+    p.add_argument("--appearance-augment", type=int, default=None, metavar="N", help="mask-aware training on N "
+                   "recoloured versions of the clip, one drawn per step (ours; default: the toy world's setting)")
     p.add_argument("--timestep-sampling", choices=["uniform", "logit-normal", "shifted"], default="shifted",
                    help="LoRA training noise levels (default shifted by 3, the toy world's; the authors: uniform)")
     p.add_argument("--modes", type=_modes, help="comma-separated subset of the rows to run (default all: "
@@ -395,7 +400,8 @@ def _configs(args: argparse.Namespace):
         rank=args.rank, alpha=args.alpha, targets=args.targets or DEFAULT_LORA_TARGETS, learning_rate=args.lr,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_repeats=args.stage2_repeats,
         timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift,
-        checkpoint_every=args.checkpoint_every, seed=args.train_seed) if hasattr(args, "rank") else None
+        appearance_augment=args.appearance_augment, checkpoint_every=args.checkpoint_every,
+        seed=args.train_seed) if hasattr(args, "rank") else None
     scfg = SampleConfig(
         steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift, seed=args.seed,
         negative_prompt=args.negative_prompt, paste_background=args.paste_background,
@@ -518,6 +524,8 @@ def _bench_quality(args: argparse.Namespace) -> None:
     train = replace(TOY_WORLD_TRAIN, rank=args.rank, alpha=float(args.rank), learning_rate=args.lr,
                     stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                     timestep_sampling=args.timestep_sampling)
+    if args.appearance_augment is not None:
+        train = replace(train, appearance_augment=args.appearance_augment)
     cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, train=train, steps=args.steps,
                         guidance=args.guidance, shift=args.shift, recolour_copies=args.recolour_copies,
                         first_block_cache=args.first_block_cache)

@@ -170,6 +170,59 @@ def appearance_augmented_samples(video: torch.Tensor, edit_masks: torch.Tensor, 
             for i in range(copies)]
 
 
+@dataclass(frozen=True)
+class ColourTransform:
+    """An affine colour map `x -> clamp(matrix @ x + offset)` applied to every pixel of [..., 3, H, W]."""
+
+    matrix: torch.Tensor  # [3, 3]
+    offset: torch.Tensor  # [3]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = torch.einsum("ij,...jhw->...ihw", self.matrix, pixels) + self.offset.view(3, 1, 1)
+        return out.clamp(-1, 1)
+
+
+def random_colour_transform(generator: torch.Generator) -> ColourTransform:
+    """A random hue rotation, saturation change, per-channel gain and offset (the brightness stays readable).
+
+    The hue turns by a uniform angle about the grey axis, so every hue is as likely as the original one:
+    a LoRA trained on many draws cannot store "the object is cyan", only "the object has frame 0's colour".
+    """
+    grey = torch.full((3, 1), 3 ** -0.5)
+    angle = float(torch.rand(1, generator=generator)) * 2 * torch.pi
+    k = torch.tensor([[0.0, -grey[2, 0], grey[1, 0]], [grey[2, 0], 0.0, -grey[0, 0]], [-grey[1, 0], grey[0, 0], 0.0]])
+    rotation = torch.eye(3) + torch.sin(torch.tensor(angle)) * k + (1 - torch.cos(torch.tensor(angle))) * (k @ k)
+    on_grey = grey @ grey.T
+    saturation = 0.6 + 0.8 * float(torch.rand(1, generator=generator))
+    gain = 0.75 + 0.5 * torch.rand(3, generator=generator)
+    offset = 0.4 * torch.rand(3, generator=generator) - 0.2
+    matrix = torch.diag(gain) @ (on_grey + saturation * (torch.eye(3) - on_grey)) @ rotation
+    return ColourTransform(matrix, offset)
+
+
+def recolour_sample(sample: Sample, transform: ColourTransform, name: str | None = None) -> Sample:
+    """The same training sample seen through a colour transform, in every frame (frame 0 included).
+
+    The whole frame is transformed, not only the edit region: the kept background in the condition then
+    matches the generated region's surroundings, as in the real clip, and the motion is untouched. What
+    changes is what the LoRA could memorise: the appearance inside the mask now has to come from the
+    condition's frame 0, which is what the edited first frame replaces at inference (*ours*, issue 18).
+    Blank (unknown) pixels stay 0.
+    """
+    keep = sample.keep_mask[:, None]
+    return Sample(name or f"{sample.name}-recoloured", transform(sample.condition_video) * keep, sample.keep_mask,
+                  transform(sample.clip_image), sample.prompt,
+                  target=None if sample.target is None else transform(sample.target))
+
+
+def appearance_variants(sample: Sample, count: int, seed: int) -> list[Sample]:
+    """`count` recoloured versions of a motion sample (`recolour_sample`), each with its own random
+    transform drawn from `seed`; training draws one of them at every step instead of the original."""
+    g = torch.Generator().manual_seed(seed)
+    return [recolour_sample(sample, random_colour_transform(g), name=f"{sample.name}-appearance{i}")
+            for i in range(count)]
+
+
 def stage2_schedule(num_motion_samples: int, num_edited_frames: int, repeats: int = 9) -> list[int]:
     """One epoch of stage 2 as sample indices: each motion sample once, each edited frame `repeats` times.
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from . import conditioning, media
-from .api import Encoder, compose_prompt
+from .api import Encoder, compose_prompt, encode_appearance_variants
 from .backends.wan import WanBackend
 from .lora_io import remove_lora
 from .metrics import edit_metrics, masked_psnr
@@ -93,10 +93,10 @@ def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, 
         skipped[mode] = backend.last_block_counter.skipped_fraction
         return video
 
-    def trained(name: str, motion, edited, encoded_condition) -> torch.Tensor:
+    def trained(name: str, motion, edited, encoded_condition, train: TrainConfig = cfg.train) -> torch.Tensor:
         run_dir = work / name
-        train_lora(backend, [enc.sample(s) for s in motion], [enc.sample(s) for s in edited], cfg.train, run_dir,
-                   progress=progress)
+        train_lora(backend, [enc.sample(s) for s in motion], [enc.sample(s) for s in edited], train, run_dir,
+                   progress=progress, motion_variants=encode_appearance_variants(enc, motion, train))
         try:
             return sample(encoded_condition, name)
         finally:
@@ -109,7 +109,8 @@ def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, 
     if "mask-no-lora" in cfg.modes:
         outputs["mask-no-lora"] = sample(mask_cond, "mask-no-lora")
     if "naive" in cfg.modes:
-        outputs["naive"] = trained("naive", [conditioning.naive_sample(video, train_prompt)], [], plain_cond)
+        outputs["naive"] = trained("naive", [conditioning.naive_sample(video, train_prompt)], [], plain_cond,
+                                   replace(cfg.train, appearance_augment=0))  # the paper's baseline, as published
     motion = [conditioning.motion_sample(video, masks, train_prompt)]
     motion += conditioning.appearance_augmented_samples(video, masks, train_prompt, cfg.recolour_copies)
     if "mask-aware" in cfg.modes:

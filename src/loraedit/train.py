@@ -64,6 +64,7 @@ class TrainConfig:
     stage2_repeats: int = 9
     timestep_sampling: str = "uniform"  # uniform (authors) | logit-normal | shifted
     timestep_shift: float = 3.0  # for "shifted"
+    appearance_augment: int = 0  # recoloured variants of each motion sample, one drawn per step (0 = the paper's)
     checkpoint_every: int = 25
     seed: int = 0
 
@@ -144,7 +145,8 @@ def plan_phases(experts: list[Expert], num_motion: int, num_edited: int, cfg: Tr
 def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample], cfg: TrainConfig,
                out_dir: Path, *, resume: bool = False, progress: bool = True,
                stage1_cache: Path | None = None,
-               on_step: Callable[[TrainProgress], None] | None = None) -> dict[str, Path]:
+               on_step: Callable[[TrainProgress], None] | None = None,
+               motion_variants: list[list[EncodedSample]] | None = None) -> dict[str, Path]:
     """Train the LoRA(s) and write `lora.safetensors` (and `lora_2.safetensors` for a second expert).
 
     Returns {expert name: LoRA path}. `out_dir/checkpoints/` holds the resumable state; `stage1_cache`, a
@@ -152,9 +154,13 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     (memory mode, attention, compile, gradient checkpointing) is the backend's `perf`: it changes no
     result beyond rounding, so it is not part of the run's key and may change between a crash and --resume.
     `on_step`, if given, is called with a `TrainProgress` before the first step and after every step.
+    `motion_variants` (with `cfg.appearance_augment` > 0): for each motion sample, that many recoloured
+    versions (`conditioning.appearance_variants`, encoded); a step that picks a motion sample trains on
+    one of its variants, drawn from the step's generator, never on the original appearance.
     """
     out_dir = Path(out_dir)
     samples = motion + edited
+    variants = _check_variants(motion, motion_variants, cfg)
     phases = plan_phases(backend.experts, len(motion), len(edited), cfg)
     phase_info = tuple({"stage": p.stage, "expert": p.expert.name, "steps": p.steps} for p in phases)
     run_key = content_key(json.dumps(asdict(cfg), sort_keys=True), backend.fingerprint(),
@@ -235,7 +241,10 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                 epoch, position = divmod(step, len(phase.schedule))
                 order = torch.randperm(len(phase.schedule),
                                        generator=torch.Generator().manual_seed(_step_seed(cfg.seed, seeds, -1 - epoch)))
-                sample = samples[phase.schedule[order[position]]]
+                index = int(phase.schedule[order[position]])
+                sample = samples[index]
+                if variants and index < len(motion):  # appearance augmentation: a random variant, not the original
+                    sample = variants[index][int(torch.randint(len(variants[index]), (1,), generator=gen))]
                 x0 = sample.target[None].to(device)  # [1, C, T', h, w]
                 noise = torch.randn(x0.shape, generator=gen).to(device)
                 sigma = sample_sigma(gen, phase.expert.sigma_low, phase.expert.sigma_high,
@@ -295,6 +304,17 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         ckpt_dir.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
     return paths
+
+
+def _check_variants(motion: list[EncodedSample], variants: list[list[EncodedSample]] | None,
+                    cfg: TrainConfig) -> list[list[EncodedSample]] | None:
+    """The motion samples' appearance variants, checked against the config (a caller's mistake, not input)."""
+    if not cfg.appearance_augment:
+        return None
+    if variants is None or len(variants) != len(motion) or any(len(v) != cfg.appearance_augment for v in variants):
+        raise ValueError(f"appearance_augment={cfg.appearance_augment} needs that many variants of each of the "
+                         f"{len(motion)} motion samples (conditioning.appearance_variants, encoded)")
+    return variants
 
 
 def _stop_if_diverged(what: str, value: torch.Tensor, history: list[float], step: int, phase: Phase,

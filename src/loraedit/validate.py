@@ -215,6 +215,7 @@ def _check_train_config(found: _Findings, cfg: TrainConfig, opts: RunOptions) ->
             ("--stage1-steps", cfg.stage1_steps, cfg.stage1_steps >= 1, "at least 1 (default 100)"),
             ("--stage2-steps", cfg.stage2_steps, cfg.stage2_steps >= 0, ">= 0 (default 100)"),
             ("--stage2-repeats", cfg.stage2_repeats, cfg.stage2_repeats >= 1, "at least 1 (default 9)"),
+            ("--appearance-augment", cfg.appearance_augment, cfg.appearance_augment >= 0, ">= 0 (0 = off)"),
             ("--checkpoint-every", cfg.checkpoint_every, cfg.checkpoint_every >= 0, ">= 0 (0 = never)")):
         if not ok:
             add(f"{name} {value} is invalid: give a value {need}")
