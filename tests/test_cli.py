@@ -165,9 +165,11 @@ def test_bench_quality_writes_every_mode(wan21_dir, tmp_path, capsys):
     assert code == 0
     summary = json.loads((tmp_path / "q.json").read_text())
     assert set(summary["modes"]) == {"no-lora", "mask-no-lora", "naive", "mask-aware", "mask-aware+frames",
-                                     "low-cost", "codec-ceiling", "static-first-frame"}
+                                     "low-cost", "mask-aware+paste", "codec-ceiling", "static-first-frame"}
     for row in summary["modes"].values():
-        assert set(row) >= {"edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err"}
+        assert set(row) >= {"edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err", "border_psnr"}
+    pasted, plain = summary["modes"]["mask-aware+paste"], summary["modes"]["mask-aware"]
+    assert pasted["bg_psnr"] > plain["bg_psnr"] and pasted["edit_psnr"] == plain["edit_psnr"]
     assert summary["scenarios"][0]["card"] is True
     assert (out / "table.md").is_file() and (out / "chart.png").is_file()
     assert len(list((out / "sheets").glob("*.png"))) == 1

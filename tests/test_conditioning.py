@@ -425,6 +425,19 @@ def test_paste_background_exact():
                 assert torch.equal(pasted[t, :, y, x], src[t, :, y, x]), (t, y, x)
 
 
+def test_paste_background_feathers_outside_the_mask_and_is_exact_beyond():
+    video, output = distinct_video(2, 1, 9, seed=1), distinct_video(2, 1, 9, seed=2)
+    edit = torch.zeros(2, 1, 9)
+    edit[:, 0, 4] = 1  # one edited pixel in the middle of a 1x9 strip
+    pasted = C.paste_background(output, video, edit, feather=2)
+    assert torch.equal(pasted[0], output[0])
+    assert torch.equal(pasted[1, :, 0, 4], output[1, :, 0, 4])  # inside the mask: generated
+    for x, w in ((3, 2 / 3), (2, 1 / 3), (5, 2 / 3), (6, 1 / 3)):  # a linear ramp over 2 px outside it
+        assert torch.allclose(pasted[1, :, 0, x], w * output[1, :, 0, x] + (1 - w) * video[1, :, 0, x])
+    for x in (0, 1, 7, 8):  # farther than the feather: the input, bit-exact
+        assert torch.equal(pasted[1, :, 0, x], video[1, :, 0, x])
+
+
 # ------------------------------------------------------------------------------ property: latent mask
 
 

@@ -46,6 +46,20 @@ def test_edit_metrics_skips_the_first_frame_and_splits_regions():
     assert m["temporal_err"] == pytest_approx(0.0)
 
 
+def test_border_band_is_the_strip_either_side_of_the_mask_edge():
+    from loraedit.metrics import border_band
+
+    masks = torch.zeros(1, 1, 12)
+    masks[0, 0, 4:8] = 1
+    assert border_band(masks, 1)[0, 0].tolist() == [0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0]
+    src, gt = torch.zeros(2, 3, 1, 12), torch.zeros(2, 3, 1, 12)
+    gt[:, :, :, 4:8] = 1.0
+    seam = gt.clone()
+    seam[:, :, :, 3] = 0.5  # a seam just outside the mask: only the border metric sees it
+    m = edit_metrics(seam, src, gt, masks.expand(2, 1, 12))
+    assert m["edit_psnr"] == pytest_approx(100.0) and m["border_psnr"] < 30
+
+
 def pytest_approx(x):
     import pytest
 

@@ -66,6 +66,7 @@ class SampleConfig:
     seed: int = 0
     negative_prompt: str | None = None  # None: the model's own (Wan's standard list for Wan folders)
     paste_background: bool = False
+    paste_feather: int = 3  # pixels outside the mask over which the pasted input fades in
     first_block_cache: float = 0.0  # > 0: reuse later blocks across steps (faster, approximate; 0 = exact)
 
 
@@ -300,7 +301,7 @@ def generate(backend: WanBackend, run: CheckedRun, prepared: PreparedSampling, o
                                  shift=scfg.shift, seed=scfg.seed,
                                  first_block_cache_threshold=scfg.first_block_cache)
     if scfg.paste_background:
-        video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks)
+        video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks, scfg.paste_feather)
     log = Path(loras[0]).with_name("train_log.json") if loras else None
     settings = _settings(run, opts, None, scfg)
     if scfg.first_block_cache:  # how much the approximation skipped, beside its threshold
@@ -374,7 +375,8 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
                      "appearance_augment": cfg.appearance_augment}
     if scfg is not None:
         settings |= {"steps": scfg.steps, "guidance": scfg.guidance, "shift": scfg.shift, "seed": scfg.seed,
-                     "paste_background": scfg.paste_background, "first_block_cache": scfg.first_block_cache}
+                     "paste_background": scfg.paste_background, "paste_feather": scfg.paste_feather,
+                     "first_block_cache": scfg.first_block_cache}
     return settings
 
 

@@ -77,13 +77,13 @@ def _box(text: str) -> tuple[int | None, tuple[float, float, float, float]]:
 
 
 def _modes(text: str) -> tuple[str, ...]:
-    from .quality import METHOD_MODES, SANITY_MODES
+    from .quality import ALL_MODES
 
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in modes if m not in METHOD_MODES + SANITY_MODES]
+    unknown = [m for m in modes if m not in ALL_MODES]
     if not modes or unknown:
         raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}: use "
-                                         f"{', '.join(METHOD_MODES + SANITY_MODES)}")
+                                         f"{', '.join(ALL_MODES)}")
     return modes
 
 
@@ -187,8 +187,10 @@ def _add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
                    "First Block Cache; faster, approximate; 0.1 skipped about half in the toy world; default 0 = off)")
     g.add_argument("--negative-prompt", help="negative prompt (default: the model's own; Wan's standard one "
                    "for Wan folders)")
-    g.add_argument("--paste-background", action="store_true", help="copy the input's pixels back outside the mask "
-                   "(off by default, so the method itself is what you see)")
+    g.add_argument("--paste-background", action="store_true", help="copy the input's pixels back outside the mask, "
+                   "bit-exact beyond --paste-feather (off by default, so the method itself is what you see)")
+    g.add_argument("--paste-feather", type=int, default=3, metavar="PX", help="with --paste-background: the pasted "
+                   "input fades in over this many pixels outside the mask (default 3; 0 = a hard seam)")
     g.add_argument("--no-batched-cfg", action="store_true", help="run the conditional and unconditional "
                    "predictions as two forwards (default: one batched forward; same result)")
     g.add_argument("--vae-tiling", action="store_true", help="decode the video in spatial tiles (less memory "
@@ -224,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="toy", help="model (default: the embedded toy model)")
     p.add_argument("--scenarios", type=int, default=12, help="held-out scenarios (default 12)")
     p.add_argument("--seed", type=int, default=0, help="which held-out scenarios (disjoint sets per seed)")
+    p.add_argument("--level", type=int, choices=[1, 2, 3], default=3, help="toy-world difficulty: 1 slow smooth "
+                   "motion, 2 adds spin/scale/occlusion/cards, 3 the first world (default 3)")
     p.add_argument("--json", type=Path, help="also write the summary JSON here")
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for JSON, table, chart, contact "
                    "sheets (default docs/results)")
@@ -239,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep-sampling", choices=["uniform", "logit-normal", "shifted"], default="shifted",
                    help="LoRA training noise levels (default shifted by 3, the toy world's; the authors: uniform)")
     p.add_argument("--modes", type=_modes, help="comma-separated subset of the rows to run (default all: "
-                   "no-lora,mask-no-lora,naive,mask-aware,mask-aware+frames,low-cost,codec-ceiling,"
-                   "static-first-frame); a lever study needs only naive,mask-aware")
+                   "no-lora,mask-no-lora,naive,mask-aware,mask-aware+frames,low-cost,mask-aware+paste,"
+                   "codec-ceiling,static-first-frame); a lever study needs only naive,mask-aware")
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     p.add_argument("--guidance", type=float, help="CFG scale (default: the model's own; 1 for the toy world, "
                    "5 for Wan)")
@@ -405,6 +409,7 @@ def _configs(args: argparse.Namespace):
     scfg = SampleConfig(
         steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift, seed=args.seed,
         negative_prompt=args.negative_prompt, paste_background=args.paste_background,
+        paste_feather=args.paste_feather,
         first_block_cache=args.first_block_cache) if hasattr(args, "steps") else None
     return inputs, opts, cfg, scfg
 
@@ -526,7 +531,7 @@ def _bench_quality(args: argparse.Namespace) -> None:
                     timestep_sampling=args.timestep_sampling)
     if args.appearance_augment is not None:
         train = replace(train, appearance_augment=args.appearance_augment)
-    cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, train=train, steps=args.steps,
+    cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, level=args.level, train=train, steps=args.steps,
                         guidance=args.guidance, shift=args.shift, recolour_copies=args.recolour_copies,
                         first_block_cache=args.first_block_cache)
     if args.modes:

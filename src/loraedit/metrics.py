@@ -56,13 +56,27 @@ def temporal_error(output: torch.Tensor, reference: torch.Tensor) -> float:
     return float(((output[1:] - output[:-1]) - (reference[1:] - reference[:-1])).abs().mean())
 
 
+#: Half-width in pixels of the band around the mask edge that `border_psnr` scores.
+BORDER_BAND = 3
+
+
+def border_band(edit_masks: torch.Tensor, width: int = BORDER_BAND) -> torch.Tensor:
+    """Pixels within `width` of the mask's edge, on either side: where a seam would show ([T, H, W])."""
+    m = edit_masks.float()[:, None]
+    grown = F.max_pool2d(m, 2 * width + 1, stride=1, padding=width)
+    shrunk = -F.max_pool2d(-m, 2 * width + 1, stride=1, padding=width)
+    return (grown - shrunk)[:, 0]
+
+
 def edit_metrics(output: torch.Tensor, source: torch.Tensor, ground_truth: torch.Tensor,
                  edit_masks: torch.Tensor, skip_first: bool = True) -> dict[str, float]:
-    """The toy world's table row for one output: edit region vs ground truth, background vs the input."""
+    """The toy world's table row for one output: edit region vs ground truth, background vs the input,
+    and the band around the mask's edge vs ground truth (where a pasted background would leave a seam)."""
     start = 1 if skip_first else 0
     out, src, gt, m = output[start:], source[start:], ground_truth[start:], edit_masks[start:].float()
     bg = 1 - m
     return {
+        "border_psnr": masked_psnr(out, gt, border_band(m)),
         "edit_psnr": masked_psnr(out, gt, m),
         "edit_ssim": masked_ssim(out, gt, m),
         "bg_psnr": masked_psnr(out, src, bg),

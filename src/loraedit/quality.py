@@ -11,6 +11,7 @@ clip, box masks and edited first frame, and scores the frames after the first:
 - low-cost            stage 1 on overlapping short clips (Sec. 4.5, scaled to the clip length)
 - codec-ceiling       the ground-truth edited video through the codec (what any model can reach)
 - static-first-frame  the edited first frame repeated
+- mask-aware+paste    (ours, beyond the paper) mask-aware with the input pasted back outside the mask
 
 It works on tensors with the library's own pieces (conditioning, the encoder cache, the training loop,
 the backend's sampler), so what it measures is what `loraedit edit` runs.
@@ -36,8 +37,12 @@ from .metrics import edit_metrics, masked_psnr
 from .train import TrainConfig, train_lora
 
 METHOD_MODES = ("no-lora", "mask-no-lora", "naive", "mask-aware", "mask-aware+frames", "low-cost")
+#: Beyond the paper, each its own row so the main rows stay the method: mask-aware's output with the input
+#: pasted back outside the mask (`conditioning.paste_background`, feathered; needs the mask-aware row).
+EXTRA_MODES = ("mask-aware+paste",)
 SANITY_MODES = ("codec-ceiling", "static-first-frame")
-METRICS = ("edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err")
+ALL_MODES = METHOD_MODES + EXTRA_MODES + SANITY_MODES
+METRICS = ("edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err", "border_psnr")
 
 
 #: The LoRA settings of the toy world's table: the authors' (METHOD.md) but lr 1e-3 and noise levels shifted
@@ -55,6 +60,7 @@ class QualityConfig:
     scenarios: int = 12
     seed: int = 0
     card_every: int = 3  # every n-th scenario is a turning card (for mask-aware+frames)
+    level: int = 3  # the toy world's difficulty level (toyworld.scenes.DIFFICULTY); 3 = the first world
     low_cost_clip_frames: int = 5  # 17 frames -> clips 1-5, 5-9, 9-13, 13-17 (the paper's 49/13, scaled)
     recolour_copies: int = 0  # appearance augmentation of mask-aware training (ours; 0 = the paper's method)
     train: TrainConfig = TOY_WORLD_TRAIN
@@ -63,7 +69,8 @@ class QualityConfig:
     shift: float = 5.0
     sample_seed: int = 0
     first_block_cache: float = 0.0  # > 0: diffusers' First Block Cache while sampling (approximate)
-    modes: tuple[str, ...] = METHOD_MODES + SANITY_MODES
+    paste_feather: int = 3  # the mask-aware+paste row's feather, pixels
+    modes: tuple[str, ...] = ALL_MODES
 
 
 def scenario_seeds(cfg: QualityConfig) -> list[int]:
@@ -115,6 +122,9 @@ def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, 
     motion += conditioning.appearance_augmented_samples(video, masks, train_prompt, cfg.recolour_copies)
     if "mask-aware" in cfg.modes:
         outputs["mask-aware"] = trained("mask-aware", motion, [], mask_cond)
+    if "mask-aware+paste" in cfg.modes and "mask-aware" in outputs:
+        outputs["mask-aware+paste"] = conditioning.paste_background(outputs["mask-aware"], video, masks,
+                                                                    cfg.paste_feather)
     if "mask-aware+frames" in cfg.modes and scenario.later_frame is not None:
         j = scenario.later_frame
         frame = conditioning.appearance_sample(video[j], gt[j], masks[j], train_prompt, name=f"frame{j}")
@@ -170,7 +180,8 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
     per_scenario = []
     started = time.perf_counter()
     for i, seed in enumerate(scenario_seeds(cfg)):
-        scenario = generate(seed, kind="card" if cfg.card_every and i % cfg.card_every == 0 else "object")
+        card = cfg.card_every and i % cfg.card_every == 0 and cfg.level > 1  # level 1 has no cards
+        scenario = generate(seed, kind="card" if card else "object", level=cfg.level)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="loraedit-quality-") as work:  # LoRAs: scratch, not results
             results = run_scenario(backend_factory(), scenario, cfg, Path(work))
@@ -178,7 +189,7 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
         per_scenario.append({"seed": seed, "card": scenario.is_card, "caption": scenario.caption, "modes": rows,
                              "seconds": round(time.perf_counter() - t0, 1)})
         sheet = {"input": scenario.video, "mask": scenario.box_masks, "truth": scenario.edited_video}
-        sheet.update({m: r["video"] for m, r in results.items() if m not in SANITY_MODES})
+        sheet.update({m: r["video"] for m, r in results.items() if m not in SANITY_MODES + EXTRA_MODES})
         media.write_contact_sheet(out_dir / "sheets" / f"scenario-{seed}.png", sheet, num_columns=6)
         if progress:
             ma = rows.get("mask-aware", {})
@@ -196,11 +207,12 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
 
 
 def markdown_table(modes: dict) -> str:
-    head = "| mode | n | edit PSNR | edit SSIM | bg PSNR | bg SSIM | PSNR | temporal err | back-face PSNR |\n"
-    head += "|---|---|---|---|---|---|---|---|---|\n"
+    head = ("| mode | n | edit PSNR | edit SSIM | bg PSNR | bg SSIM | PSNR | temporal err | border PSNR "
+            "| back-face PSNR |\n")
+    head += "|---|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for mode, m in modes.items():
-        cells = [f"{m[k]:.2f}" if k.endswith("psnr") else f"{m[k]:.3f}" for k in METRICS]
+        cells = [(f"{m[k]:.2f}" if k.endswith("psnr") else f"{m[k]:.3f}") if k in m else "" for k in METRICS]
         back = f"{m['back_psnr']:.2f}" if "back_psnr" in m else ""
         lines.append(f"| {mode} | {m['n']} | " + " | ".join(cells) + f" | {back} |")
     return head + "\n".join(lines) + "\n"

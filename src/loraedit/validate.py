@@ -200,7 +200,8 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
                  scfg.guidance_2 is None or (math.isfinite(scfg.guidance_2) and scfg.guidance_2 >= 0), ">= 0"),
                 ("--shift", scfg.shift, math.isfinite(scfg.shift) and scfg.shift > 0, "> 0"),
                 ("--first-block-cache", scfg.first_block_cache,
-                 math.isfinite(scfg.first_block_cache) and scfg.first_block_cache >= 0, ">= 0 (0 = off)")):
+                 math.isfinite(scfg.first_block_cache) and scfg.first_block_cache >= 0, ">= 0 (0 = off)"),
+                ("--paste-feather", scfg.paste_feather, scfg.paste_feather >= 0, ">= 0 (0 = a hard seam)")):
             if not ok:
                 add(f"{name} {value} is invalid: give a value {need}")
 
