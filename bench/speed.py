@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         model_dir = world_model_folder(tmp) if args.model == "world" else None
         if model_dir is None:
-            from loraedit.validate import resolve_model_dir
+            from loraedit.backends import resolve_model_dir
 
             model_dir = resolve_model_dir(args.model)
         print("measuring matmul throughput ...", file=sys.stderr)

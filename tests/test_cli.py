@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from loraedit import api, conditioning, media
+from loraedit.backends import wan_layout
 from loraedit.backends.wan import load_wan
 from loraedit.cli import build_parser, main
 
@@ -125,7 +126,7 @@ def test_sampler_receives_the_mask_aware_condition(wan21_dir, toy_clip):
     backend.generate(condition, sample.clip_image, text, text, backend.encode_image(sample.clip_image), steps=2,
                      guidance=2.0, shift=5.0, seed=0)
     assert len(seen) == 4  # 2 steps x (cond + uncond)
-    expected_mask = conditioning.latent_keep_mask(sample.keep_mask, 8, 4)
+    expected_mask = wan_layout.latent_keep_mask(sample.keep_mask, 8, 4)
     assert torch.equal(seen[0][:4], expected_mask)
     assert expected_mask[:, 1:].min() == 0  # later frames really do ask for generation inside the mask
     torch.testing.assert_close(seen[0][4:], condition[4:])

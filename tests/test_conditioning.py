@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loraedit import conditioning as C
+from loraedit.backends import wan_layout as L
 from loraedit.conditioning import Sample
 
 
@@ -308,13 +309,13 @@ def test_first_frame_condition_exact():
 
 @pytest.mark.parametrize("frames, expected", [(1, 1), (5, 2), (9, 3), (49, 13), (81, 21)])
 def test_latent_num_frames(frames, expected):
-    assert C.latent_num_frames(frames) == expected
+    assert L.latent_num_frames(frames) == expected
 
 
 @pytest.mark.parametrize("frames", [2, 4, 10, 48])
 def test_latent_num_frames_rejects_non_4k_plus_1(frames):
     with pytest.raises(ValueError, match="4k\\+1"):
-        C.latent_num_frames(frames)
+        L.latent_num_frames(frames)
 
 
 def test_downsample_maxpool_single_edited_pixel_marks_one_cell():
@@ -359,7 +360,7 @@ def test_downsample_rejects_bad_mode_and_size():
 def test_pack_temporal_mask_layout():
     t, h, w = 9, 2, 3
     mask = torch.arange(t, dtype=torch.float32).view(t, 1, 1).expand(t, h, w).contiguous()
-    packed = C.pack_temporal_mask(mask)
+    packed = L.pack_temporal_mask(mask)
     assert packed.shape == (4, 3, h, w)
     for c in range(4):
         assert torch.equal(packed[c, 0], torch.full((h, w), 0.0))  # frame 0, repeated 4 times
@@ -370,34 +371,34 @@ def test_pack_temporal_mask_layout():
 
 def test_pack_temporal_mask_single_frame_and_bad_length():
     mask = torch.tensor([[[0.25, 0.5]]])
-    packed = C.pack_temporal_mask(mask)
+    packed = L.pack_temporal_mask(mask)
     assert torch.equal(packed, mask[None].expand(4, 1, 1, 2))
     with pytest.raises(ValueError):
-        C.pack_temporal_mask(torch.zeros(8, 2, 2))
+        L.pack_temporal_mask(torch.zeros(8, 2, 2))
 
 
 def test_latent_keep_mask_combines_downsample_and_pack():
     keep = torch.ones(5, 16, 8)
     keep[2, 9, 1] = 0.0  # pixel frame 2 -> latent frame 1, channel 1; row 9 -> latent row 1
-    out = C.latent_keep_mask(keep, 8, 4)
+    out = L.latent_keep_mask(keep, 8, 4)
     expected = torch.ones(4, 2, 2, 1)
     expected[1, 1, 1, 0] = 0.0
     assert torch.equal(out, expected)
     # nearest misses it (pixel (9, 1) is not the sampled (8, 0))
-    assert torch.equal(C.latent_keep_mask(keep, 8, 4, "nearest"), torch.ones(4, 2, 2, 1))
+    assert torch.equal(L.latent_keep_mask(keep, 8, 4, "nearest"), torch.ones(4, 2, 2, 1))
 
 
 def test_pack_condition_channel_order():
     mask = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).view(4, 3, 2, 2)
     latents = -torch.arange(1, 16 * 3 * 2 * 2 + 1, dtype=torch.float32).view(16, 3, 2, 2)
-    out = C.pack_condition(mask, latents)
+    out = L.pack_condition(mask, latents)
     assert out.shape == (20, 3, 2, 2)
     assert torch.equal(out[:4], mask)  # mask channels first
     assert torch.equal(out[4:], latents)  # then latents
 
 
 def test_pack_condition_casts_mask_to_latent_dtype():
-    out = C.pack_condition(torch.ones(4, 1, 1, 1), torch.zeros(16, 1, 1, 1, dtype=torch.float64))
+    out = L.pack_condition(torch.ones(4, 1, 1, 1), torch.zeros(16, 1, 1, 1, dtype=torch.float64))
     assert out.dtype == torch.float64
     assert torch.equal(out[:, 0, 0, 0], torch.tensor([1.0] * 4 + [0.0] * 16, dtype=torch.float64))
 
@@ -405,7 +406,7 @@ def test_pack_condition_casts_mask_to_latent_dtype():
 @pytest.mark.parametrize("lat_shape", [(16, 2, 2, 2), (16, 3, 2, 1), (16, 3, 1, 2)])
 def test_pack_condition_rejects_mismatched_sizes(lat_shape):
     with pytest.raises(ValueError, match="differ in size"):
-        C.pack_condition(torch.ones(4, 3, 2, 2), torch.zeros(lat_shape))
+        L.pack_condition(torch.ones(4, 3, 2, 2), torch.zeros(lat_shape))
 
 
 # ------------------------------------------------------------------------------ post-processing
@@ -464,7 +465,7 @@ def test_latent_keep_mask_never_keeps_an_edited_pixel(k, h8, w8, seed, density):
     g = torch.Generator().manual_seed(seed)
     edit = (torch.rand(t, h, w, generator=g) < density).float()
     keep = C.keep_mask_from_edit_masks(edit)
-    lat = C.latent_keep_mask(keep, 8, 4)
+    lat = L.latent_keep_mask(keep, 8, 4)
     assert lat.shape == (4, k + 1, h8, w8)
     assert bool(((lat == 0) | (lat == 1)).all())
     # pixel frame of (channel c, latent frame l): frame 0 for l == 0, else 4(l-1)+1+c
@@ -479,7 +480,7 @@ def test_latent_keep_mask_never_keeps_an_edited_pixel(k, h8, w8, seed, density):
     assert torch.equal(lat[:, 0], torch.ones(4, h8, w8))
     # the packing agrees with diffusers' own ops on any per-frame mask
     down = C.downsample_keep_mask(keep, 8)
-    assert torch.equal(C.pack_temporal_mask(down), _diffusers_style_pack(down))
+    assert torch.equal(L.pack_temporal_mask(down), _diffusers_style_pack(down))
 
 
 # ------------------------------------------------------------------------------ golden: diffusers
@@ -505,7 +506,7 @@ def test_golden_first_frame_condition_matches_diffusers(wan):
     pipe, backend, image, _, stock = wan
     assert stock.shape == (1, 20, 3, 4, 4)
     sample = C.first_frame_condition(image[0], 9, "")
-    mask = C.latent_keep_mask(sample.keep_mask, 8, 4)
+    mask = L.latent_keep_mask(sample.keep_mask, 8, 4)
     assert torch.equal(mask, stock[0, :4])  # identical mask channels
     # diffusers' mask: latent frame 0 all ones, later all zeros
     assert torch.equal(stock[0, :4, 0], torch.ones(4, 4, 4))
@@ -608,7 +609,7 @@ def test_colour_transform_is_seeded_affine_and_keeps_blank_pixels_blank():
     t1 = C.random_colour_transform(torch.Generator().manual_seed(3))
     t2 = C.random_colour_transform(torch.Generator().manual_seed(3))
     assert torch.equal(t1.matrix, t2.matrix) and torch.equal(t1.offset, t2.offset)
-    out = C.recolour_sample(sample, t1)
+    out = C.recolour_sample(sample, t1, region="frame")
     assert torch.allclose(out.target, (torch.einsum("ij,tjhw->tihw", t1.matrix, video)
                                        + t1.offset.view(3, 1, 1)).clamp(-1, 1))
     assert torch.equal(out.keep_mask, sample.keep_mask)
@@ -618,13 +619,30 @@ def test_colour_transform_is_seeded_affine_and_keeps_blank_pixels_blank():
     assert out.target.min() >= -1 and out.target.max() <= 1
 
 
+def test_path_recolouring_changes_only_the_edit_regions_path_the_same_in_every_frame():
+    video = distinct_video(5, 6, 6)
+    masks = torch.zeros(5, 6, 6)
+    masks[1, 1:3, 1:3] = 1
+    masks[2:, 3:5, 2:4] = 1  # the region moves: its path is the union of both boxes
+    sample = C.motion_sample(video, masks, "p")
+    path = C.edit_path(sample.keep_mask)
+    assert path.sum() == 8 and torch.equal(path, masks.amax(0))
+    out = C.recolour_sample(sample, C.random_colour_transform(torch.Generator().manual_seed(0)), region="path")
+    changed = (out.target != video).any(dim=1)  # [T, H, W]
+    assert changed.any(dim=0).logical_and(path == 0).sum() == 0  # nothing outside the path changes
+    assert changed[0, 1:3, 1:3].all() and changed[0, 3:5, 2:4].all()  # frame 0 too, where the region goes later
+    assert (out.condition_video.permute(1, 0, 2, 3)[:, sample.keep_mask == 0] == 0).all()
+    with pytest.raises(ValueError, match="region"):
+        C.recolour_sample(sample, C.random_colour_transform(torch.Generator()), region="box")
+
+
 def test_appearance_variants_differ_in_hue_and_keep_the_motion():
     video = distinct_video(5, 6, 6)
     masks = torch.zeros(5, 6, 6)
     masks[1:, 1:4, 1:4] = 1
     variants = C.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
     assert len(variants) == 8 and len({v.name for v in variants}) == 8
-    means = torch.stack([v.target.mean(dim=(0, 2, 3)) for v in variants])  # [8, 3] mean colour per variant
+    means = torch.stack([v.target[:, :, 1:4, 1:4].mean(dim=(0, 2, 3)) for v in variants])  # in the region
     assert means.std(dim=0).min() > 0.05  # the colours really vary from draw to draw
     again = C.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
     assert all(torch.equal(a.target, b.target) for a, b in zip(variants, again))

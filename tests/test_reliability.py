@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loraedit import conditioning, lora_io, media
+from loraedit.backends import wan_layout
 from loraedit.backends.wan import WanBackend
 from loraedit.cli import main
 from loraedit.errors import InputError
@@ -105,7 +106,7 @@ def test_mask_aware_condition_keeps_exactly_the_unmasked_pixels(k, h8, w8, seed,
     later = sample.condition_video[1:]
     assert torch.equal(later * (1 - keep[1:, None]), torch.zeros_like(later))  # edited pixels are blank
     assert torch.equal(later * keep[1:, None], video[1:] * keep[1:, None])  # the rest is the input
-    lat = conditioning.latent_keep_mask(keep, 8, 4)
+    lat = wan_layout.latent_keep_mask(keep, 8, 4)
     assert lat.shape == (4, k + 1, h8, w8) and bool(((lat == 0) | (lat == 1)).all())
 
 

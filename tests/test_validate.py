@@ -366,7 +366,7 @@ def test_catalogue_covers_every_bad_input_of_the_issue():
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c.id for c in CATALOGUE])
 def test_bad_input_is_refused_before_any_model_loads(case, files, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(api, "load_backend", _no_model_load)
-    monkeypatch.setattr(api, "load_wan", _no_model_load)
+    monkeypatch.setattr(api, "_load_backend", _no_model_load)
     if case.setup is not None:
         case.setup(monkeypatch, tmp_path)
     code = _run(_argv(case, files, tmp_path))

@@ -14,7 +14,7 @@ from loraedit.cli import main
 from loraedit.metrics import masked_psnr
 from loraedit.toyworld.models import WORLD_WEIGHTS
 from loraedit.toyworld.scenes import HELDOUT_SEED_BASE, generate
-from loraedit.validate import resolve_model_dir
+from loraedit.backends import resolve_model_dir
 
 
 def _safetensors_dtypes(path) -> dict[str, str]:

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 from . import conditioning, media, report
-from .backends.wan import EncodedSample, WanBackend, load_wan
+from .backends import Backend, EncodedSample
+from .backends import load_backend as _load_backend
 from .cache import TensorCache, content_key
 from .errors import out_of_memory_advice
 from .lora_io import load_lora, remove_lora
 from .performance import ALL_BLOCKS, PerformanceConfig
 from .train import TrainConfig, TrainProgress, train_lora
-from .validate import TRAINING_MODES, CheckedRun, Clip, check_run, resolve_model_dir
+from .validate import TRAINING_MODES, CheckedRun, Clip, check_run
 
 CONCEPT_TOKEN = "p3rs0n,"
 
@@ -92,8 +93,9 @@ class RunOptions:
 # ---- model and media ------------------------------------------------------------------------------------
 
 
-def load_backend(model: str | Path, device: str | None = None, perf: PerformanceConfig | None = None) -> WanBackend:
-    return load_wan(resolve_model_dir(model), torch.device(device) if device else None, perf=perf)
+def load_backend(model: str | Path, device: str | None = None, perf: PerformanceConfig | None = None) -> Backend:
+    """`--model` (a name or a local folder) loaded as its family's backend (`backends.load_backend`)."""
+    return _load_backend(model, device, perf=perf)
 
 
 def _print_notes(run: CheckedRun) -> None:
@@ -157,7 +159,7 @@ def with_captions(run: CheckedRun, opts: RunOptions, training: bool, sampling: b
 class Encoder:
     """Encodes samples, prompts and images once per content; later runs read them from the cache."""
 
-    def __init__(self, backend: WanBackend, cache_dir: Path | None, mask_mode: str):
+    def __init__(self, backend: Backend, cache_dir: Path | None, mask_mode: str):
         self.backend = backend
         self.cache = TensorCache(cache_dir)
         self.model_key = backend.fingerprint()
@@ -198,9 +200,9 @@ def encode_appearance_variants(encoder: Encoder, motion: list[conditioning.Sampl
     """
     if not cfg.appearance_augment:
         return None
-    return [[encoder.sample(v) for v in conditioning.appearance_variants(s, cfg.appearance_augment,
-                                                                           seed=cfg.seed * 1000 + i)]
-            for i, s in enumerate(motion)]
+    return [[encoder.sample(v) for v in conditioning.appearance_variants(
+        s, cfg.appearance_augment, seed=cfg.seed * 1000 + i, region=cfg.appearance_region)]
+        for i, s in enumerate(motion)]
 
 
 # ---- the jobs -------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
     return paths
 
 
-def _train(backend: WanBackend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig,
+def _train(backend: Backend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig,
            on_step: Callable[[TrainProgress], None] | None = None) -> dict[str, Path]:
     motion, edited = training_samples(run, opts)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode)
@@ -270,7 +272,7 @@ class PreparedSampling:
     negative: torch.Tensor  # [512, D]
 
 
-def prepare_sampling(backend: WanBackend, run: CheckedRun, opts: RunOptions, scfg: SampleConfig) -> PreparedSampling:
+def prepare_sampling(backend: Backend, run: CheckedRun, opts: RunOptions, scfg: SampleConfig) -> PreparedSampling:
     """Build the mode's inference condition from the checked clip and edited first frame, and encode it."""
     clip, first = run.clip, run.edited_first_frame
     prompt = compose_prompt(opts.concept_token, opts.prompt)
@@ -284,7 +286,7 @@ def prepare_sampling(backend: WanBackend, run: CheckedRun, opts: RunOptions, scf
         return PreparedSampling(clip, first, encoder.sample(condition), encoder.prompt(negative))
 
 
-def generate(backend: WanBackend, run: CheckedRun, prepared: PreparedSampling, out: Path, loras: list[Path],
+def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out: Path, loras: list[Path],
              opts: RunOptions, scfg: SampleConfig) -> torch.Tensor:
     """Attach the LoRA file(s), sample, optionally paste the background back, write the outputs."""
     if scfg.guidance is None:  # resolved here, so that the settings written with the video say the number
@@ -293,7 +295,7 @@ def generate(backend: WanBackend, run: CheckedRun, prepared: PreparedSampling, o
         for path, expert in zip(loras, backend.experts, strict=True):
             load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint(), dtype=backend.dtype,
                       device=backend.device)
-    backend.pipe.set_progress_bar_config(disable=not opts.progress, leave=False, desc="sampling")
+    backend.set_progress(opts.progress)
     cond = prepared.condition
     with out_of_memory_advice("sampling the edit", _memory_advice(run, opts)):
         video = backend.generate(cond.condition, prepared.first_frame, cond.text, prepared.negative, cond.image,

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .errors import InputError, LoraEditError
+from .errors import InputError, LoraEditError, error_text
 
 try:
     import tomllib
@@ -154,6 +154,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--appearance-augment", type=int, default=0, metavar="N", help="train on N recoloured versions "
                    "of the clip (one random colour transform each, drawn per step) instead of its own colours, so a "
                    "long training cannot paint the original object back over the edit (ours; default 0 = the paper)")
+    g.add_argument("--appearance-region", choices=["path", "frame"], default="path", help="where --appearance-augment "
+                   "recolours: the mask's path over the clip (default) or the whole frame")
     g.add_argument("--timestep-sampling", default="uniform", choices=["uniform", "logit-normal", "shifted"],
                    help="noise-level distribution in training (default uniform, as the authors)")
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint interval in steps (0 = never)")
@@ -240,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the clip in mask-aware training (ours; default 0 = the paper)")
     p.add_argument("--appearance-augment", type=int, default=None, metavar="N", help="mask-aware training on N "
                    "recoloured versions of the clip, one drawn per step (ours; default: the toy world's setting)")
+    p.add_argument("--appearance-region", choices=["path", "frame"], help="where --appearance-augment recolours "
+                   "(default: the toy world's setting)")
     p.add_argument("--timestep-sampling", choices=["uniform", "logit-normal", "shifted"], default="shifted",
                    help="LoRA training noise levels (default shifted by 3, the toy world's; the authors: uniform)")
     p.add_argument("--modes", type=_modes, help="comma-separated subset of the rows to run (default all: "
@@ -385,7 +389,6 @@ def _config_path(argv: list[str]) -> Path | None:
 
 def _configs(args: argparse.Namespace):
     from .api import ClipInputs, RunOptions, SampleConfig
-    from .backends.wan import DEFAULT_LORA_TARGETS
     from .performance import PerformanceConfig
     from .train import TrainConfig
 
@@ -401,10 +404,11 @@ def _configs(args: argparse.Namespace):
         resume=getattr(args, "resume", False), device=args.device,
         performance=_performance(args, PerformanceConfig), caption=args.caption)
     cfg = TrainConfig(
-        rank=args.rank, alpha=args.alpha, targets=args.targets or DEFAULT_LORA_TARGETS, learning_rate=args.lr,
+        rank=args.rank, alpha=args.alpha, targets=args.targets, learning_rate=args.lr,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_repeats=args.stage2_repeats,
         timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift,
-        appearance_augment=args.appearance_augment, checkpoint_every=args.checkpoint_every,
+        appearance_augment=args.appearance_augment, appearance_region=args.appearance_region,
+        checkpoint_every=args.checkpoint_every,
         seed=args.train_seed) if hasattr(args, "rank") else None
     scfg = SampleConfig(
         steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift, seed=args.seed,
@@ -531,6 +535,8 @@ def _bench_quality(args: argparse.Namespace) -> None:
                     timestep_sampling=args.timestep_sampling)
     if args.appearance_augment is not None:
         train = replace(train, appearance_augment=args.appearance_augment)
+    if args.appearance_region is not None:
+        train = replace(train, appearance_region=args.appearance_region)
     cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, level=args.level, train=train, steps=args.steps,
                         guidance=args.guidance, shift=args.shift, recolour_copies=args.recolour_copies,
                         first_block_cache=args.first_block_cache)
@@ -555,15 +561,6 @@ def _quiet_libraries() -> None:
     for lib in (diffusers_logging, transformers_logging):
         lib.set_verbosity_error()
         lib.disable_progress_bar()
-
-
-def error_text(exc: LoraEditError) -> str:
-    """One line for one problem; a header and one indented line per problem when there are several."""
-    problems = [" ".join(p.split()) for p in (exc.problems if isinstance(exc, InputError) else (str(exc),))]
-    if len(problems) == 1:
-        return f"loraedit: error: {problems[0]}"
-    return "\n".join([f"loraedit: error: {len(problems)} problems with the input (nothing was loaded or run):",
-                      *(f"  - {p}" for p in problems)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,26 +200,51 @@ def random_colour_transform(generator: torch.Generator) -> ColourTransform:
     return ColourTransform(matrix, offset)
 
 
-def recolour_sample(sample: Sample, transform: ColourTransform, name: str | None = None) -> Sample:
+APPEARANCE_REGIONS = ("path", "frame")
+
+
+def edit_path(keep_mask: torch.Tensor) -> torch.Tensor:
+    """Every pixel the edit region covers in any frame ([H, W] in {0, 1}): the union of the edit masks.
+
+    Frame 0's own mask is not in the keep mask (frame 0 is kept whole); frame 1's, next to it, is.
+    """
+    return (1.0 - keep_mask.float()).amax(dim=0)
+
+
+def recolour_sample(sample: Sample, transform: ColourTransform, region: str = "path",
+                    name: str | None = None) -> Sample:
     """The same training sample seen through a colour transform, in every frame (frame 0 included).
 
-    The whole frame is transformed, not only the edit region: the kept background in the condition then
-    matches the generated region's surroundings, as in the real clip, and the motion is untouched. What
-    changes is what the LoRA could memorise: the appearance inside the mask now has to come from the
-    condition's frame 0, which is what the edited first frame replaces at inference (*ours*, issue 18).
+    The motion is untouched; what changes is what the LoRA could memorise: the appearance inside the
+    edit region now has to come from the condition's frame 0, which the edited first frame replaces at
+    inference (*ours*, issue 18). `region` says where the transform applies:
+
+    - "path": the edit region's path over the whole clip (`edit_path`), the same pixels in every frame,
+      so every pixel keeps one colour treatment through time and the background inside a moving box
+      matches what frame 0 shows there; the background elsewhere keeps its own colours (it is given
+      at inference as it was in training, so learning it is harmless);
+    - "frame": the whole frame.
+
     Blank (unknown) pixels stay 0.
     """
+    if region not in APPEARANCE_REGIONS:
+        raise ValueError(f"unknown appearance region {region!r}: choose {', '.join(APPEARANCE_REGIONS)}")
+    weight = edit_path(sample.keep_mask)[None] if region == "path" else torch.ones(1, 1)  # [1, H, W] or [1, 1]
+
+    def apply(pixels: torch.Tensor) -> torch.Tensor:
+        return pixels + (transform(pixels) - pixels) * weight
+
     keep = sample.keep_mask[:, None]
-    return Sample(name or f"{sample.name}-recoloured", transform(sample.condition_video) * keep, sample.keep_mask,
-                  transform(sample.clip_image), sample.prompt,
-                  target=None if sample.target is None else transform(sample.target))
+    return Sample(name or f"{sample.name}-recoloured", apply(sample.condition_video) * keep, sample.keep_mask,
+                  apply(sample.clip_image), sample.prompt,
+                  target=None if sample.target is None else apply(sample.target))
 
 
-def appearance_variants(sample: Sample, count: int, seed: int) -> list[Sample]:
+def appearance_variants(sample: Sample, count: int, seed: int, region: str = "path") -> list[Sample]:
     """`count` recoloured versions of a motion sample (`recolour_sample`), each with its own random
     transform drawn from `seed`; training draws one of them at every step instead of the original."""
     g = torch.Generator().manual_seed(seed)
-    return [recolour_sample(sample, random_colour_transform(g), name=f"{sample.name}-appearance{i}")
+    return [recolour_sample(sample, random_colour_transform(g), region, name=f"{sample.name}-appearance{i}")
             for i in range(count)]
 
 
@@ -264,15 +289,8 @@ def first_frame_condition(edited_first_frame: torch.Tensor, num_frames: int, pro
 
 
 # ----------------------------------------------------------------------------------------------------
-# Latent layout (Wan-style: 4x temporal with frame 0 alone, s x spatial)
+# The keep mask on the latent grid (which cells count as known)
 # ----------------------------------------------------------------------------------------------------
-
-
-def latent_num_frames(num_frames: int, temporal_factor: int = 4) -> int:
-    """Latent frames of a 4k+1-frame video: frame 0 alone, then one per group of `temporal_factor`."""
-    if (num_frames - 1) % temporal_factor != 0:
-        raise ValueError(f"{num_frames} frames is not {temporal_factor}k+1")
-    return (num_frames - 1) // temporal_factor + 1
 
 
 def downsample_keep_mask(keep_mask: torch.Tensor, factor: int, mode: str = "maxpool") -> torch.Tensor:
@@ -295,35 +313,6 @@ def downsample_keep_mask(keep_mask: torch.Tensor, factor: int, mode: str = "maxp
     else:
         raise ValueError(f"unknown mask downsampling mode {mode!r}: choose 'maxpool' or 'nearest'")
     return out[:, 0]
-
-
-def pack_temporal_mask(mask: torch.Tensor, temporal_factor: int = 4) -> torch.Tensor:
-    """Wan's mask channels: [T, h, w] per pixel frame -> [temporal_factor, T', h, w].
-
-    Frame 0's mask is repeated `temporal_factor` times so that every latent frame covers exactly
-    `temporal_factor` pixel frames; the (T + 3) frames are then folded into 4 channels per latent
-    frame. This is the layout of diffusers' `WanImageToVideoPipeline.prepare_latents`.
-    """
-    t, h, w = mask.shape
-    t_lat = latent_num_frames(t, temporal_factor)
-    frames = torch.cat([mask[:1].expand(temporal_factor, h, w), mask[1:]], dim=0)  # [T+3, h, w]
-    return frames.reshape(t_lat, temporal_factor, h, w).transpose(0, 1).contiguous()  # [4, T', h, w]
-
-
-def latent_keep_mask(
-    keep_mask: torch.Tensor, spatial_factor: int = 8, temporal_factor: int = 4, mode: str = "maxpool"
-) -> torch.Tensor:
-    """Pixel keep mask [T, H, W] -> the model's mask channels [temporal_factor, T', H/s, W/s]."""
-    return pack_temporal_mask(downsample_keep_mask(keep_mask, spatial_factor, mode), temporal_factor)
-
-
-def pack_condition(mask_channels: torch.Tensor, condition_latents: torch.Tensor) -> torch.Tensor:
-    """The I2V condition tensor: mask channels then condition latents along channels ([4+C, T', h, w])."""
-    if mask_channels.shape[1:] != condition_latents.shape[1:]:
-        raise ValueError(
-            f"mask channels {tuple(mask_channels.shape)} and latents {tuple(condition_latents.shape)} differ in size"
-        )
-    return torch.cat([mask_channels.to(condition_latents.dtype), condition_latents], dim=0)
 
 
 # ----------------------------------------------------------------------------------------------------

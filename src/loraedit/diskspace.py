@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .backends.wan_folder import WanFolder
+from .backends.base import ModelFolder
 
 _FLOAT_BYTES = 4  # everything cached or checkpointed is float32
 _CHECKPOINTS_AT_ONCE = 3
@@ -47,19 +47,18 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(nearest_existing(path)).free
 
 
-def cache_bytes(folder: WanFolder, frames: int, size: tuple[int, int], num_edited_frames: int) -> int:
+def cache_bytes(folder: ModelFolder, frames: int, size: tuple[int, int], num_edited_frames: int) -> int:
     """Upper bound of what one run adds to the encoded cache."""
     grid = (size[0] // folder.spatial_factor) * (size[1] // folder.spatial_factor)
     per_frame = (2 * folder.latent_channels + 4) * grid  # target latents, then mask channels + condition latents
     latent_frames = (frames - 1) // folder.temporal_factor + 1
     # the video (its low-cost clips overlap: at most twice as many latent frames) + the inference condition
     cells = 3 * latent_frames * per_frame + num_edited_frames * per_frame
-    text_dim = int(folder.transformer_configs["transformer"].get("text_dim", 4096))
-    embeddings = 3 * 512 * text_dim + (2 + num_edited_frames) * _CLIP_TOKENS * _CLIP_DIM  # 3 prompts, images
+    embeddings = 3 * 512 * folder.text_dim + (2 + num_edited_frames) * _CLIP_TOKENS * _CLIP_DIM  # 3 prompts, images
     return _FLOAT_BYTES * (cells + embeddings) + _SLACK
 
 
-def disk_problems(folder: WanFolder, frames: int, size: tuple[int, int], num_edited_frames: int, *,
+def disk_problems(folder: ModelFolder, frames: int, size: tuple[int, int], num_edited_frames: int, *,
                   cache_dir: Path | None, train_dir: Path | None, lora_params: int,
                   video_out: Path | None) -> list[str]:
     """One problem per disk whose free space is below what the run will write there."""

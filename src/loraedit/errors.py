@@ -53,3 +53,13 @@ def out_of_memory_advice(doing: str, advice: str) -> Iterator[None]:
         yield
     except torch.OutOfMemoryError:
         raise LoraEditError(f"the GPU ran out of memory while {doing}: {advice}") from None
+
+
+def error_text(exc: LoraEditError) -> str:
+    """One line for one problem; a header and one indented line per problem when there are several
+    (what the command line prints, and the web app shows without the prefix)."""
+    problems = [" ".join(p.split()) for p in (exc.problems if isinstance(exc, InputError) else (str(exc),))]
+    if len(problems) == 1:
+        return f"loraedit: error: {problems[0]}"
+    return "\n".join([f"loraedit: error: {len(problems)} problems with the input (nothing was loaded or run):",
+                      *(f"  - {p}" for p in problems)])

@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import hf_folder, media, metrics
+from .metrics import pixel_metrics, scored_frames
 from .errors import InputError
 from .report import write_json
 
@@ -105,10 +106,6 @@ class ClipEmbedder:
                 "clip_preprocessing": "the folder's CLIPImageProcessor (resize short side, centre crop)"}
 
 
-def scored_frames(frame_set: str, frames: int) -> list[int]:
-    return list(range(1 if frame_set == "after-first" else 0, frames))
-
-
 def clip_metrics(output: torch.Tensor, source: torch.Tensor, edited: torch.Tensor, frames: list[int]) -> dict:
     """Means over `frames` of the cosines (embeddings [T, D] unit length; `edited` [D]), see the module."""
     idx = torch.tensor(frames)
@@ -122,25 +119,6 @@ def clip_metrics(output: torch.Tensor, source: torch.Tensor, edited: torch.Tenso
 
 
 # ---- pixels -------------------------------------------------------------------------------------------
-
-
-def pixel_metrics(output: torch.Tensor, source: torch.Tensor, masks: torch.Tensor | None,
-                  reference: torch.Tensor | None = None, frame_set: str = "after-first") -> dict:
-    """Background PSNR/SSIM vs the input outside the mask; PSNR/SSIM vs a reference; on the scored frames."""
-    idx = scored_frames(frame_set, output.shape[0])
-    out = output[idx].float()
-    result = {}
-    if masks is not None:
-        keep = 1 - masks[idx].float()
-        result["bg_psnr"] = metrics.masked_psnr(out, source[idx], keep)
-        result["bg_ssim"] = metrics.masked_ssim(out, source[idx], keep)
-    if reference is not None:
-        ref = reference[idx]
-        result["ref_psnr"] = metrics.masked_psnr(out, ref)
-        result["ref_ssim"] = metrics.masked_ssim(out, ref)
-        if masks is not None:
-            result["ref_edit_psnr"] = metrics.masked_psnr(out, ref, masks[idx].float())
-    return result
 
 
 def fit_to(video: torch.Tensor, frames: int, size: tuple[int, int], what: str, mode: str = "bilinear") -> torch.Tensor:

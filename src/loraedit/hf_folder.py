@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .backends.wan_folder import PICKLE_SUFFIXES, model_fingerprint
+from .backends.base import PICKLE_SUFFIXES, model_fingerprint
 from .errors import InputError
 
 __all__ = ["folder_problems", "model_type", "fingerprint", "load_model", "load_processor"]

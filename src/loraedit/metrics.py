@@ -84,3 +84,27 @@ def edit_metrics(output: torch.Tensor, source: torch.Tensor, ground_truth: torch
         "psnr": masked_psnr(out, gt),
         "temporal_err": temporal_error(output[start:], ground_truth[start:]),
     }
+
+
+def scored_frames(frame_set: str, frames: int) -> list[int]:
+    """Frame indices a score covers: "after-first" (frame 0 is the user's edit, given whole) or "all"."""
+    return list(range(1 if frame_set == "after-first" else 0, frames))
+
+
+def pixel_metrics(output: torch.Tensor, source: torch.Tensor, masks: torch.Tensor | None,
+                  reference: torch.Tensor | None = None, frame_set: str = "after-first") -> dict:
+    """Background PSNR/SSIM vs the input outside the mask; PSNR/SSIM vs a reference; on the scored frames."""
+    idx = scored_frames(frame_set, output.shape[0])
+    out = output[idx].float()
+    result = {}
+    if masks is not None:
+        keep = 1 - masks[idx].float()
+        result["bg_psnr"] = masked_psnr(out, source[idx], keep)
+        result["bg_ssim"] = masked_ssim(out, source[idx], keep)
+    if reference is not None:
+        ref = reference[idx]
+        result["ref_psnr"] = masked_psnr(out, ref)
+        result["ref_ssim"] = masked_ssim(out, ref)
+        if masks is not None:
+            result["ref_edit_psnr"] = masked_psnr(out, ref, masks[idx].float())
+    return result

@@ -31,7 +31,7 @@ import torch
 
 from . import conditioning, media
 from .api import Encoder, compose_prompt, encode_appearance_variants
-from .backends.wan import WanBackend
+from .backends import Backend
 from .lora_io import remove_lora
 from .metrics import edit_metrics, masked_psnr
 from .train import TrainConfig, train_lora
@@ -79,10 +79,10 @@ def scenario_seeds(cfg: QualityConfig) -> list[int]:
     return [HELDOUT_SEED_BASE + 10_000 * cfg.seed + i for i in range(cfg.scenarios)]
 
 
-def run_scenario(backend: WanBackend, scenario, cfg: QualityConfig, work: Path, progress: bool = False) -> dict:
+def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, progress: bool = False) -> dict:
     """All modes on one scenario: {mode: {"video": tensor, **metrics}} (modes that do not apply absent)."""
     video, masks, gt = scenario.video, scenario.box_masks, scenario.edited_video
-    backend.pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling")  # a line per scenario
+    backend.set_progress(progress)  # a line per scenario
     train_prompt = compose_prompt("p3rs0n,", scenario.caption)
     prompt = compose_prompt("p3rs0n,", scenario.edited_caption)
     enc = Encoder(backend, None, "maxpool")

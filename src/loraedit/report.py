@@ -136,7 +136,7 @@ text-align:left}}</style></head>
 def write_result_report(out: Path, video: torch.Tensor, source: torch.Tensor, masks: torch.Tensor, fps: float,
                         settings: dict, train_log: Path | None = None) -> dict[str, Path]:
     """Side-by-side mp4, metrics JSON and HTML report beside the output video `out` (already written)."""
-    from .evaluate import pixel_metrics
+    from .metrics import pixel_metrics
 
     paths = result_paths(out)
     video = video.detach().float().cpu()

@@ -26,7 +26,7 @@ import math
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import safetensors
@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import lora_io
-from .backends.wan import DEFAULT_LORA_TARGETS, EncodedSample, Expert
+from .backends.base import EncodedSample, Expert
 from .cache import content_key
 from .conditioning import stage2_schedule
 from .errors import InputError, Interrupted, LoraEditError
@@ -54,7 +54,7 @@ class TrainConfig:
 
     rank: int = 16
     alpha: float = 16.0
-    targets: str = DEFAULT_LORA_TARGETS
+    targets: str | None = None  # peft regex of the layers to adapt; None = the model's default
     learning_rate: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.01
@@ -65,6 +65,7 @@ class TrainConfig:
     timestep_sampling: str = "uniform"  # uniform (authors) | logit-normal | shifted
     timestep_shift: float = 3.0  # for "shifted"
     appearance_augment: int = 0  # recoloured variants of each motion sample, one drawn per step (0 = the paper's)
+    appearance_region: str = "path"  # where the variants are recoloured: the edit region's path, or "frame"
     checkpoint_every: int = 25
     seed: int = 0
 
@@ -159,6 +160,8 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     one of its variants, drawn from the step's generator, never on the original appearance.
     """
     out_dir = Path(out_dir)
+    if cfg.targets is None:  # the model's own default, resolved before it enters the run's key
+        cfg = replace(cfg, targets=backend.default_lora_targets)
     samples = motion + edited
     variants = _check_variants(motion, motion_variants, cfg)
     phases = plan_phases(backend.experts, len(motion), len(edited), cfg)

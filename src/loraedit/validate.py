@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 from . import diskspace, lora_io, media
-from .backends.wan_folder import WanFolder, lora_shapes, read_wan_folder
+from .backends import ModelFolder, read_model_folder, resolve_model_dir
+from .conditioning import APPEARANCE_REGIONS
 from .errors import InputError
 from .performance import performance_problems
 from .train import TrainConfig, latest_checkpoint
@@ -72,7 +73,7 @@ class FittedEditedFrame:
 class CheckedRun:
     """Everything a run needs from the user's files, read once and checked."""
 
-    model: WanFolder
+    model: ModelFolder
     frames: int
     size: tuple[int, int]  # (width, height)
     clip: Clip
@@ -103,26 +104,6 @@ class _Findings:
         return len(self.problems) == before
 
 
-def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """The embedded models by name, anything else as a local folder path.
-
-    `toy`: the pretrained toy-world model committed inside the package (96x96, 17 frames);
-    `toy-random` / `toy-wan2.2`: tiny random-weight Wan2.1 / Wan2.2 (two experts) models for mechanics.
-    """
-    from .toyworld.models import WORLD_WEIGHTS, toy_model_folder
-
-    if str(model) == "toy":
-        if not (WORLD_WEIGHTS / "model_index.json").is_file():
-            raise InputError(f"the toy-world weights are missing from {WORLD_WEIGHTS}: reinstall loraedit from a "
-                             "full checkout, or use --model toy-random")
-        return WORLD_WEIGHTS
-    if str(model) in ("toy-random", "toy-wan2.1"):
-        return toy_model_folder("wan2.1")
-    if str(model) == "toy-wan2.2":
-        return toy_model_folder("wan2.2")
-    return Path(model).expanduser()
-
-
 def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: RunOptions, *,
               cfg: TrainConfig | None = None, scfg: SampleConfig | None = None,
               edited_first_frame: Path | None = None, loras: tuple[Path, ...] = (),
@@ -136,7 +117,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     # 1. Options that need no file.
     _check_options(found, command, inputs, opts, cfg, scfg, loras)
     # 2. The model folder, from its configs.
-    folder = found.attempt(read_wan_folder, resolve_model_dir(model))
+    folder = found.attempt(read_model_folder, resolve_model_dir(model))
     # 3. Frame count and size against the model's constraints.
     frames, size = _check_geometry(found, inputs, folder)
     # 4. The clip: video, masks, their match, enough frames, masks that leave something to edit and keep.
@@ -220,10 +201,12 @@ def _check_train_config(found: _Findings, cfg: TrainConfig, opts: RunOptions) ->
             ("--checkpoint-every", cfg.checkpoint_every, cfg.checkpoint_every >= 0, ">= 0 (0 = never)")):
         if not ok:
             add(f"{name} {value} is invalid: give a value {need}")
+    if cfg.appearance_region not in APPEARANCE_REGIONS:
+        add(f"--appearance-region {cfg.appearance_region!r} is unknown: choose {', '.join(APPEARANCE_REGIONS)}")
     if cfg.timestep_sampling not in TIMESTEP_SAMPLING:
         add(f"--timestep-sampling {cfg.timestep_sampling!r} is unknown: choose {', '.join(TIMESTEP_SAMPLING)}")
     try:
-        re.compile(cfg.targets)
+        re.compile(cfg.targets or "")
     except re.error as exc:
         add(f"--targets {cfg.targets!r} is not a regular expression ({exc}): give a regex over module names "
             r"like blocks\.\d+\.attn1\.to_q")
@@ -236,7 +219,7 @@ def _check_train_config(found: _Findings, cfg: TrainConfig, opts: RunOptions) ->
 
 
 def _check_geometry(found: _Findings, inputs: ClipInputs,
-                    folder: WanFolder | None) -> tuple[int | None, tuple[int, int] | None]:
+                    folder: ModelFolder | None) -> tuple[int | None, tuple[int, int] | None]:
     """(frames, size) to work at, or None for whichever is wrong or unknown (no model)."""
     frames = inputs.frames or (folder.default_frames if folder else None)
     size = inputs.size or (folder.working_size if folder else None)
@@ -392,7 +375,7 @@ def _check_edited_frames(found: _Findings, inputs: ClipInputs, source: torch.Ten
 # ---- 6. LoRA files ------------------------------------------------------------------------------------
 
 
-def _check_loras(found: _Findings, folder: WanFolder, loras: list[Path]) -> None:
+def _check_loras(found: _Findings, folder: ModelFolder, loras: list[Path]) -> None:
     if len(loras) != len(folder.experts):
         names = " and ".join(["lora.safetensors", "lora_2.safetensors"][: len(folder.experts)])
         found.problems.append(f"this {folder.kind} model has {len(folder.experts)} expert(s) and needs as many LoRA "
@@ -403,17 +386,17 @@ def _check_loras(found: _Findings, folder: WanFolder, loras: list[Path]) -> None
         if header is None:
             continue
         try:
-            expected = lora_shapes(folder, expert, header.settings.rank, header.settings.targets)
+            expected = folder.lora_shapes(expert, header.settings.rank, header.settings.targets)
         except re.error:
             found.problems.append(f"LoRA file {path} has damaged target settings: train it again")
             continue
         found.problems.extend(lora_io.lora_problems(header, expected, folder.fingerprint, expert))
 
 
-def _lora_params(found: _Findings, folder: WanFolder, cfg: TrainConfig) -> int:
+def _lora_params(found: _Findings, folder: ModelFolder, cfg: TrainConfig) -> int:
     """Number of LoRA weights training will create; a problem if --targets matches no layer."""
     params = sum(math.prod(shape) for expert in folder.experts
-                 for shape in lora_shapes(folder, expert, cfg.rank, cfg.targets).values())
+                 for shape in folder.lora_shapes(expert, cfg.rank, cfg.targets or folder.default_lora_targets).values())
     if not params:
         found.problems.append(f"--targets {cfg.targets!r} matches no Linear layer of this model's transformer: "
                               r"give a regex over module names like blocks\.\d+\.attn1\.to_q (or drop it)")

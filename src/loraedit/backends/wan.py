@@ -9,17 +9,20 @@ and for Wan2.2 two experts switched at a timestep boundary.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import WanImageToVideoPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from .. import conditioning
 from ..conditioning import Sample
 from ..performance import PerformanceConfig, batched_cfg, configure_transformer, first_block_cache, set_attention
-from .wan_folder import DEFAULT_FRAMES, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
+from . import wan_layout
+from .base import EncodedSample, Expert
+from .wan_folder import DEFAULT_FRAMES, DEFAULT_LORA_TARGETS, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
+
+__all__ = ["DEFAULT_LORA_TARGETS", "EncodedSample", "Expert", "MaskAwareWanImageToVideoPipeline", "TEXT_TOKENS",
+           "WanBackend", "load_wan"]
 
 #: Wan's cross-attention splits its context as [image tokens, 512 text tokens] (hard-coded in
 #: diffusers' attention processor): any other text length silently routes image tokens to the text
@@ -36,32 +39,6 @@ WAN_NEGATIVE_PROMPT = (
 
 #: The authors' CFG scale for Wan (METHOD.md); a model folder may declare its own in loraedit_model.json.
 WAN_GUIDANCE = 5.0
-
-#: LoRA targets of the authors: every Linear of every block (self- and cross-attention q/k/v/o, both FFN
-#: layers) except the CLIP image key/value projections (add_k_proj / add_v_proj). A peft regex, matched
-#: against the full module name, so nothing outside `blocks.N` is touched.
-DEFAULT_LORA_TARGETS = r"blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.0\.proj|ffn\.net\.2)"
-
-
-@dataclass(frozen=True)
-class Expert:
-    """One transformer of the model and the noise levels (sigma in [0, 1]) it handles."""
-
-    name: str  # attribute of the pipeline: "transformer" or "transformer_2"
-    sigma_low: float
-    sigma_high: float
-
-
-@dataclass
-class EncodedSample:
-    """A `Sample` in the model's input space, ready for training (cacheable, no encoder needed)."""
-
-    name: str
-    condition: torch.Tensor  # [4 + C, T', h, w]: mask channels, then condition latents
-    text: torch.Tensor  # [512, text_dim]
-    image: torch.Tensor | None  # [N, image_dim] CLIP tokens (Wan2.1) or None
-    target: torch.Tensor | None  # [C, T', h, w] normalised VAE latents of the target
-
 
 class MaskAwareWanImageToVideoPipeline(WanImageToVideoPipeline):
     """diffusers' Wan I2V pipeline, unchanged except that the condition can be given instead of built.
@@ -165,8 +142,20 @@ class WanBackend:
             return [Expert("transformer", 0.0, 1.0)]
         return [Expert("transformer", float(boundary), 1.0), Expert("transformer_2", 0.0, float(boundary))]
 
+    @property
+    def default_lora_targets(self) -> str:
+        return DEFAULT_LORA_TARGETS
+
     def transformer(self, name: str) -> torch.nn.Module:
         return getattr(self.pipe, name)
+
+    def transformers(self) -> list[torch.nn.Module]:
+        """Every transformer the pipeline holds (Wan2.2: both experts)."""
+        return [t for t in (self.pipe.transformer, getattr(self.pipe, "transformer_2", None)) if t is not None]
+
+    def set_progress(self, enabled: bool) -> None:
+        """Show or hide the sampler's progress bar (one line, cleared when done)."""
+        self.pipe.set_progress_bar_config(disable=not enabled, leave=False, desc="sampling")
 
     def place_transformers(self) -> None:
         """Give the transformers the memory mode's storage and put them where they compute (once).
@@ -231,8 +220,8 @@ class WanBackend:
 
     def condition_tensor(self, sample: Sample, mask_mode: str = "maxpool") -> torch.Tensor:
         """The model's condition channels for a sample: packed keep mask, then latents of V_cond."""
-        mask = conditioning.latent_keep_mask(sample.keep_mask, self.spatial_factor, self.temporal_factor, mask_mode)
-        return conditioning.pack_condition(mask, self.encode_video(sample.condition_video))
+        mask = wan_layout.latent_keep_mask(sample.keep_mask, self.spatial_factor, self.temporal_factor, mask_mode)
+        return wan_layout.pack_condition(mask, self.encode_video(sample.condition_video))
 
     def free_encoders(self) -> None:
         """Drop the text and image encoders (they are only needed before training), park the VAE on CPU,

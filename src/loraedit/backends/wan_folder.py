@@ -10,7 +10,6 @@ pickle files (.bin/.pt/.ckpt, which can run code when opened) is refused, never 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from .base import PICKLE_SUFFIXES, model_fingerprint
 
 REQUIRED_FILES = ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
                   "scheduler/scheduler_config.json")
@@ -27,10 +27,13 @@ WEIGHT_COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "ima
 #: Never code shipped in the folder, never another installed module a folder names.
 COMPONENT_LIBRARIES = ("diffusers", "transformers")
 OWN_LIBRARY_PREFIX = "loraedit."
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DEFAULT_WORKING_SIZE = (832, 480)  # (width, height) of Wan 480P
 DEFAULT_FRAMES = 49
 I2V_IN_CHANNELS = 36  # 16 noisy latents + 4 mask channels + 16 condition latents
+#: LoRA targets of the authors: every Linear of every block (self- and cross-attention q/k/v/o, both FFN
+#: layers) except the CLIP image key/value projections (add_k_proj / add_v_proj). A peft regex, matched
+#: against the full module name, so nothing outside `blocks.N` is touched.
+DEFAULT_LORA_TARGETS = r"blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.0\.proj|ffn\.net\.2)"
 
 
 @dataclass(frozen=True)
@@ -55,20 +58,20 @@ class WanFolder:
     #: world's frozen random text encoder carries little, and CFG 5 amplifies noise (docs/RESULTS.md).
     guidance: float | None = None
 
+    default_lora_targets: str = DEFAULT_LORA_TARGETS
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the text encoder's embeddings (UMT5-XXL: 4096)."""
+        return int(self.transformer_configs["transformer"].get("text_dim", 4096))
+
     @property
     def size_multiple(self) -> int:
         """Width and height must be multiples of this: the VAE factor times the transformer's patch."""
         return self.spatial_factor * max(self.patch_size[1], self.patch_size[2])
 
-
-def model_fingerprint(model_dir: Path) -> str:
-    """Identifies the model for cache keys and LoRA files: its configs and its weight files' names and sizes."""
-    h = hashlib.sha256()
-    for p in sorted(Path(model_dir).rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(model_dir).as_posix().encode())
-            h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
-    return h.hexdigest()[:16]
+    def lora_shapes(self, expert: str, rank: int, targets: str) -> dict[str, tuple[int, int]]:
+        return lora_shapes(self, expert, rank, targets)
 
 
 def read_wan_folder(model_dir: Path) -> WanFolder:

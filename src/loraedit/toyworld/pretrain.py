@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import conditioning
+from ..backends import wan_layout
 from ..media import atomic_path
 from . import models
 from .codec import PatchCodec, fit_codec, psnr
@@ -83,7 +84,7 @@ class Encoded:
         mean = torch.tensor(codec.config.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(codec.config.latents_std).view(1, -1, 1, 1, 1)
         keep = conditioning.first_frame_keep_mask(FRAMES, SIZE[1], SIZE[0])
-        mask = conditioning.latent_keep_mask(keep, codec.config.scale_factor_spatial, 4)
+        mask = wan_layout.latent_keep_mask(keep, codec.config.scale_factor_spatial, 4)
         processor, clip = parts["image_processor"], parts["image_encoder"]
         with torch.no_grad():
             for i in tqdm(range(0, len(data["videos"]), batch), desc="encoding", dynamic_ncols=True):

@@ -31,7 +31,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before Gradio is imported: i
 import gradio as gr  # noqa: E402
 
 from .. import uploads  # noqa: E402
-from ..cli import error_text  # noqa: E402
+from ..errors import error_text  # noqa: E402
 from ..errors import LoraEditError  # noqa: E402
 from ..report import loss_curve_svg  # noqa: E402
 from ..train import TrainProgress  # noqa: E402

@@ -20,11 +20,11 @@ import numpy as np
 
 from .. import api, masks, media
 from ..api import ClipInputs, EditedFrame, RunOptions, SampleConfig
-from ..backends.wan_folder import WanFolder, read_wan_folder
+from ..backends import ModelFolder, read_model_folder, resolve_model_dir
 from ..errors import InputError
 from ..report import result_paths
 from ..train import TrainConfig, TrainProgress
-from ..validate import TRAINING_MODES, resolve_model_dir
+from ..validate import TRAINING_MODES
 from .session import Session, Trained, store_mask_frames, store_upload
 
 EXAMPLE_FPS = 8.0  # the toy world has no clock; 8 fps makes a 17-frame clip last two seconds
@@ -112,12 +112,12 @@ class Result:
 
 
 @functools.lru_cache(maxsize=8)
-def model_facts(model: str) -> WanFolder:
+def model_facts(model: str) -> ModelFolder:
     """The model folder's facts (working size, frames), read from its configs without loading it."""
-    return read_wan_folder(resolve_model_dir(model))
+    return read_model_folder(resolve_model_dir(model))
 
 
-def check_config(cfg: AppConfig) -> WanFolder:
+def check_config(cfg: AppConfig) -> ModelFolder:
     """Every problem with how the app was started (model, SAM2 and Florence-2 folders), at once, before it serves."""
     problems: list[str] = []
     facts = None

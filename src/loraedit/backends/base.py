@@ -1,0 +1,133 @@
+"""What loraedit needs from a model family: the backend protocol every family implements.
+
+The method (`conditioning`) speaks pixels: a condition video, a keep mask, a first frame, prompts. A
+backend turns those into its model's own inputs and back: it encodes a clip, packs the method's
+condition and keep mask into its channels, names its LoRA targets, predicts the flow velocity in a
+training step and samples a video. Trainer, sampler, api, quality and the UI see only this protocol
+(and `ModelFolder`, the facts read from a folder before any weight loads), so a new family is a new
+module under `backends/` and one line in the registry (`backends/__init__.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..conditioning import Sample
+
+
+#: Weight files that can run code when opened: never opened, a folder holding only these is refused.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Identifies a model for cache keys and LoRA files: its configs and its weight files' names and sizes."""
+    h = hashlib.sha256()
+    for p in sorted(Path(model_dir).rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(model_dir).as_posix().encode())
+            h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Expert:
+    """One transformer of the model and the noise levels (sigma in [0, 1]) it handles."""
+
+    name: str  # the backend's name for it ("transformer", "transformer_2")
+    sigma_low: float
+    sigma_high: float
+
+
+@dataclass
+class EncodedSample:
+    """A `Sample` in the model's input space, ready for training (cacheable, no encoder needed)."""
+
+    name: str
+    condition: torch.Tensor  # the model's condition channels (Wan: [4 + C, T', h, w], mask then latents)
+    text: torch.Tensor  # the prompt's embedding ([tokens, text_dim])
+    image: torch.Tensor | None  # image-encoder tokens (Wan2.1's CLIP) or None
+    target: torch.Tensor | None  # [C, T', h, w] normalised latents of the target
+
+
+@runtime_checkable
+class ModelFolder(Protocol):
+    """A model folder as read from its configs, before any weight loads (what validation needs)."""
+
+    path: Path
+    kind: str  # e.g. "wan2.1-i2v"
+    experts: tuple[str, ...]  # transformers with a LoRA of their own
+    working_size: tuple[int, int]  # (width, height)
+    default_frames: int
+    spatial_factor: int  # pixels per latent cell
+    temporal_factor: int  # frames per latent frame (after frame 0)
+    latent_channels: int
+    fingerprint: str
+    default_lora_targets: str  # peft regex of the Linear layers a LoRA adapts by default
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the text embeddings (for the cache's size estimate)."""
+        ...
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this."""
+        ...
+
+    def lora_shapes(self, expert: str, rank: int, targets: str) -> dict[str, tuple[int, int]]:
+        """peft-named LoRA weights -> shapes, for a LoRA on `expert` (checked against a file's header)."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model and everything the method does with it."""
+
+    device: torch.device
+    dtype: torch.dtype
+    perf: object  # performance.PerformanceConfig
+    last_block_counter: object  # what the first-block cache skipped in the last `generate`
+
+    # ---- identity and defaults
+    @property
+    def kind(self) -> str: ...
+    @property
+    def uses_clip(self) -> bool: ...
+    @property
+    def working_size(self) -> tuple[int, int]: ...
+    @property
+    def default_frames(self) -> int: ...
+    @property
+    def default_negative_prompt(self) -> str: ...
+    @property
+    def default_guidance(self) -> float: ...
+    @property
+    def default_lora_targets(self) -> str: ...
+    @property
+    def experts(self) -> list[Expert]: ...
+    def fingerprint(self) -> str: ...
+    def transformer(self, name: str) -> torch.nn.Module: ...
+    def transformers(self) -> list[torch.nn.Module]: ...
+    def place_transformers(self) -> None: ...
+
+    # ---- encoders (pixels -> the model's inputs); freed before training
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor: ...
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+    def encode_prompt(self, text: str) -> torch.Tensor: ...
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor | None: ...
+    def condition_tensor(self, sample: Sample, mask_mode: str = "maxpool") -> torch.Tensor: ...
+    def free_encoders(self) -> None: ...
+
+    # ---- the denoiser and the sampler
+    def predict(self, transformer: torch.nn.Module, noisy: torch.Tensor, condition: torch.Tensor,
+                timestep: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor: ...
+    def set_progress(self, enabled: bool) -> None: ...
+    def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
+                 negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
+                 shift: float, seed: int, guidance_2: float | None = None,
+                 first_block_cache_threshold: float = 0.0) -> torch.Tensor: ...
