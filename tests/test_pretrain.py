@@ -102,3 +102,28 @@ def test_levels_cycle_by_seed_and_a_work_keeps_the_levels_it_started_with(tmp_pa
     assert _work_levels(tmp_path, None) == (1, 1, 2)  # resumed, exported and previewed on its own world
     with pytest.raises(SystemExit, match="trained on levels 1,1,2"):
         _work_levels(tmp_path, "3")
+
+
+def test_a_run_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
+    """Two short runs with a checkpoint between them end where one run of the same steps ends (the device
+    path moves tensors but draws every random number on the CPU, so a GPU resume continues the same run)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(pretrain, "render_dataset", lambda seeds, cache, levels=(3,): _tiny_dataset(min(len(seeds), 4)))
+    common = ["--scenes", "4", "--codec-scenes", "4", "--batch", "2", "--total-steps", "50", "--threads", "1",
+              "--levels", "1,2", "--device", "cpu"]
+    pretrain.main(["--work", str(tmp_path / "a"), "--steps", "3", *common])
+    pretrain.main(["--work", str(tmp_path / "a"), "--steps", "3", *common])  # resumed from the checkpoint
+    pretrain.main(["--work", str(tmp_path / "b"), "--steps", "6", *common])  # in one go
+    a, b = (json.loads((tmp_path / w / "checkpoint" / "state.json").read_text()) for w in "ab")
+    assert a["step"] == b["step"] == 6 and a["levels"] == [1, 2]
+    wa, wb = (load_file(str(tmp_path / w / "checkpoint" / "transformer.safetensors")) for w in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _tiny_dataset(n: int) -> dict:
+    videos = [generate(seed, level=1).video for seed in range(n)]
+    return {"videos": torch.stack([((v + 1) * 127.5).round().to(torch.uint8) for v in videos]),
+            "captions": [f"scene {i}" for i in range(n)]}

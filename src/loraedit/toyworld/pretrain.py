@@ -106,6 +106,12 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.latents)
 
+    def to(self, device: torch.device) -> Encoded:
+        """Move every tensor to `device` (a GPU holds the whole encoded set: ~0.6 GB for 3,000 scenes)."""
+        for name in ("latents", "conditions", "images", "texts"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
 
 def encode_captions(parts: dict, captions: list[str]) -> torch.Tensor:
     """Unique captions -> [N, 512, D] text embeddings, zero-padded after each caption's tokens."""
@@ -140,24 +146,28 @@ def train_step(transformer, enc: Encoded, idx: torch.Tensor, gen: torch.Generato
     the sampler's own flow shift): the sampler spends most of its steps above 0.8, where the model must
     carry frame 0 forward, and a 180-token proxy learnt that regime faster with k = 3 (docs/RESULTS.md).
     """
+    device = enc.latents.device
     x0, cond, image = enc.latents[idx], enc.conditions[idx], enc.images[idx]
     text_index = idx.clone()
     text_index[torch.rand(len(idx), generator=gen) < dropout] = len(enc.texts) - 1  # caption dropout -> CFG
     text = enc.texts[text_index]
-    flip = torch.rand(len(idx), generator=gen) < 0.5  # mirror whole clips: new motion, same physics
+    flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)  # mirror whole clips: new motion, same physics
     x0 = torch.where(flip.view(-1, 1, 1, 1, 1), x0.flip(-1), x0)
     cond = torch.where(flip.view(-1, 1, 1, 1, 1), cond.flip(-1), cond)
-    noise = torch.randn(x0.shape, generator=gen)
-    sigma = noise_levels(len(idx), gen, shift).view(-1, 1, 1, 1, 1)
+    noise = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same numbers on any device
+    sigma = noise_levels(len(idx), gen, shift).view(-1, 1, 1, 1, 1).to(device)
     noisy = (1 - sigma) * x0 + sigma * noise
-    pred = predict_velocity(transformer, noisy, cond, sigma.flatten(), text, image)
-    return torch.nn.functional.mse_loss(pred, noise - x0)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        pred = predict_velocity(transformer, noisy, cond, sigma.flatten(), text, image)
+    return torch.nn.functional.mse_loss(pred.float(), noise - x0)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("out/pretrain"), help="checkpoints, data cache, logs")
     p.add_argument("--minutes", type=float, default=30.0, help="train this long, then checkpoint and stop")
+    p.add_argument("--steps", type=int, help="train at most this many steps in this run, then checkpoint and stop "
+                   "(a device session's fixed budget; the schedule still follows --total-steps)")
     p.add_argument("--scenes", type=int, default=3000, help="training scenes (seeds 0..N-1)")
     p.add_argument("--codec-scenes", type=int, default=600)
     p.add_argument("--batch", type=int, default=16)
@@ -170,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--timestep-shift", type=float, default=1.0, help="shift the training noise levels towards "
                    "high noise by this flow shift (1 = none; the held-out loss always uses none, to stay comparable)")
+    p.add_argument("--device", default="cpu", help="where the transformer trains (cuda: bf16 autocast; raise --batch "
+                   "and keep --lr); encoding, export, preview and diagnosis stay on the CPU")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's). 1 keeps the job steady while "
                    "other work shares the cores: two threads wait on each other when a neighbour takes one")
     p.add_argument("--export", type=Path, help="write the model folder (fp16) from the latest checkpoint and stop")
@@ -218,9 +230,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. Encode the training scenes once.
     data = render_dataset(range(0, args.scenes), work / "data", levels)
-    enc = Encoded(parts, codec, data)
+    device = torch.device(args.device)
+    enc = Encoded(parts, codec, data).to(device)
     held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 64), work / "data", levels)
-    held_enc = Encoded(parts, codec, held)
+    held_enc = Encoded(parts, codec, held).to(device)
 
     # 3. Resume.
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -231,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         transformer.load_state_dict(load_file(str(ckpt / "transformer.safetensors")))
         optimizer.load_state_dict(_unflatten(load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"]))
         print(f"resumed at step {state['step']}")
+    transformer.to(device)  # after loading: the optimiser's state follows its parameters on the next step
+    _optimizer_to(optimizer, device)
     n_params = sum(p.numel() for p in transformer.parameters())
     print(f"transformer: {n_params / 1e6:.2f}M parameters; {len(enc)} training clips")
 
@@ -241,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     bar = tqdm(desc="pretraining", initial=state["step"], total=args.total_steps, dynamic_ncols=True,
                mininterval=30)  # a log of hours, not of every step
     losses = []
-    while time.perf_counter() < deadline and state["step"] < args.total_steps:
+    stop_at = args.total_steps if args.steps is None else min(args.total_steps, state["step"] + args.steps)
+    while time.perf_counter() < deadline and state["step"] < stop_at:
         step = state["step"]
         gen = torch.Generator().manual_seed(step)
         lr = args.lr * min(1.0, (step + 1) / 500) * 0.5 * (1 + math.cos(math.pi * step / args.total_steps))
@@ -309,9 +325,10 @@ def _checkpoint(ckpt: Path, transformer, optimizer, state: dict, losses: list[fl
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(tmp / "transformer.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()},
+              str(tmp / "transformer.safetensors"))
     opt = optimizer.state_dict()
-    save_file({f"{i}.{k}": v.contiguous() for i, s in opt["state"].items() for k, v in s.items()},
+    save_file({f"{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()},
               str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({**state, "param_groups": opt["param_groups"]}))
     old = ckpt.with_name(ckpt.name + ".old")
@@ -320,6 +337,14 @@ def _checkpoint(ckpt: Path, transformer, optimizer, state: dict, losses: list[fl
         ckpt.rename(old)
     tmp.rename(ckpt)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move a loaded optimiser's state tensors beside their parameters (a CPU checkpoint resumed on a GPU)."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(device)
 
 
 def _unflatten(flat: dict, groups: list) -> dict:
