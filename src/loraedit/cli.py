@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
 
     _add_ui_parser(sub)
+    _add_doctor_parser(sub)
 
     p = sub.add_parser("demo", help="run the whole method on a generated toy-world clip")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
@@ -299,6 +300,15 @@ def _add_ui_parser(sub) -> None:
     p.add_argument("--cache-dir", type=Path, help="encoded latents/embeddings cache (default: "
                    "~/.cache/loraedit/encoded)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_doctor_parser(sub) -> None:
+    p = sub.add_parser("doctor", help="this machine as loraedit sees it: torch, CUDA, GPU, bf16/fp8, attention "
+                       "kernels, host memory, cache disk, extras; each with what it means (loads nothing)")
+    p.add_argument("--device", help="torch device to check (default: cuda if available, else cpu)")
+    p.add_argument("--cache-dir", type=Path, help="encoded cache whose disk to check (default: ~/.cache/loraedit/encoded)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -439,6 +449,14 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.command == "ui":
         _ui(args)
+        return
+    if args.command == "doctor":
+        import json
+
+        from . import doctor
+
+        rows = doctor.collect(args.device, args.cache_dir)
+        print(json.dumps(doctor.as_json(rows), indent=1) if args.json else doctor.format_rows(rows))
         return
     inputs, opts, cfg, scfg = _configs(args)
     if args.command == "edit":
