@@ -86,6 +86,7 @@ class RunOptions:
     device: str | None = None
     caption: Path | None = None  # local Florence-2 folder: captions where --prompt / --train-prompt are not given
     performance: PerformanceConfig = PerformanceConfig()  # memory mode, attention, compile, checkpointing, ...
+    memory_check: bool = True  # on a GPU, refuse a run whose modelled peak will not fit (plan.py)
 
 
 # ---- model and media ------------------------------------------------------------------------------------
