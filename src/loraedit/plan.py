@@ -138,15 +138,15 @@ def _pick(costs: tuple[ModeCost, ...], gpu: devices.Gpu | None) -> tuple[ModeCos
         return None, (f"no memory mode fits: the leanest, {leanest.mode}, needs {leanest.peak_gib:.1f} GiB and "
                       f"{gpu.name} has {gpu.free_gib:.1f} GiB free ({usable:.1f} usable)")
     timed = [c for c in fitting if c.minutes is not None]
-    best = min(timed, key=lambda c: c.minutes) if timed else fitting[0]  # ties: the earlier, exact weights first
+    # Equal minutes (offloading overlaps its transfers with compute): the one pinning less RAM, then the first.
+    best = min(timed, key=lambda c: (c.minutes, c.host_gib)) if timed else fitting[0]
     pinned = f", {best.host_gib:.1f} GiB of pinned RAM" if best.host_gib else ""
     if best is costs[0]:
         return best, f"full fits ({best.peak_gib:.1f} of {usable:.1f} usable GiB) and is the fastest"
-    faster = [c for c in costs if not c.fits and costs.index(c) < costs.index(best)]
-    if not faster:
-        return best, f"{best.mode} fits ({best.peak_gib:.1f} of {usable:.1f} usable GiB{pinned}) and is the fastest"
-    why = ", ".join(f"{c.mode} needs {c.peak_gib:.1f}" for c in faster)
-    return best, f"{why} of {usable:.1f} usable GiB; {best.mode} fits ({best.peak_gib:.1f} GiB{pinned})"
+    earlier = costs[:costs.index(best)]
+    why = [f"{c.mode} needs {c.peak_gib:.1f} of {usable:.1f} usable GiB" for c in earlier if not c.fits]
+    why += [f"{c.mode} fits too but pins {c.host_gib:.1f} GiB of RAM" for c in earlier if c.fits]
+    return best, "; ".join([*why, f"{best.mode} fits ({best.peak_gib:.1f} GiB{pinned})"])
 
 
 def smaller_settings(model: WanFolder, shape: RunShape, gpu: devices.Gpu, low_cost_frames: int = 13) -> list[str]:
