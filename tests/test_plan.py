@@ -37,7 +37,8 @@ def test_plan_for_wan21_480p_on_24_48_and_80_gb_cards(capsys):
     rows = _rows(out)
     assert len(rows) == 2 * 3 * 4
     picks = {(f, g): m for (f, g, m), cells in rows.items() if cells[2].endswith("**(pick)**")}
-    assert picks == {("49", "RTX 4090 24GB"): "fp8+offload", ("49", "L40S 48GB"): "fp8", ("49", "H100 SXM 80GB"): "full",
+    assert picks == {("49", "RTX 4090 24GB"): "fp8+offload", ("49", "L40S 48GB"): "fp8",
+                     ("49", "H100 SXM 80GB"): "full",
                      ("81", "L40S 48GB"): "fp8+offload", ("81", "H100 SXM 80GB"): "full"}
     assert "pick for 81 frames on RTX 4090 24GB: none: no memory mode fits" in out
     assert "closest that fits: --low-cost (trains on 13-frame clips), or --frames 57" in out
@@ -129,7 +130,8 @@ def test_nothing_fits_names_what_would(monkeypatch, clip_files, tmp_path, capsys
     _fake_gpu(monkeypatch, 0.5)  # less than the CUDA context alone
     assert main(_edit("toy-random", clip_files, tmp_path, "--frames", "17")) == 2
     err = capsys.readouterr().err
-    assert "and no memory mode fits: no smaller setting loraedit can choose fits: use a GPU with more free memory" in err
+    assert ("and no memory mode fits: no smaller setting loraedit can choose fits: use a GPU with more free memory"
+            in err)
 
 
 def test_dry_run_prints_the_plan_and_loads_nothing(monkeypatch, clip_files, tmp_path, capsys):

@@ -312,7 +312,8 @@ def _add_doctor_parser(sub) -> None:
     p = sub.add_parser("doctor", help="this machine as loraedit sees it: torch, CUDA, GPU, bf16/fp8, attention "
                        "kernels, host memory, cache disk, extras; each with what it means (loads nothing)")
     p.add_argument("--device", help="torch device to check (default: cuda if available, else cpu)")
-    p.add_argument("--cache-dir", type=Path, help="encoded cache whose disk to check (default: ~/.cache/loraedit/encoded)")
+    p.add_argument("--cache-dir", type=Path, help="encoded cache whose disk to check (default: "
+                   "~/.cache/loraedit/encoded)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 

@@ -122,7 +122,7 @@ def _machine_rows(cache_dir) -> list[Row]:
     cache = nearest_existing(cache_dir or default_cache_dir())
     free = shutil.disk_usage(cache).free / GIB
     rows.append(Row("cache disk", f"{free:.1f} GiB free at {cache}",
-                    "a 49-frame 832x480 Wan edit caches under 0.2 GiB of latents and embeddings; each kept stage-1 "
+                    "a 49-frame 832x480 Wan edit caches about 0.1 GiB of latents and embeddings; each kept stage-1 "
                     "LoRA takes 0.3 GiB (--cache-dir moves them)", free >= 2))
     h264 = "libx264" in av.codecs_available
     rows.append(Row("video I/O", f"PyAV {av.__version__}, H.264 encoder {'yes' if h264 else 'missing'}",

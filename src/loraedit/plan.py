@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from . import devices, perfmodel
-from .backends.wan_folder import WanFolder
+from .backends.wan_folder import WanFolder, read_wan_folder
 
 MODES = ("full", "fp8", "offload", "fp8+offload")  # fastest first: what `pick` prefers among those that fit
 HEADROOM = 0.05  # share of free GPU memory kept back: allocator fragmentation, the CUDA context's own growth
@@ -60,9 +60,10 @@ class ModeCost:
 
     @property
     def minutes(self) -> float | None:
-        parts = [v for v in (self.train_min if self.train_gib is not None else 0.0,
-                             self.sample_min if self.sample_gib is not None else 0.0)]
-        return None if any(v is None for v in parts) else sum(parts)
+        """Training plus sampling, or None when the GPU's speed is unknown."""
+        parts = [minutes for minutes, runs in ((self.train_min, self.train_gib), (self.sample_min, self.sample_gib))
+                 if runs is not None]
+        return None if None in parts else sum(parts)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def smaller_settings(model: WanFolder, shape: RunShape, gpu: devices.Gpu, low_co
         found.append(f"--low-cost (trains on {low_cost_frames}-frame clips)")
     step = model.temporal_factor
     for frames in range(shape.frames - step, step, -step):
-        if fits(replace(shape, frames=frames, train_frames=min(shape.train_frames or frames, frames))):
+        train_frames = None if shape.train_frames is None else min(shape.train_frames, frames)
+        if fits(replace(shape, frames=frames, train_frames=train_frames)):
             found.append(f"--frames {frames}")
             break
     m, (w, h) = model.size_multiple, shape.size
@@ -310,7 +312,7 @@ def plan_command(args) -> str:
     from .errors import InputError
     from .validate import resolve_model_dir
 
-    model = read_model(resolve_model_dir(args.model))
+    model = read_wan_folder(resolve_model_dir(args.model))
     size = args.size or model.working_size
     problems = []
     for frames in args.frames or [model.default_frames]:
@@ -330,16 +332,11 @@ def plan_command(args) -> str:
         trains, samples = args.run_command != "sample", args.run_command != "train"
         shape = RunShape(frames, size, trains=trains, samples=samples,
                          train_frames=min(args.low_cost_clip_frames, frames) if args.low_cost and trains else None,
-                         rank=args.rank, train_steps=args.stage1_steps + (args.stage2_steps if args.edited_frames else 0),
+                         rank=args.rank,
+                         train_steps=args.stage1_steps + (args.stage2_steps if args.edited_frames else 0),
                          sample_steps=args.steps, guidance=(args.guidance or model.guidance or 5.0) > 1)
         plans += [plan_run(model, shape, gpu) for gpu in gpus]
     return json.dumps(as_json(plans), indent=1) if args.json else format_plans(plans, args.run_command)
-
-
-def read_model(path) -> WanFolder:
-    from .backends.wan_folder import read_wan_folder
-
-    return read_wan_folder(path)
 
 
 def dry_run(command: str, model, inputs, opts, cfg=None, scfg=None, **check_kwargs) -> str:
