@@ -15,6 +15,12 @@ minutes) and moved to the CPU only for the offload modes. Results are printed as
 
 `python bench/gpu.py --tiny --device cpu` runs the same code on a tiny config in seconds (a test does), so
 nothing fails on the GPU for a typo.
+
+`python bench/gpu.py --model DIR` is the first thing to run on a GPU with a downloaded model folder: it loads
+the folder's own transformer weights in the memory mode `loraedit plan` picks for this GPU, runs two
+training and two sampling steps at 49 frames and the folder's working size, and prints measured against
+modelled (seconds per step, peak GiB) as ratios. A ratio far from 1 is what to fix in perfmodel.py before
+trusting `plan` (and the refusal before `edit`) on that card.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from loraedit import lora_io, perfmodel  # noqa: E402
+from loraedit import devices, lora_io, perfmodel, plan  # noqa: E402
 from loraedit.backends.wan import DEFAULT_LORA_TARGETS  # noqa: E402
+from loraedit.backends.wan_folder import read_wan_folder  # noqa: E402
 from loraedit.performance import (  # noqa: E402
     MEMORY_MODES,
     PerformanceConfig,
@@ -112,11 +119,16 @@ def prepare(config: dict, mode: str, device: torch.device, dtype: torch.dtype) -
 # ---- the measurements -------------------------------------------------------------------------------------
 
 
+def _image_tokens(config: dict) -> int:
+    """CLIP tokens of the random-weight runs: ViT-H/14's 257 for the 14B config, 5 for the tiny one."""
+    return perfmodel.CLIP_TOKENS_14B if config["num_attention_heads"] >= 40 else 5
+
+
 def inputs_for(config: dict, frames: int, height: int, width: int, device: torch.device, dtype: torch.dtype,
-               batch: int = 1) -> dict:
+               batch: int = 1, image_tokens: int | None = None) -> dict:
     g = torch.Generator(device).manual_seed(1)
     t, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
-    image_tokens = perfmodel.CLIP_TOKENS_14B if config["num_attention_heads"] >= 40 else 5
+    image_tokens = _image_tokens(config) if image_tokens is None else image_tokens
     out = {"hidden_states": torch.randn(batch, 36, t, h, w, generator=g, device=device, dtype=dtype),
            "timestep": torch.full((batch,), 500.0, device=device),
            "encoder_hidden_states": torch.randn(batch, 512, config["text_dim"], generator=g, device=device,
@@ -156,7 +168,7 @@ class Memory:
 
 
 def train_steps(model, config, clip, device, dtype, memory: Memory, timed: int = 1,
-                keep_attention: bool = False) -> dict:
+                keep_attention: bool = False, image_tokens: int | None = None) -> dict:
     """A LoRA step as loraedit.train runs it: warm-up, then `timed` steps; s/step and peak memory."""
     if _has_lora(model):
         lora_io.remove_lora(model)
@@ -168,7 +180,7 @@ def train_steps(model, config, clip, device, dtype, memory: Memory, timed: int =
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01, fused=device.type == "cuda")
-    inputs = inputs_for(config, *clip, device, dtype)
+    inputs = inputs_for(config, *clip, device, dtype, image_tokens=image_tokens)
     x0 = torch.randn(inputs["hidden_states"][:, :16].shape, device=device, dtype=torch.float32)
     noise = torch.randn_like(x0)
     sigma = 0.5
@@ -197,9 +209,10 @@ def train_steps(model, config, clip, device, dtype, memory: Memory, timed: int =
 
 
 @torch.no_grad()
-def sample_steps(model, config, clip, device, dtype, memory: Memory, timed: int = 1) -> dict:
+def sample_steps(model, config, clip, device, dtype, memory: Memory, timed: int = 1,
+                 image_tokens: int | None = None) -> dict:
     """One denoising step with batched CFG: the transformer on a batch of 2 (cond and uncond)."""
-    inputs = inputs_for(config, *clip, device, dtype, batch=2)
+    inputs = inputs_for(config, *clip, device, dtype, batch=2, image_tokens=image_tokens)
     set_attention(model, PerformanceConfig(), device, training=False)
     times = []
     memory.reset()
@@ -229,6 +242,75 @@ def modelled(config: dict, clip, mode: str) -> dict:
             "sample_peak_gib": perfmodel.sample_step_memory(dims, c, mode)["peak"],
             "train_pflop": perfmodel.train_step_flops(dims, c)["total"] / 1e15,
             "sample_pflop": perfmodel.sample_step_flops(dims, c) / 1e15}
+
+
+# ---- a real model folder: measured against modelled ---------------------------------------------------------
+
+
+def load_transformer(model_dir: Path, mode: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The folder's own transformer weights (safetensors only, nothing from a hub) in memory mode `mode`."""
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel.from_pretrained(str(model_dir / "transformer"), torch_dtype=dtype,
+                                                  use_safetensors=True, local_files_only=True)
+    configure_transformer(model.requires_grad_(False).eval(), PerformanceConfig(memory_mode=mode), device, dtype)
+    return model
+
+
+def check_folder(model_dir: Path, device: torch.device, dtype: torch.dtype, frames: int = 49,
+                 mode: str | None = None) -> dict:
+    """Two training and two sampling steps of the folder's transformer in the mode plan picks, against the model.
+
+    The modelled numbers are perfmodel's for one transformer (what is measured here); `loraedit plan` adds
+    Wan2.2's second expert on top of them.
+    """
+    folder = read_wan_folder(model_dir)
+    config = folder.transformer_configs["transformer"]
+    width, height = folder.working_size
+    gpu = devices.detect_gpu(str(device)) if device.type == "cuda" else None
+    picked = plan.plan_run(folder, plan.RunShape(frames, (width, height)), gpu).pick if gpu else None
+    mode = mode or (picked.mode if picked else "full" if device.type == "cpu" else "fp8+offload")
+    started = time.perf_counter()
+    model = load_transformer(folder.path, mode, device, dtype)
+    load_s = time.perf_counter() - started
+    clip, memory = (frames, height, width), Memory(device)
+    train = train_steps(model, config, clip, device, dtype, memory, image_tokens=folder.image_tokens)
+    sample = sample_steps(model, config, clip, device, dtype, memory, image_tokens=folder.image_tokens)
+    dims = perfmodel.WanDims.from_folder(folder)
+    size = perfmodel.Clip(perfmodel.video_tokens(dims, frames, height, width), image_tokens=folder.image_tokens)
+    params = perfmodel.parameter_counts(dims)
+    weights = params["fp8"] * (1 if "fp8" in mode else 2) + (params["total"] - params["fp8"]) * 2
+    spec = gpu.device if gpu is not None else None
+    offload = "offload" in mode
+    modelled_ = {
+        "train_s": perfmodel.step_seconds(perfmodel.train_step_flops(dims, size)["total"], spec,
+                                          3 * weights if offload else 0) if spec else None,
+        "train_gib": perfmodel.train_step_memory(dims, size, mode)["peak"],
+        "sample_s": perfmodel.step_seconds(perfmodel.sample_step_flops(dims, size), spec,
+                                           weights if offload else 0) if spec else None,
+        "sample_gib": perfmodel.sample_step_memory(dims, size, mode)["peak"]}
+    measured = {"train_s": train.get("s_per_step"), "train_gib": train.get("peak_gib"),
+                "sample_s": sample.get("s_per_step"), "sample_gib": sample.get("peak_gib")}
+    ratios = {k: round(measured[k] / modelled_[k], 3) if measured[k] and modelled_[k] else None for k in measured}
+    return {"model": str(folder.path), "kind": folder.kind, "mode": mode, "picked_by_plan": picked is not None,
+            "device": device_name(device), "clip": "x".join(map(str, clip)), "load_s": round(load_s, 1),
+            "train": train, "sample": sample, "modelled": modelled_, "measured_over_modelled": ratios}
+
+
+def format_check(result: dict) -> str:
+    lines = [f"{result['model']} ({result['kind']}) on {result['device']}, --memory-mode {result['mode']}"
+             f"{' (plan' + chr(39) + 's pick)' if result['picked_by_plan'] else ''}, clip {result['clip']}, "
+             f"loaded in {result['load_s']} s",
+             "| | measured | modelled | measured / modelled |", "|---|---|---|---|"]
+    for key, label in (("train_s", "train s/step"), ("train_gib", "train peak GiB"), ("sample_s", "sample s/step"),
+                       ("sample_gib", "sample peak GiB")):
+        m = result["measured_over_modelled"][key]
+        source = result["train" if key.startswith("train") else "sample"]
+        value = source.get("s_per_step" if key.endswith("_s") else "peak_gib", source.get("error"))
+        modelled_ = result["modelled"][key]
+        lines.append(f"| {label} | {value if isinstance(value, str) else f'{value:.2f}'} | "
+                     f"{'-' if modelled_ is None else f'{modelled_:.2f}'} | {'-' if m is None else m} |")
+    return "\n".join(lines)
 
 
 def run(config: dict, clips, modes, device: torch.device, dtype: torch.dtype, budget_s: float,
@@ -335,9 +417,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget-s", type=float, default=480.0, help="stop starting measurements after this")
     parser.add_argument("--json", type=Path, help="results JSON (default: $OUT/gpu.json when $OUT is set)")
     parser.add_argument("--doc", type=Path, help="append the markdown table to this file (e.g. docs/PERFORMANCE.md)")
+    parser.add_argument("--model", type=Path, help="a downloaded model folder: load its transformer, run 2+2 steps "
+                        "at 49 frames in the mode plan picks, print measured / modelled")
+    parser.add_argument("--mode", help="with --model: this memory mode instead of plan's pick")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.model is not None:
+        result = check_folder(args.model, device, dtype, mode=args.mode)
+        print(format_check(result))
+        print(json.dumps(result))
+        out_json = args.json or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
+        _write(out_json, result)
+        return result
     config, clips = (TINY, CLIPS_TINY) if args.tiny else (perfmodel.WAN21_I2V_14B, CLIPS_14B)
     out_json = args.json or (Path(os.environ["OUT"]) / "gpu.json" if os.environ.get("OUT") else None)
     results = run(config, clips, args.modes.split(","), device, dtype, args.budget_s, out_json)

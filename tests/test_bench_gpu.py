@@ -54,3 +54,18 @@ def test_the_14b_model_is_typed_before_it_is_allocated():
     assert 30.5 < gib < 31.0  # bf16, but for the small modules Wan keeps in fp32
     assert sum(p.numel() for p in params) == perfmodel.parameter_counts(perfmodel.WanDims.from_config(
         perfmodel.WAN21_I2V_14B))["total"]
+
+
+def test_the_first_gpu_check_runs_a_real_folder_on_cpu(wan21_dir, tmp_path):
+    """`bench/gpu.py --model DIR`: the folder's own weights, 2 training + 2 sampling steps at 49 frames, measured
+    against modelled. Here on the CPU with the tiny Wan2.1 folder (no speed figures, so no time ratios)."""
+    out = tmp_path / "check.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--model",
+                             str(wan21_dir), "--json", str(out)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["mode"] == "full" and data["clip"].startswith("49x") and not data["picked_by_plan"]
+    assert data["train"]["s_per_step"] > 0 and data["sample"]["s_per_step"] > 0
+    assert data["measured_over_modelled"]["train_gib"] > 0 and data["measured_over_modelled"]["train_s"] is None
+    assert "| train peak GiB |" in result.stdout

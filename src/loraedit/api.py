@@ -88,6 +88,7 @@ class RunOptions:
     device: str | None = None
     caption: Path | None = None  # local Florence-2 folder: captions where --prompt / --train-prompt are not given
     performance: PerformanceConfig = PerformanceConfig()  # memory mode, attention, compile, checkpointing, ...
+    memory_check: bool = True  # on a GPU, refuse a run whose modelled peak will not fit (plan.py)
 
 
 # ---- model and media ------------------------------------------------------------------------------------
@@ -385,3 +386,27 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
 def _write_json(path: Path, data: dict) -> None:
     with media.atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def dry_run(command: str, model, inputs, opts, cfg=None, scfg=None, **check_kwargs) -> str:
+    """`--dry-run`: every input checked as the run would check it, then its plan on this machine; nothing loads.
+
+    Exits like the run would: a run that would be refused for memory prints its plan, then the refusal.
+    """
+    from . import devices
+    from .errors import InputError
+    from .plan import format_plans, memory_problems, plan_run, shape_for
+
+    run = check_run(command, model, inputs, replace(opts, memory_check=False), cfg=cfg, scfg=scfg, **check_kwargs)
+    shape = shape_for(run.model, command, run.frames, run.size, opts, cfg, scfg, len(run.edited_frames))
+    gpu = devices.detect_gpu(opts.device)
+    plan = plan_run(run.model, shape, gpu)
+    text = format_plans([plan], command)
+    if gpu is None:
+        text += "\nno GPU here: the run would compute on the CPU (fine for the toy models; the table is for a GPU)"
+    problems = memory_problems(plan, opts.performance.memory_mode) if opts.memory_check else []
+    if problems:
+        print(text)
+        raise InputError(*problems)
+    return text + f"\ndry run: the inputs are fine; nothing was loaded (drop --dry-run to run with " \
+                  f"--memory-mode {opts.performance.memory_mode})"

@@ -54,3 +54,10 @@ class TensorCache:
         with atomic_path(path) as tmp:
             save_file({} if value is None else {"value": value.contiguous()}, str(tmp))
         return value
+
+
+def default_cache_dir() -> Path:
+    """Where encoded inputs and finished stage-1 LoRAs are kept: $LORAEDIT_CACHE/encoded, else ~/.cache/loraedit/encoded."""
+    import os
+
+    return Path(os.environ.get("LORAEDIT_CACHE", Path.home() / ".cache" / "loraedit")) / "encoded"

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
+from .cache import default_cache_dir
 from .errors import InputError, LoraEditError, error_text
 
 try:
@@ -131,6 +132,10 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
                    "else PyTorch SDPA), native, flash, _flash_3, _native_cudnn, _native_math, sage (sampling only)")
     g.add_argument("--compile", action="store_true", help="torch.compile each transformer block (about a minute "
                    "once; faster steps on a GPU)")
+    g.add_argument("--dry-run", action="store_true", help="check every input, print what the run would do on this "
+                   "GPU (memory per mode, minutes, the mode to use) and stop before any model loads")
+    g.add_argument("--no-memory-check", action="store_true", help="run even when the cost model says the run "
+                   "will not fit the GPU (it is an estimate)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     g.add_argument("--config", type=Path, help="TOML file of options (command-line options win)")
@@ -262,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
 
     _add_ui_parser(sub)
+    _add_doctor_parser(sub)
+    _add_plan_parser(sub)
 
     p = sub.add_parser("demo", help="run the whole method on a generated toy-world clip")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
@@ -312,6 +319,43 @@ def _add_ui_parser(sub) -> None:
     p.add_argument("--cache-dir", type=Path, help="encoded latents/embeddings cache (default: "
                    "~/.cache/loraedit/encoded)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_doctor_parser(sub) -> None:
+    p = sub.add_parser("doctor", help="this machine as loraedit sees it: torch, CUDA, GPU, bf16/fp8, attention "
+                       "kernels, host memory, cache disk, extras; each with what it means (loads nothing)")
+    p.add_argument("--device", help="torch device to check (default: cuda if available, else cpu)")
+    p.add_argument("--cache-dir", type=Path, help="encoded cache whose disk to check (default: "
+                   "~/.cache/loraedit/encoded)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_plan_parser(sub) -> None:
+    p = sub.add_parser("plan", help="what a run would do on a GPU, from the model folder's configs: tokens, steps, "
+                       "memory and minutes per --memory-mode, the mode to use and why (loads nothing)")
+    p.add_argument("--model", required=True, help="local diffusers Wan I2V folder (or toy, toy-wan2.2)")
+    p.add_argument("--run", dest="run_command", default="edit", choices=["edit", "train", "sample"],
+                   help="the command to plan (default edit: training, then sampling)")
+    p.add_argument("--frames", type=int, nargs="+", help="frames, 4k+1; several give one row group each "
+                   "(default: the model's, 49)")
+    p.add_argument("--size", type=_size, help="WxH, multiples of 16 (default: the model's working size)")
+    p.add_argument("--gpu", nargs="+", metavar="NAME", help="plan for these cards instead of the one here, assumed "
+                   "empty (rtx4090, l40s, a100, h100, h200, ...; `loraedit plan --gpu x` lists them)")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB", help="free GPU memory to plan for (with --gpu: "
+                   "instead of the card's; alone: a card of that size, without minutes)")
+    p.add_argument("--low-cost", action="store_true", help="train on --low-cost-clip-frames clips")
+    p.add_argument("--low-cost-clip-frames", type=int, default=13, help="clip length for --low-cost (default 13)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--stage1-steps", type=int, default=100, help="training steps on the clip (default 100)")
+    p.add_argument("--stage2-steps", type=int, default=100, help="training steps with edited frames (default 100)")
+    p.add_argument("--edited-frames", type=int, default=0, metavar="N", help="edited later frames (stage 2 runs "
+                   "when N > 0)")
+    p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    p.add_argument("--guidance", type=float, help="CFG scale (default: the model's; above 1 means two forwards)")
+    p.add_argument("--device", help="torch device whose GPU to plan for (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print the plans as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -402,7 +446,8 @@ def _configs(args: argparse.Namespace):
         prompt=args.prompt, train_prompt=args.train_prompt, concept_token=args.concept_token,
         cache_dir=args.cache_dir or default_cache_dir(), progress=not args.quiet,
         resume=getattr(args, "resume", False), device=args.device,
-        performance=_performance(args, PerformanceConfig), caption=args.caption)
+        performance=_performance(args, PerformanceConfig), caption=args.caption,
+        memory_check=not args.no_memory_check)
     cfg = TrainConfig(
         rank=args.rank, alpha=args.alpha, targets=args.targets, learning_rate=args.lr,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_repeats=args.stage2_repeats,
@@ -429,12 +474,6 @@ def _performance(args: argparse.Namespace, config_class):
                         vae_tiling=getattr(args, "vae_tiling", False))
 
 
-def default_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("LORAEDIT_CACHE", Path.home() / ".cache" / "loraedit")) / "encoded"
-
-
 def run(args: argparse.Namespace) -> None:
     from . import api
 
@@ -455,7 +494,23 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "ui":
         _ui(args)
         return
+    if args.command == "plan":
+        from .plan import plan_command
+
+        print(plan_command(args))
+        return
+    if args.command == "doctor":
+        import json
+
+        from . import doctor
+
+        rows = doctor.collect(args.device, args.cache_dir)
+        print(json.dumps(doctor.as_json(rows), indent=1) if args.json else doctor.format_rows(rows))
+        return
     inputs, opts, cfg, scfg = _configs(args)
+    if args.dry_run:
+        _dry_run(args, inputs, opts, cfg, scfg)
+        return
     if args.command == "edit":
         api.edit(args.model, inputs, args.edited_first_frame, args.out, opts, cfg, scfg)
         print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')} (LoRA in {api.work_dir_for(args.out)})")
@@ -465,6 +520,22 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "sample":
         api.sample(args.model, inputs, args.edited_first_frame, args.out, args.loras, opts, scfg)
         print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')}")
+
+
+def _dry_run(args: argparse.Namespace, inputs, opts, cfg, scfg) -> None:
+    """The checks and the plan of edit / train / sample, with the paths api would give check_run."""
+    from .api import TRAINING_MODES, work_dir_for
+    from .api import dry_run
+
+    if args.command == "train":
+        kwargs = {"cfg": cfg, "train_dir": args.out}
+    else:
+        kwargs = {"scfg": scfg, "edited_first_frame": args.edited_first_frame, "video_out": args.out}
+        if args.command == "sample":
+            kwargs["loras"] = tuple(args.loras)
+        else:
+            kwargs |= {"cfg": cfg, "train_dir": work_dir_for(args.out) if opts.mode in TRAINING_MODES else None}
+    print(dry_run(args.command, args.model, inputs, opts, **kwargs))
 
 
 def _mask(args: argparse.Namespace) -> None:

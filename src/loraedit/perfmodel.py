@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 GIB = 2**30
 
-#: diffusers config of Wan2.1-I2V-14B-480P's transformer (WAN-NOTES.md).
+#: diffusers config of Wan2.1-I2V-14B-480P's transformer (WAN-NOTES.md), for the 14B tables and bench/gpu.py;
+#: tests/test_real_layouts.py checks it against the published config (tests/fixtures/models).
 WAN21_I2V_14B = {
     "patch_size": [1, 2, 2], "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 36,
     "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40,
@@ -67,6 +68,11 @@ class WanDims:
                    config["ffn_dim"], config["in_channels"], config["out_channels"], config["text_dim"],
                    config["freq_dim"], config.get("image_dim"), config.get("added_kv_proj_dim"),
                    tuple(config["patch_size"]), bool(config.get("cross_attn_norm", False)))
+
+    @classmethod
+    def from_folder(cls, folder, expert: str = "transformer") -> WanDims:
+        """A model folder's own numbers (`backends.wan_folder.read_wan_folder`), not a copy of its config."""
+        return cls.from_config(folder.transformer_configs[expert])
 
     @property
     def dim(self) -> int:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
-from . import diskspace, lora_io, media
+from . import diskspace, lora_io, media, plan
 from .backends import ModelFolder, read_model_folder, resolve_model_dir
 from .conditioning import APPEARANCE_REGIONS
 from .errors import InputError
@@ -140,6 +140,10 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
         found.problems.extend(diskspace.disk_problems(
             folder, frames, size, len(inputs.edited_frames), cache_dir=opts.cache_dir,
             train_dir=train_dir if params else None, lora_params=params, video_out=video_out))
+    # 8. GPU memory: the modelled peak of this run against the GPU's free memory (nothing on a CPU).
+    if not found.problems and opts.memory_check:
+        shape = plan.shape_for(folder, command, frames, size, opts, cfg, scfg, len(edited))
+        found.problems.extend(plan.gpu_memory_problems(folder, shape, opts.performance.memory_mode, opts.device))
     if found.problems:
         raise InputError(*found.problems)
     return CheckedRun(folder, frames, size, clip, first, edited, tuple(found.notes))

@@ -25,10 +25,14 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """Identifies a model for cache keys and LoRA files: its configs and its weight files' names and sizes."""
+    """Identifies a model for cache keys and LoRA files: its configs and its weight files' names and sizes.
+
+    Hidden files and folders are left out, so a folder's download bookkeeping never changes its identity.
+    """
     h = hashlib.sha256()
     for p in sorted(Path(model_dir).rglob("*")):
-        if p.is_file():
+        # Hidden files are not the model: `hf download --local-dir` keeps its download state in .cache/.
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_dir).parts):
             h.update(p.relative_to(model_dir).as_posix().encode())
             h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
     return h.hexdigest()[:16]

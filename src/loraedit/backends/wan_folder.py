@@ -22,12 +22,23 @@ from .base import PICKLE_SUFFIXES, model_fingerprint
 REQUIRED_FILES = ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
                   "scheduler/scheduler_config.json")
 PIPELINE_CLASSES = ("WanImageToVideoPipeline", "MaskAwareWanImageToVideoPipeline")
+#: Pipelines a user may well point --model at, and why loraedit cannot edit with them (one line, not two).
+OTHER_PIPELINES = {
+    "WanPipeline": "a text-to-video model, not a Wan image-to-video model",
+    "WanVACEPipeline": "Wan VACE, not a Wan image-to-video model",
+    "WanVideoToVideoPipeline": "a text-to-video model's video-to-video pipeline, not a Wan image-to-video model",
+    "HunyuanVideoImageToVideoPipeline": "HunyuanVideo-I2V, which loraedit does not support yet",
+    "HunyuanVideoPipeline": "HunyuanVideo text-to-video, not a Wan image-to-video model",
+}
+TRANSFORMER_CLASS = "WanTransformer3DModel"  # the class LoRA shapes and the backend assume
 WEIGHT_COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder")
 #: Where component classes may come from: the two libraries, or this package (the toy world's codec).
 #: Never code shipped in the folder, never another installed module a folder names.
 COMPONENT_LIBRARIES = ("diffusers", "transformers")
 OWN_LIBRARY_PREFIX = "loraedit."
 DEFAULT_WORKING_SIZE = (832, 480)  # (width, height) of Wan 480P
+#: Wan's published resolutions, recognised in a folder's name (the official repositories name theirs).
+NAMED_SIZES = {"480p": (832, 480), "720p": (1280, 720)}
 DEFAULT_FRAMES = 49
 I2V_IN_CHANNELS = 36  # 16 noisy latents + 4 mask channels + 16 condition latents
 #: LoRA targets of the authors: every Linear of every block (self- and cross-attention q/k/v/o, both FFN
@@ -43,7 +54,7 @@ class WanFolder:
     path: Path
     kind: str  # "wan2.1-i2v" or "wan2.2-i2v"
     experts: tuple[str, ...]  # pipeline attributes holding a transformer with its own LoRA
-    working_size: tuple[int, int]  # (width, height) from loraedit_model.json, else Wan 480P's
+    working_size: tuple[int, int]  # (width, height) from loraedit_model.json, the folder's name, else Wan 480P's
     default_frames: int
     spatial_factor: int  # VAE pixels per latent cell
     temporal_factor: int  # VAE frames per latent frame (after frame 0)
@@ -57,6 +68,10 @@ class WanFolder:
     #: The CFG scale the model samples best at (loraedit_model.json), or None for the authors' 5. The toy
     #: world's frozen random text encoder carries little, and CFG 5 amplifies noise (docs/RESULTS.md).
     guidance: float | None = None
+    #: Where working_size came from, for notes and `loraedit plan`.
+    working_size_source: str = "default (Wan 480P)"
+    #: CLIP image tokens each cross-attention sees (image_encoder/config.json), 0 without an image encoder.
+    image_tokens: int = 0
 
     default_lora_targets: str = DEFAULT_LORA_TARGETS
 
@@ -82,8 +97,8 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
                          "(e.g. Wan2.1-I2V-14B-480P-Diffusers) or 'toy'")
     missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
     if missing:
-        raise InputError(f"model folder {model_dir} lacks {', '.join(missing)}: give a complete diffusers-format "
-                         "Wan I2V folder (e.g. Wan2.1-I2V-14B-480P-Diffusers)")
+        raise InputError(_layout_hint(model_dir) or f"model folder {model_dir} lacks {', '.join(missing)}: give a "
+                         "complete diffusers-format Wan I2V folder (e.g. Wan2.1-I2V-14B-480P-Diffusers)")
     problems: list[str] = []
     index = _read_json(model_dir / "model_index.json", problems)
     transformer = _read_json(model_dir / "transformer/config.json", problems)
@@ -94,9 +109,17 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
         raise InputError(*problems)
 
     cls = index.get("_class_name", "")
-    if cls not in PIPELINE_CLASSES:
-        problems.append(f"model folder {model_dir} holds a {cls or 'unknown'} pipeline, not a Wan image-to-video "
-                        "model: give a Wan2.1-I2V or Wan2.2-I2V folder")
+    if cls not in PIPELINE_CLASSES:  # one line: the channel count of another model says nothing more
+        what = OTHER_PIPELINES.get(cls, f"a {cls or 'unknown'} pipeline, not a Wan image-to-video model")
+        raise InputError(f"model folder {model_dir} holds {what} ({cls or 'no _class_name'} in model_index.json): "
+                         "give a Wan2.1-I2V or Wan2.2-I2V diffusers folder, e.g. Wan2.1-I2V-14B-480P-Diffusers")
+    listed = [(name, index[name][1]) for name in ("transformer", "transformer_2")
+              if isinstance(index.get(name), list) and len(index[name]) == 2 and index[name][0] is not None]
+    for name, component_class in listed:
+        if component_class != TRANSFORMER_CLASS:
+            problems.append(f"model folder {model_dir}: model_index.json lists {name} as {component_class}, not "
+                            f"{TRANSFORMER_CLASS}: loraedit edits with plain Wan I2V transformers; give an official "
+                            "Wan2.1-I2V or Wan2.2-I2V folder")
     if transformer.get("in_channels") != I2V_IN_CHANNELS:
         problems.append(f"model folder {model_dir}: transformer has {transformer.get('in_channels')} input channels, "
                         f"an I2V model has {I2V_IN_CHANNELS} (16 noisy + 4 mask + 16 condition): give an I2V model")
@@ -111,7 +134,11 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
         elif not (model_dir / name).is_dir():
             problems.append(f"model folder {model_dir} lacks the {name}/ folder that model_index.json lists: "
                             "copy the complete model folder")
-    size, frames = info.get("working_size", DEFAULT_WORKING_SIZE), info.get("frames", DEFAULT_FRAMES)
+    named = _size_from_name(model_dir)
+    size_source = ("loraedit_model.json" if "working_size" in info else
+                   f"the folder's name ({named[1]})" if named else "default (Wan 480P)")
+    size = info.get("working_size", named[0] if named else DEFAULT_WORKING_SIZE)
+    frames = info.get("frames", DEFAULT_FRAMES)
     if not (isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
             and isinstance(frames, int) and frames > 0):
         problems.append(f"{info_path} has working_size {size!r} and frames {frames!r}: give "
@@ -139,7 +166,8 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
         patch_size=tuple(int(v) for v in transformer.get("patch_size", (1, 2, 2))),
         latent_channels=int(vae.get("z_dim", 16)), fingerprint=model_fingerprint(model_dir),
         transformer_configs=configs, negative_prompt=negative,
-        guidance=None if guidance is None else float(guidance))
+        guidance=None if guidance is None else float(guidance), working_size_source=size_source,
+        image_tokens=_image_tokens(model_dir, components, transformer))
 
 
 def lora_shapes(folder: WanFolder, expert: str, rank: int, targets: str) -> dict[str, tuple[int, int]]:
@@ -159,6 +187,43 @@ def lora_shapes(folder: WanFolder, expert: str, rank: int, targets: str) -> dict
             shapes[f"{name}.lora_A.weight"] = (rank, module.in_features)
             shapes[f"{name}.lora_B.weight"] = (module.out_features, rank)
     return shapes
+
+
+def _size_from_name(model_dir: Path) -> tuple[tuple[int, int], str] | None:
+    """Wan's resolution named in the folder's path (nearest first: an HF cache snapshot is a hash inside
+    `models--Wan-AI--Wan2.1-I2V-14B-720P-Diffusers`), with the part that named it; None if none does."""
+    for part in reversed(model_dir.resolve().parts):
+        for key, size in NAMED_SIZES.items():
+            if re.search(rf"(?<![0-9a-z]){key}(?![0-9a-z])", part.lower()):
+                return size, part
+    return None
+
+
+def _image_tokens(model_dir: Path, components: dict, transformer: dict) -> int:
+    """CLIP tokens per image: a class token plus (image_size / patch_size)^2 patches (257 for ViT-H/14)."""
+    config_path = model_dir / "image_encoder" / "config.json"
+    if "image_encoder" not in components or transformer.get("image_dim") is None or not config_path.is_file():
+        return 0
+    try:
+        config = json.loads(config_path.read_text())
+        config = config.get("vision_config", config)  # a full CLIPModel config nests it
+        return (int(config["image_size"]) // int(config["patch_size"])) ** 2 + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # the load reports a broken encoder config; the token count only feeds cost estimates
+
+
+def _layout_hint(model_dir: Path) -> str | None:
+    """A one-line fix for the two folders people give instead of a diffusers Wan folder, or None."""
+    snapshots = model_dir / "snapshots"
+    if snapshots.is_dir() and not (model_dir / "model_index.json").exists():
+        found = sorted(p for p in snapshots.iterdir() if (p / "model_index.json").is_file())
+        example = found[-1] if found else snapshots / "<commit>"
+        return (f"model folder {model_dir} is a Hugging Face cache entry, not the model: give its snapshot "
+                f"folder, e.g. {example}")
+    if any(model_dir.glob("*.pth")) and (model_dir / "config.json").is_file():
+        return (f"model folder {model_dir} is an original Wan release (.pth weights, no model_index.json), which "
+                "loraedit does not read: download the diffusers-format repository (its name ends in -Diffusers)")
+    return None
 
 
 def _read_json(path: Path, problems: list[str]) -> dict:
