@@ -110,14 +110,29 @@ def test_compiled_blocks_train_like_the_plain_path(wan21_dir, clip, plain, tmp_p
 # ---- sampling ----------------------------------------------------------------------------------------------
 
 
-def _sample(backend, clip, guidance=5.0):
+def _sample(backend, clip, guidance=5.0, sampler="unipc"):
     video, masks, first = clip
     enc = Encoder(backend, None, "maxpool")
     cond = enc.sample(conditioning.mask_aware_condition(video, masks, first, "p3rs0n, a square"))
     negative = enc.prompt("")
     backend.pipe.set_progress_bar_config(disable=True)
     return backend.generate(cond.condition, first, cond.text, negative, cond.image, steps=3, guidance=guidance,
-                            shift=5.0, seed=0)
+                            shift=5.0, seed=0, sampler=sampler)
+
+
+def test_the_euler_sampler_runs_and_unipc_comes_back_unchanged(wan21_dir, clip):
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    backend = load_wan(wan21_dir)
+    first = _sample(backend, clip)
+    euler = _sample(backend, clip, sampler="euler")
+    assert isinstance(backend.pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert backend.pipe.scheduler.config.shift == 5.0
+    again = _sample(backend, clip)
+    assert isinstance(backend.pipe.scheduler, UniPCMultistepScheduler)
+    assert torch.equal(first, again) and euler.shape == first.shape and not torch.equal(first, euler)
+    with pytest.raises(ValueError, match="sampler"):
+        _sample(backend, clip, sampler="ddim")
 
 
 @pytest.mark.parametrize("model", ["wan21_dir", "wan22_dir"])

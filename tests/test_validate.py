@@ -222,6 +222,18 @@ CATALOGUE = [
     # frames and size against the model
     Case("frames not 4k+1", "sample", lambda f: {"--frames": "10"}, "not 4k+1"),
     Case("frames too few", "sample", lambda f: {"--frames": "1"}, "at least 5"),
+    Case("frames zero", "sample", lambda f: {"--frames": "0"}, "--frames 0 is too few"),
+    Case("frames negative", "sample", lambda f: {"--frames": "-5"}, "--frames -5 is too few"),
+    Case("size zero", "sample", lambda f: {"--size": "0x0"}, "--size"),
+    Case("steps zero", "sample", lambda f: {"--steps": "0"}, "--steps 0 is invalid"),
+    Case("shift zero", "sample", lambda f: {"--shift": "0"}, "--shift 0.0 is invalid"),
+    Case("rank zero", "train", lambda f: {"--rank": "0"}, "--rank 0 is invalid"),
+    Case("lr zero", "train", lambda f: {"--lr": "0"}, "--lr 0.0 is invalid"),
+    Case("stage1 steps zero", "train", lambda f: {"--stage1-steps": "0"}, "--stage1-steps 0 is invalid"),
+    Case("timestep shift zero", "train", lambda f: {"--timestep-shift": "0"}, "--timestep-shift 0.0 is invalid"),
+    Case("appearance augment negative", "train", lambda f: {"--appearance-augment": "-1"},
+         "--appearance-augment -1 is invalid"),
+    Case("paste feather negative", "sample", lambda f: {"--paste-feather": "-2"}, "--paste-feather -2 is invalid"),
     Case("size not a multiple of 16", "sample", lambda f: {"--size": "60x64"}, "multiple of 16"),
     Case("size not WIDTHxHEIGHT", "sample", lambda f: {"--size": "big"}, "is not WIDTHxHEIGHT"),
     # edited later frames
@@ -315,6 +327,9 @@ ISSUE_ITEMS = {
     "an edited first frame of another aspect ratio": ["edited first frame of another aspect, --strict"],
     "frames not 4k+1": ["frames not 4k+1", "frames too few"],
     "size not a multiple of 16": ["size not a multiple of 16"],
+    "numeric options given as 0 or negative are refused, never read as unset (issue 16)": [
+        "frames zero", "frames negative", "size zero", "steps zero", "shift zero", "rank zero", "lr zero",
+        "stage1 steps zero", "timestep shift zero", "appearance augment negative", "paste feather negative"],
     "an edited later frame index out of range": ["edited frame index out of range", "edited frame index 0"],
     "a model folder missing files or of an unknown kind": ["model folder missing", "model folder lacks files",
                                                            "model of another kind (text-to-video)",
@@ -404,7 +419,7 @@ def _inputs(f, **kw) -> api.ClipInputs:
 
 
 def test_valid_input_passes_and_is_read_once_fitted(files, tmp_path):
-    opts = api.RunOptions(cache_dir=tmp_path / "cache")
+    opts = api.RunOptions(cache_dir=tmp_path / "cache", train_prompt="a red square")
     run = validate.check_run("edit", files.model, _inputs(files, edited_frames=(api.EditedFrame(8, files.edited8),)),
                              opts, cfg=api.TrainConfig(rank=4), scfg=api.SampleConfig(),
                              edited_first_frame=files.edited0, video_out=tmp_path / "o.mp4",
@@ -422,6 +437,19 @@ def test_edited_image_of_another_aspect_is_fitted_with_a_note(files, tmp_path):
     (note,) = run.notes
     assert "is 96x64, the video 64x64" in note and "resized to 96x64 and centre-cropped to 64x64" in note
     assert "32 px cut from the left and right" in note and "--strict" in note
+
+
+def test_training_without_a_caption_of_the_input_says_how_to_give_one(files, tmp_path):
+    from loraedit.train import TrainConfig
+
+    def notes(**opts):
+        return validate.check_run("train", files.model, _inputs(files), api.RunOptions(prompt="a red square", **opts),
+                                  cfg=TrainConfig(rank=4), train_dir=tmp_path / "lora").notes
+
+    (note,) = notes()
+    assert "the paper trains on a caption of the input's first frame" in note and "--train-prompt" in note
+    assert "--caption florence2:DIR" in note
+    assert notes(train_prompt="a blue square") == ()
 
 
 @pytest.mark.parametrize("masks, flag", [("masks_some_empty", "allow_empty_mask_frames"),

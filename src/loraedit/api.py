@@ -64,6 +64,7 @@ class SampleConfig:
     guidance: float | None = None  # None: the model's own (5 for Wan)
     guidance_2: float | None = None  # Wan2.2's low-noise expert; None = same as guidance
     shift: float = 5.0
+    sampler: str = "unipc"  # the folder's own solver; "euler": flow-matching Euler (the authors' inference)
     seed: int = 0
     negative_prompt: str | None = None  # None: the model's own (Wan's standard list for Wan folders)
     paste_background: bool = False
@@ -301,7 +302,7 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
     with out_of_memory_advice("sampling the edit", _memory_advice(run, opts)):
         video = backend.generate(cond.condition, prepared.first_frame, cond.text, prepared.negative, cond.image,
                                  steps=scfg.steps, guidance=scfg.guidance, guidance_2=scfg.guidance_2,
-                                 shift=scfg.shift, seed=scfg.seed,
+                                 shift=scfg.shift, seed=scfg.seed, sampler=scfg.sampler,
                                  first_block_cache_threshold=scfg.first_block_cache)
     if scfg.paste_background:
         video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks, scfg.paste_feather)
@@ -373,11 +374,14 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
                 "size": f"{run.size[0]}x{run.size[1]}", "prompt": compose_prompt(opts.concept_token, opts.prompt)}
     if cfg is not None:
         train_prompt = opts.train_prompt if opts.train_prompt is not None else opts.prompt
-        settings |= {"train_prompt": compose_prompt(opts.concept_token, train_prompt), "rank": cfg.rank,
+        settings |= {"train_prompt": compose_prompt(opts.concept_token, train_prompt),
+                     "train_prompt_is": "the input's caption" if opts.train_prompt is not None
+                     else "the edited caption (--prompt; no caption of the input was given)", "rank": cfg.rank,
                      "lr": cfg.learning_rate, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
                      "appearance_augment": cfg.appearance_augment}
     if scfg is not None:
-        settings |= {"steps": scfg.steps, "guidance": scfg.guidance, "shift": scfg.shift, "seed": scfg.seed,
+        settings |= {"steps": scfg.steps, "guidance": scfg.guidance, "shift": scfg.shift, "sampler": scfg.sampler,
+                     "seed": scfg.seed,
                      "paste_background": scfg.paste_background, "paste_feather": scfg.paste_feather,
                      "first_block_cache": scfg.first_block_cache}
     return settings

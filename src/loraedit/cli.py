@@ -188,6 +188,8 @@ def _add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
                    "Wan folders, as the authors; 1 for the toy world)")
     g.add_argument("--guidance-2", type=float, help="guidance of Wan2.2's low-noise expert (default: --guidance)")
     g.add_argument("--shift", type=float, default=5.0, help="flow shift of the sampler (default 5)")
+    g.add_argument("--sampler", choices=["unipc", "euler"], default="unipc", help="unipc: the model folder's own "
+                   "solver (the diffusers model card's; default); euler: flow-matching Euler (the authors' inference)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="reuse the blocks after the "
                    "first across sampling steps while the first block's output changes by less than T (diffusers' "
@@ -258,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="CFG scale (default: the model's own; 1 for the toy world, "
                    "5 for Wan)")
     p.add_argument("--shift", type=float, default=5.0, help="sampler flow shift (default 5)")
+    p.add_argument("--sampler", choices=["unipc", "euler"], default="unipc", help="sampler (default unipc)")
     p.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="sample every mode with "
                    "diffusers' First Block Cache at threshold T (default 0 = off)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -456,7 +459,8 @@ def _configs(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every,
         seed=args.train_seed) if hasattr(args, "rank") else None
     scfg = SampleConfig(
-        steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift, seed=args.seed,
+        steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift,
+        sampler=args.sampler, seed=args.seed,
         negative_prompt=args.negative_prompt, paste_background=args.paste_background,
         paste_feather=args.paste_feather,
         first_block_cache=args.first_block_cache) if hasattr(args, "steps") else None
@@ -609,7 +613,7 @@ def _bench_quality(args: argparse.Namespace) -> None:
     if args.appearance_region is not None:
         train = replace(train, appearance_region=args.appearance_region)
     cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, level=args.level, train=train, steps=args.steps,
-                        guidance=args.guidance, shift=args.shift, recolour_copies=args.recolour_copies,
+                        guidance=args.guidance, shift=args.shift, sampler=args.sampler, recolour_copies=args.recolour_copies,
                         first_block_cache=args.first_block_cache)
     if args.modes:
         cfg = replace(cfg, modes=args.modes)

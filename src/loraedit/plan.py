@@ -334,6 +334,11 @@ def plan_command(args) -> str:
                          train_frames=min(args.low_cost_clip_frames, frames) if args.low_cost and trains else None,
                          rank=args.rank,
                          train_steps=args.stage1_steps + (args.stage2_steps if args.edited_frames else 0),
-                         sample_steps=args.steps, guidance=(args.guidance or model.guidance or 5.0) > 1)
+                         sample_steps=args.steps, guidance=_guidance(args.guidance, model.guidance) > 1)
         plans += [plan_run(model, shape, gpu) for gpu in gpus]
     return json.dumps(as_json(plans), indent=1) if args.json else format_plans(plans, args.run_command)
+
+
+def _guidance(given: float | None, model_default: float | None) -> float:
+    """The CFG scale a run would use: the option (0 included), else the model's own, else the authors' 5."""
+    return given if given is not None else model_default if model_default is not None else 5.0

@@ -67,6 +67,7 @@ class QualityConfig:
     steps: int = 30
     guidance: float | None = None  # None: the model's own (loraedit_model.json; 5 for Wan, 1 for the toy world)
     shift: float = 5.0
+    sampler: str = "unipc"
     sample_seed: int = 0
     first_block_cache: float = 0.0  # > 0: diffusers' First Block Cache while sampling (approximate)
     paste_feather: int = 3  # the mask-aware+paste row's feather, pixels
@@ -95,7 +96,7 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
 
     def sample(encoded, mode: str) -> torch.Tensor:
         video = backend.generate(encoded.condition, first, encoded.text, negative, encoded.image, steps=cfg.steps,
-                                 guidance=cfg.guidance, shift=cfg.shift, seed=cfg.sample_seed,
+                                 guidance=cfg.guidance, shift=cfg.shift, seed=cfg.sample_seed, sampler=cfg.sampler,
                                  first_block_cache_threshold=cfg.first_block_cache)
         skipped[mode] = backend.last_block_counter.skipped_fraction
         return video

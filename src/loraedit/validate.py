@@ -34,6 +34,7 @@ import torch
 
 from . import diskspace, lora_io, media, plan
 from .backends import ModelFolder, read_model_folder, resolve_model_dir
+from .backends.base import SAMPLERS
 from .conditioning import APPEARANCE_REGIONS
 from .errors import InputError
 from .performance import performance_problems
@@ -175,6 +176,10 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
     if cfg is not None and opts.mode in TRAINING_MODES:
         _check_train_config(found, cfg, opts)
     trains = cfg is not None and opts.mode in TRAINING_MODES
+    if trains and opts.train_prompt is None and opts.caption is None:
+        found.notes.append("training on --prompt, the caption of the *edited* frame: the paper trains on a caption "
+                           "of the input's first frame; give one with --train-prompt \"...\" or let a local "
+                           "Florence-2 write it (--caption florence2:DIR)")
     found.problems.extend(performance_problems(opts.performance, trains=trains))
     if scfg is not None:
         for name, value, ok, need in (
@@ -184,6 +189,7 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
                 ("--guidance-2", scfg.guidance_2,
                  scfg.guidance_2 is None or (math.isfinite(scfg.guidance_2) and scfg.guidance_2 >= 0), ">= 0"),
                 ("--shift", scfg.shift, math.isfinite(scfg.shift) and scfg.shift > 0, "> 0"),
+                ("--sampler", scfg.sampler, scfg.sampler in SAMPLERS, "from " + ", ".join(SAMPLERS)),
                 ("--first-block-cache", scfg.first_block_cache,
                  math.isfinite(scfg.first_block_cache) and scfg.first_block_cache >= 0, ">= 0 (0 = off)"),
                 ("--paste-feather", scfg.paste_feather, scfg.paste_feather >= 0, ">= 0 (0 = a hard seam)")):
@@ -202,7 +208,9 @@ def _check_train_config(found: _Findings, cfg: TrainConfig, opts: RunOptions) ->
             ("--stage2-steps", cfg.stage2_steps, cfg.stage2_steps >= 0, ">= 0 (default 100)"),
             ("--stage2-repeats", cfg.stage2_repeats, cfg.stage2_repeats >= 1, "at least 1 (default 9)"),
             ("--appearance-augment", cfg.appearance_augment, cfg.appearance_augment >= 0, ">= 0 (0 = off)"),
-            ("--checkpoint-every", cfg.checkpoint_every, cfg.checkpoint_every >= 0, ">= 0 (0 = never)")):
+            ("--checkpoint-every", cfg.checkpoint_every, cfg.checkpoint_every >= 0, ">= 0 (0 = never)"),
+            ("--timestep-shift", cfg.timestep_shift, math.isfinite(cfg.timestep_shift) and cfg.timestep_shift > 0,
+             "> 0 (default 3; 1 = no shift)")):
         if not ok:
             add(f"{name} {value} is invalid: give a value {need}")
     if cfg.appearance_region not in APPEARANCE_REGIONS:
@@ -225,8 +233,9 @@ def _check_train_config(found: _Findings, cfg: TrainConfig, opts: RunOptions) ->
 def _check_geometry(found: _Findings, inputs: ClipInputs,
                     folder: ModelFolder | None) -> tuple[int | None, tuple[int, int] | None]:
     """(frames, size) to work at, or None for whichever is wrong or unknown (no model)."""
-    frames = inputs.frames or (folder.default_frames if folder else None)
-    size = inputs.size or (folder.working_size if folder else None)
+    # None means "the model's"; 0 or a negative number is a wrong value, reported below, never "unset"
+    frames = inputs.frames if inputs.frames is not None else (folder.default_frames if folder else None)
+    size = inputs.size if inputs.size is not None else (folder.working_size if folder else None)
     step = folder.temporal_factor if folder else 4
     multiple = folder.size_multiple if folder else 16
     if frames is not None and frames < step + 1:

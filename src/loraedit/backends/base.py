@@ -38,6 +38,11 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+#: Samplers every backend offers: "unipc" (the model folder's own multistep solver, the diffusers model card's
+#: choice for Wan) and "euler" (flow-matching Euler, the authors' DiffSynth inference), both at the flow shift.
+SAMPLERS = ("unipc", "euler")
+
+
 @dataclass(frozen=True)
 class Expert:
     """One transformer of the model and the noise levels (sigma in [0, 1]) it handles."""
@@ -134,4 +139,4 @@ class Backend(Protocol):
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None,
-                 first_block_cache_threshold: float = 0.0) -> torch.Tensor: ...
+                 first_block_cache_threshold: float = 0.0, sampler: str = "unipc") -> torch.Tensor: ...

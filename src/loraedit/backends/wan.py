@@ -12,13 +12,13 @@ import gc
 from pathlib import Path
 
 import torch
-from diffusers import WanImageToVideoPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..conditioning import Sample
 from ..performance import PerformanceConfig, batched_cfg, configure_transformer, first_block_cache, set_attention
 from . import wan_layout
-from .base import EncodedSample, Expert
+from .base import SAMPLERS, EncodedSample, Expert
 from .wan_folder import DEFAULT_FRAMES, DEFAULT_LORA_TARGETS, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
 
 __all__ = ["DEFAULT_LORA_TARGETS", "EncodedSample", "Expert", "MaskAwareWanImageToVideoPipeline", "TEXT_TOKENS",
@@ -101,6 +101,8 @@ class WanBackend:
         self.latent_channels = int(vae_cfg.z_dim)
         self._latents_mean = torch.tensor(vae_cfg.latents_mean).view(-1, 1, 1, 1)
         self._latents_std = torch.tensor(vae_cfg.latents_std).view(-1, 1, 1, 1)
+        self._folder_scheduler_class = type(pipe.scheduler)  # "unipc" rebuilds it, whatever ran last
+        self._folder_scheduler_config = dict(pipe.scheduler.config)
 
     # ---- identity -----------------------------------------------------------------------------------
     @property
@@ -250,7 +252,7 @@ class WanBackend:
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None,
-                 first_block_cache_threshold: float = 0.0) -> torch.Tensor:
+                 first_block_cache_threshold: float = 0.0, sampler: str = "unipc") -> torch.Tensor:
         """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1].
 
         `first_block_cache_threshold` > 0 reuses the blocks after the first across steps while the first
@@ -261,7 +263,7 @@ class WanBackend:
         come from one batched forward (`performance.BatchedCFG`); the pipeline itself is unchanged.
         """
         self.place_transformers()
-        self._set_shift(shift)
+        self._set_scheduler(sampler, shift)
         t_lat, h_lat, w_lat = condition.shape[-3:]
         num_frames = (t_lat - 1) * self.temporal_factor + 1
         height, width = h_lat * self.spatial_factor, w_lat * self.spatial_factor
@@ -286,12 +288,20 @@ class WanBackend:
         latents = out[0].float().cpu()  # normalised latents [C, T', h, w]
         return self.decode_latents(latents)
 
-    def _set_shift(self, shift: float) -> None:
-        cfg = dict(self.pipe.scheduler.config)
+    def _set_scheduler(self, sampler: str, shift: float) -> None:
+        """The folder's own scheduler ("unipc") or flow-matching Euler ("euler"), at flow shift `shift`."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLERS)}")
+        if sampler == "euler":
+            current = self.pipe.scheduler
+            if not (isinstance(current, FlowMatchEulerDiscreteScheduler) and current.config.shift == shift):
+                self.pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+            return
+        cfg = dict(self._folder_scheduler_config)
         key = "flow_shift" if "flow_shift" in cfg else "shift"
-        if cfg.get(key) != shift:
-            cfg[key] = shift
-            self.pipe.scheduler = type(self.pipe.scheduler).from_config(cfg)
+        cfg[key] = shift
+        if dict(self.pipe.scheduler.config) != cfg or type(self.pipe.scheduler) is not self._folder_scheduler_class:
+            self.pipe.scheduler = self._folder_scheduler_class.from_config(cfg)
 
 
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
