@@ -278,3 +278,16 @@ def test_auto_attention_picks_a_backend_with_a_backward_for_training(monkeypatch
     assert performance.resolve_attention("_native_cudnn", cuda) == "_native_cudnn"
     assert any("_flash_3 has no backward" in p for p in performance_problems(PerformanceConfig(attention="_flash_3"),
                                                                               trains=True))
+
+
+def test_clip_squash_sees_the_whole_wide_frame_and_equals_crop_on_a_square(wan21_dir):
+    backend = load_wan(wan21_dir)
+    wide = torch.zeros(3, 32, 64)
+    wide[:, :, :8] = 1.0  # an edit at the left edge: outside the centre crop
+    plain = torch.zeros(3, 32, 64)
+    assert torch.equal(backend.encode_image(wide, "crop"), backend.encode_image(plain, "crop"))  # crop misses it
+    assert not torch.equal(backend.encode_image(wide, "squash"), backend.encode_image(plain, "squash"))
+    square = torch.rand(3, 48, 48) * 2 - 1
+    assert torch.equal(backend.encode_image(square, "squash"), backend.encode_image(square, "crop"))
+    with pytest.raises(ValueError, match="CLIP view"):
+        backend.encode_image(square, "stretch")

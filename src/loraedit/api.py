@@ -80,6 +80,7 @@ class RunOptions:
     low_cost: bool = False
     low_cost_clip_frames: int = 13
     mask_mode: str = "maxpool"  # or "nearest" (the authors')
+    clip_view: str = "squash"  # how CLIP sees a non-square frame: "squash" (Wan's code, the authors') or "crop"
     prompt: str = ""  # caption of the edited first frame (inference)
     train_prompt: str | None = None  # caption of the input's first frame; None = prompt
     concept_token: str = CONCEPT_TOKEN
@@ -161,11 +162,12 @@ def with_captions(run: CheckedRun, opts: RunOptions, training: bool, sampling: b
 class Encoder:
     """Encodes samples, prompts and images once per content; later runs read them from the cache."""
 
-    def __init__(self, backend: Backend, cache_dir: Path | None, mask_mode: str):
+    def __init__(self, backend: Backend, cache_dir: Path | None, mask_mode: str, clip_view: str = "squash"):
         self.backend = backend
         self.cache = TensorCache(cache_dir)
         self.model_key = backend.fingerprint()
         self.mask_mode = mask_mode
+        self.clip_view = clip_view
 
     def prompt(self, text: str) -> torch.Tensor:
         return self.cache.get_or_compute("text", content_key(self.model_key, text),
@@ -174,8 +176,9 @@ class Encoder:
     def image(self, image: torch.Tensor) -> torch.Tensor | None:
         if not self.backend.uses_clip:
             return None
-        return self.cache.get_or_compute("clip", content_key(self.model_key, image),
-                                         lambda: self.backend.encode_image(image))
+        key = content_key(self.model_key, image) if self.clip_view == "crop" else \
+            content_key(self.model_key, self.clip_view, image)
+        return self.cache.get_or_compute("clip", key, lambda: self.backend.encode_image(image, self.clip_view))
 
     def latents(self, video: torch.Tensor) -> torch.Tensor:
         return self.cache.get_or_compute("latents", content_key(self.model_key, video),
@@ -244,7 +247,7 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
 def _train(backend: Backend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig,
            on_step: Callable[[TrainProgress], None] | None = None) -> dict[str, Path]:
     motion, edited = training_samples(run, opts)
-    encoder = Encoder(backend, opts.cache_dir, opts.mask_mode)
+    encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
     with out_of_memory_advice("encoding the training samples", _memory_advice(run, opts)):
         encoded_motion = [encoder.sample(s) for s in motion]
         encoded_edited = [encoder.sample(s) for s in edited]
@@ -282,7 +285,7 @@ def prepare_sampling(backend: Backend, run: CheckedRun, opts: RunOptions, scfg: 
         condition = conditioning.mask_aware_condition(clip.video, clip.masks, first, prompt)
     else:
         condition = conditioning.first_frame_condition(first, run.frames, prompt)
-    encoder = Encoder(backend, opts.cache_dir, opts.mask_mode)
+    encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
     with out_of_memory_advice("encoding the inference condition", _memory_advice(run, opts)):
         negative = backend.default_negative_prompt if scfg.negative_prompt is None else scfg.negative_prompt
         return PreparedSampling(clip, first, encoder.sample(condition), encoder.prompt(negative))
@@ -371,7 +374,8 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
               scfg: SampleConfig | None = None) -> dict:
     """What a report shows about how a result was made."""
     settings = {"model": str(run.model.path), "kind": run.model.kind, "mode": opts.mode, "frames": run.frames,
-                "size": f"{run.size[0]}x{run.size[1]}", "prompt": compose_prompt(opts.concept_token, opts.prompt)}
+                "size": f"{run.size[0]}x{run.size[1]}", "prompt": compose_prompt(opts.concept_token, opts.prompt),
+                "clip_view": opts.clip_view}
     if cfg is not None:
         train_prompt = opts.train_prompt if opts.train_prompt is not None else opts.prompt
         settings |= {"train_prompt": compose_prompt(opts.concept_token, train_prompt),

@@ -116,6 +116,9 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
                    "I2V), mask-no-lora (mask-aware condition on the base model)")
     g.add_argument("--mask-mode", default="maxpool", choices=["maxpool", "nearest"],
                    help="pixel -> latent mask: maxpool (no edited pixel is ever kept) or nearest (the authors')")
+    g.add_argument("--clip-view", default="squash", choices=["squash", "crop"], help="how the image encoder sees a "
+                   "non-square frame: squash the whole frame to its square (Wan's code, the authors'; default) or "
+                   "crop its centre (diffusers' processor: misses the sides of a wide frame)")
     g.add_argument("--strict", action="store_true", help="refuse edited images of another aspect ratio than the "
                    "video instead of resizing them to cover and centre-cropping")
     g.add_argument("--allow-empty-mask-frames", action="store_true", help="accept frames whose mask marks nothing "
@@ -446,6 +449,7 @@ def _configs(args: argparse.Namespace):
     opts = RunOptions(
         mode=args.mode, low_cost=getattr(args, "low_cost", False),
         low_cost_clip_frames=getattr(args, "low_cost_clip_frames", 13), mask_mode=args.mask_mode,
+        clip_view=args.clip_view,
         prompt=args.prompt, train_prompt=args.train_prompt, concept_token=args.concept_token,
         cache_dir=args.cache_dir or default_cache_dir(), progress=not args.quiet,
         resume=getattr(args, "resume", False), device=args.device,

@@ -34,7 +34,7 @@ import torch
 
 from . import diskspace, lora_io, media, plan
 from .backends import ModelFolder, read_model_folder, resolve_model_dir
-from .backends.base import SAMPLERS
+from .backends.base import CLIP_VIEWS, SAMPLERS
 from .conditioning import APPEARANCE_REGIONS
 from .errors import InputError
 from .performance import performance_problems
@@ -162,6 +162,8 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
         add(f"--mode {opts.mode} trains no LoRA: train with mask-aware or naive")
     if opts.mask_mode not in ("maxpool", "nearest"):
         add(f"--mask-mode {opts.mask_mode!r} is unknown: choose maxpool or nearest")
+    if opts.clip_view not in CLIP_VIEWS:
+        add(f"--clip-view {opts.clip_view!r} is unknown: choose {', '.join(CLIP_VIEWS)}")
     if opts.caption is not None:
         from .captions import folder_problems
 

@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..conditioning import Sample
 from ..performance import PerformanceConfig, batched_cfg, configure_transformer, first_block_cache, set_attention
 from . import wan_layout
-from .base import SAMPLERS, EncodedSample, Expert
+from .base import CLIP_VIEWS, SAMPLERS, EncodedSample, Expert
 from .wan_folder import DEFAULT_FRAMES, DEFAULT_LORA_TARGETS, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
 
 __all__ = ["DEFAULT_LORA_TARGETS", "EncodedSample", "Expert", "MaskAwareWanImageToVideoPipeline", "TEXT_TOKENS",
@@ -208,14 +208,26 @@ class WanBackend:
         return emb
 
     @torch.no_grad()
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor | None:
-        """[3, H, W] in [-1, 1] -> CLIP penultimate hidden states [N, D] (None for models without CLIP)."""
+    def encode_image(self, image: torch.Tensor, view: str = "squash") -> torch.Tensor | None:
+        """[3, H, W] in [-1, 1] -> CLIP penultimate hidden states [N, D] (None for models without CLIP).
+
+        `view` "squash" (Wan's own code) resizes a non-square frame to CLIP's square first, so an edit near
+        the left or right edge is seen; "crop" leaves it to diffusers' processor (short side, centre crop).
+        A square frame is the same in both views.
+        """
         if not self.uses_clip:
             return None
+        if view not in CLIP_VIEWS:
+            raise ValueError(f"unknown CLIP view {view!r}: choose {', '.join(CLIP_VIEWS)}")
         if self.pipe.image_encoder is None:
             raise RuntimeError("the image encoder was freed; encode images before training")
         processor, encoder = self.pipe.image_processor, self.pipe.image_encoder
-        pixels = processor(images=((image + 1) / 2).clamp(0, 1)[None], do_rescale=False, return_tensors="pt")
+        image = ((image + 1) / 2).clamp(0, 1)
+        if view == "squash" and image.shape[-1] != image.shape[-2]:
+            crop = processor.crop_size
+            image = torch.nn.functional.interpolate(image[None], size=(crop["height"], crop["width"]),
+                                                    mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+        pixels = processor(images=image[None], do_rescale=False, return_tensors="pt")
         pixel_values = pixels["pixel_values"].to(encoder.device, encoder.dtype)
         out = encoder(pixel_values=pixel_values, output_hidden_states=True)
         return out.hidden_states[-2][0].float().cpu()
