@@ -9,6 +9,7 @@ import torch
 
 from loraedit import conditioning, lora_io
 from loraedit.api import Encoder
+from loraedit.backends.base import Expert
 from loraedit.backends.wan import TEXT_TOKENS, load_wan
 from loraedit.errors import InputError, LoraEditError
 from loraedit.train import TrainConfig, flow_matching_loss, latest_checkpoint, plan_phases, sample_sigma, train_lora
@@ -228,3 +229,14 @@ def test_appearance_augment_trains_on_the_variants_and_resumes_exactly(wan21_dir
                motion_variants=variants)
     ref, got = _final_lora(tmp_path / "ref" / "lora.safetensors"), _final_lora(tmp_path / "run" / "lora.safetensors")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_stage2_runs_the_authors_ten_epochs_unless_steps_are_given():
+    from loraedit.train import stage2_steps
+
+    assert stage2_steps(TrainConfig(), 1, 1) == 100  # (1 + 9) x 10: the authors' one edited frame
+    assert stage2_steps(TrainConfig(), 1, 2) == 190  # (1 + 18) x 10
+    assert stage2_steps(TrainConfig(stage2_epochs=3), 4, 1) == 39  # low-cost: 4 clips + 9, three epochs
+    assert stage2_steps(TrainConfig(stage2_steps=25), 1, 2) == 25
+    phases = plan_phases([Expert("transformer", 0.0, 1.0)], 1, 2, TrainConfig())
+    assert [p.steps for p in phases] == [100, 190]

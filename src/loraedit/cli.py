@@ -157,7 +157,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "except the CLIP key/value projections)")
     g.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     g.add_argument("--stage1-steps", type=int, default=100, help="steps on the input video (motion; default 100)")
-    g.add_argument("--stage2-steps", type=int, default=100, help="steps on edited frames (only with --edited-frame)")
+    g.add_argument("--stage2-steps", type=int, help="steps on edited frames (only with --edited-frame; default: "
+                   "--stage2-epochs epochs, the authors' 100 steps for one edited frame, 190 for two)")
+    g.add_argument("--stage2-epochs", type=int, default=10, help="stage-2 epochs when --stage2-steps is not given "
+                   "(an epoch: the video once, each edited frame --stage2-repeats times; default 10)")
     g.add_argument("--stage2-repeats", type=int, default=9, help="repeats of each edited frame per stage-2 epoch")
     g.add_argument("--appearance-augment", type=int, default=0, metavar="N", help="train on N recoloured versions "
                    "of the clip (one random colour transform each, drawn per step) instead of its own colours, so a "
@@ -244,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for JSON, table, chart, contact "
                    "sheets (default docs/results)")
     p.add_argument("--stage1-steps", type=int, default=100, help="LoRA steps on the clip (default 100)")
-    p.add_argument("--stage2-steps", type=int, default=100, help="LoRA steps with the edited later frame")
+    p.add_argument("--stage2-steps", type=int, help="LoRA steps with the edited later frame (default: 10 epochs, "
+                   "100 steps)")
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (default 1e-3, the toy world's; "
                    "the authors' 1e-4 leaves its tiny model's LoRA undertrained, docs/RESULTS.md)")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
@@ -355,7 +359,8 @@ def _add_plan_parser(sub) -> None:
     p.add_argument("--low-cost-clip-frames", type=int, default=13, help="clip length for --low-cost (default 13)")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--stage1-steps", type=int, default=100, help="training steps on the clip (default 100)")
-    p.add_argument("--stage2-steps", type=int, default=100, help="training steps with edited frames (default 100)")
+    p.add_argument("--stage2-steps", type=int, help="training steps with edited frames (default: 10 epochs, the "
+                   "authors' 100 for one edited frame)")
     p.add_argument("--edited-frames", type=int, default=0, metavar="N", help="edited later frames (stage 2 runs "
                    "when N > 0)")
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
@@ -457,7 +462,8 @@ def _configs(args: argparse.Namespace):
         memory_check=not args.no_memory_check)
     cfg = TrainConfig(
         rank=args.rank, alpha=args.alpha, targets=args.targets, learning_rate=args.lr,
-        stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_repeats=args.stage2_repeats,
+        stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_epochs=args.stage2_epochs,
+        stage2_repeats=args.stage2_repeats,
         timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift,
         appearance_augment=args.appearance_augment, appearance_region=args.appearance_region,
         checkpoint_every=args.checkpoint_every,

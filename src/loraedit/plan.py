@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from . import devices, perfmodel
+from .train import TrainConfig, stage2_steps
 from .backends.wan_folder import WanFolder
 
 MODES = ("full", "fp8", "offload", "fp8+offload")  # fastest first: what `pick` prefers among those that fit
@@ -281,7 +282,8 @@ def shape_for(model: WanFolder, command: str, frames: int, size: tuple[int, int]
         frames=frames, size=size, trains=trains, samples=samples,
         train_frames=min(opts.low_cost_clip_frames, frames) if trains and opts.low_cost else None,
         rank=cfg.rank if cfg is not None else 16,
-        train_steps=(cfg.stage1_steps + (cfg.stage2_steps if edited_frames else 0)) if cfg is not None else 0,
+        train_steps=(cfg.stage1_steps + (stage2_steps(cfg, 1, edited_frames) if edited_frames else 0))
+        if cfg is not None else 0,
         sample_steps=scfg.steps if scfg is not None else 0, guidance=(5.0 if guidance is None else guidance) > 1,
         checkpoint_blocks=perf.checkpoint_blocks, keep_attention=perf.keep_attention,
         attention="math" if perf.attention == "_native_math" else "flash")
@@ -333,7 +335,9 @@ def plan_command(args) -> str:
         shape = RunShape(frames, size, trains=trains, samples=samples,
                          train_frames=min(args.low_cost_clip_frames, frames) if args.low_cost and trains else None,
                          rank=args.rank,
-                         train_steps=args.stage1_steps + (args.stage2_steps if args.edited_frames else 0),
+                         train_steps=args.stage1_steps + (stage2_steps(
+                             TrainConfig(stage2_steps=args.stage2_steps), 1, args.edited_frames)
+                             if args.edited_frames else 0),
                          sample_steps=args.steps, guidance=_guidance(args.guidance, model.guidance) > 1)
         plans += [plan_run(model, shape, gpu) for gpu in gpus]
     return json.dumps(as_json(plans), indent=1) if args.json else format_plans(plans, args.run_command)

@@ -60,7 +60,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     stage1_steps: int = 100
-    stage2_steps: int = 100
+    stage2_steps: int | None = None  # None: stage2_epochs epochs of the stage-2 schedule (the authors')
+    stage2_epochs: int = 10  # the authors' 10 epochs of (motion samples + 9 per edited frame): 100 steps for one
     stage2_repeats: int = 9
     timestep_sampling: str = "uniform"  # uniform (authors) | logit-normal | shifted
     timestep_shift: float = 3.0  # for "shifted"
@@ -133,13 +134,22 @@ def flow_matching_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor
 # ---- the loop ---------------------------------------------------------------------------------------
 
 
+def stage2_steps(cfg: TrainConfig, num_motion: int, num_edited: int) -> int:
+    """Stage 2's length: `cfg.stage2_steps` if given, else `stage2_epochs` epochs of its schedule (each motion
+    sample once, each edited frame `stage2_repeats` times): the authors' 100 steps for one edited frame and
+    one motion sample, 190 for two edited frames."""
+    if cfg.stage2_steps is not None:
+        return cfg.stage2_steps
+    return cfg.stage2_epochs * len(stage2_schedule(num_motion, num_edited, cfg.stage2_repeats))
+
+
 def plan_phases(experts: list[Expert], num_motion: int, num_edited: int, cfg: TrainConfig) -> list[Phase]:
     phases = []
     for expert in experts:
         phases.append(Phase(1, expert, tuple(range(num_motion)), cfg.stage1_steps))
         if num_edited and cfg.stage2_steps:
             order = stage2_schedule(num_motion, num_edited, cfg.stage2_repeats)
-            phases.append(Phase(2, expert, tuple(order), cfg.stage2_steps))
+            phases.append(Phase(2, expert, tuple(order), stage2_steps(cfg, num_motion, num_edited)))
     return phases
 
 
@@ -370,7 +380,7 @@ class Stage1Cache:
     continues exactly as if it had trained stage 1 itself (stage 2 starts with a fresh optimiser anyway).
     """
 
-    _NOT_STAGE1 = ("stage2_steps", "stage2_repeats", "checkpoint_every")
+    _NOT_STAGE1 = ("stage2_steps", "stage2_epochs", "stage2_repeats", "checkpoint_every")
 
     def __init__(self, root: Path, cfg: TrainConfig, model_key: str, motion: list[EncodedSample]):
         self.root = Path(root)

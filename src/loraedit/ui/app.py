@@ -222,7 +222,7 @@ def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
     with gr.Row():
         ui.stage1_steps = gr.Number(start.stage1_steps, precision=0, label="stage-1 steps (motion)",
                                     elem_id="stage1-steps")
-        ui.stage2_steps = gr.Number(start.stage2_steps, precision=0, label="stage-2 steps (edited frames)",
+        ui.stage2_steps = gr.Number(start.stage2_steps, precision=0, label="stage-2 steps (empty: 10 epochs)",
                                     elem_id="stage2-steps")
         ui.steps = gr.Number(start.steps, precision=0, label="sampling steps", elem_id="sample-steps")
         with gr.Column():

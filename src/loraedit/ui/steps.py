@@ -63,7 +63,7 @@ class Settings:
     train_prompt: str = ""  # caption of the input's first frame ("": the caption of the edit, or Florence-2's)
     prompt: str = ""  # caption of the edited first frame
     stage1_steps: int = TrainConfig.stage1_steps
-    stage2_steps: int = TrainConfig.stage2_steps
+    stage2_steps: int | None = TrainConfig.stage2_steps  # None (an empty field): the authors' 10 epochs
     rank: int = TrainConfig.rank
     learning_rate: float = TrainConfig.learning_rate
     steps: int = SampleConfig.steps
@@ -428,7 +428,8 @@ def _run_options(cfg: AppConfig, settings: Settings) -> RunOptions:
 def _train_config(settings: Settings) -> TrainConfig:
     return TrainConfig(rank=_int(settings.rank, "rank"), learning_rate=_float(settings.learning_rate, "learning rate"),
                        stage1_steps=_int(settings.stage1_steps, "stage-1 steps"),
-                       stage2_steps=_int(settings.stage2_steps, "stage-2 steps"))
+                       stage2_steps=None if settings.stage2_steps is None else _int(settings.stage2_steps,
+                                                                                     "stage-2 steps"))
 
 
 def _sample_config(settings: Settings) -> SampleConfig:
