@@ -147,9 +147,10 @@ def plan_phases(experts: list[Expert], num_motion: int, num_edited: int, cfg: Tr
     phases = []
     for expert in experts:
         phases.append(Phase(1, expert, tuple(range(num_motion)), cfg.stage1_steps))
-        if num_edited and cfg.stage2_steps:
+        steps = stage2_steps(cfg, num_motion, num_edited) if num_edited else 0
+        if steps:  # --stage2-steps 0 trains stage 1 only
             order = stage2_schedule(num_motion, num_edited, cfg.stage2_repeats)
-            phases.append(Phase(2, expert, tuple(order), stage2_steps(cfg, num_motion, num_edited)))
+            phases.append(Phase(2, expert, tuple(order), steps))
     return phases
 
 
