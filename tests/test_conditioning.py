@@ -646,3 +646,27 @@ def test_appearance_variants_differ_in_hue_and_keep_the_motion():
     assert means.std(dim=0).min() > 0.05  # the colours really vary from draw to draw
     again = C.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
     assert all(torch.equal(a.target, b.target) for a, b in zip(variants, again))
+
+
+def test_one_recipe_per_mode():
+    video = distinct_video(9, 4, 4)
+    masks = torch.zeros(9, 4, 4)
+    masks[:, 1:3, 1:3] = 1
+    first = distinct_video(1, 4, 4, seed=5)[0]
+    frame = C.EditedFrameSample(4, video[4], first, masks[4])
+    motion, edited = C.training_samples("mask-aware", video, masks, "p", edited_frames=(frame,))
+    assert [s.name for s in motion] == ["motion"] and [s.name for s in edited] == ["frame4"]
+    assert torch.equal(motion[0].keep_mask, C.motion_sample(video, masks, "p").keep_mask)
+    clips, _ = C.training_samples("mask-aware", video, masks, "p", low_cost_clip_frames=5)
+    assert [s.name for s in clips] == ["clip0", "clip4"]
+    naive, none = C.training_samples("naive", video, masks, "p", edited_frames=(frame,))
+    assert torch.equal(naive[0].keep_mask, C.naive_sample(video, "p").keep_mask) and none == []
+    with pytest.raises(ValueError, match="trains nothing"):
+        C.training_samples("no-lora", video, masks, "p")
+    for mode, expected in (("mask-aware", C.mask_aware_condition(video, masks, first, "p")),
+                           ("mask-no-lora", C.mask_aware_condition(video, masks, first, "p")),
+                           ("naive", C.first_frame_condition(first, 9, "p")),
+                           ("no-lora", C.first_frame_condition(first, 9, "p"))):
+        got = C.inference_condition(mode, video, masks, first, "p")
+        assert torch.equal(got.condition_video, expected.condition_video) and torch.equal(got.keep_mask,
+                                                                                          expected.keep_mask)

@@ -25,7 +25,8 @@ from .errors import out_of_memory_advice
 from .lora_io import load_lora, remove_lora
 from .performance import ALL_BLOCKS, PerformanceConfig
 from .train import TrainConfig, TrainProgress, train_lora
-from .validate import TRAINING_MODES, CheckedRun, Clip, check_run
+from .conditioning import TRAINING_MODES
+from .validate import CheckedRun, Clip, check_run
 
 CONCEPT_TOKEN = "p3rs0n,"
 
@@ -216,16 +217,9 @@ def encode_appearance_variants(encoder: Encoder, motion: list[conditioning.Sampl
 def training_samples(run: CheckedRun, opts: RunOptions):
     """The method's training samples for the chosen mode: (motion samples, edited-frame samples)."""
     prompt = compose_prompt(opts.concept_token, opts.train_prompt if opts.train_prompt is not None else opts.prompt)
-    clip = run.clip
-    if opts.mode == "naive":
-        return [conditioning.naive_sample(clip.video, prompt)], []
-    if opts.low_cost:
-        motion = conditioning.low_cost_samples(clip.video, clip.masks, prompt, opts.low_cost_clip_frames)
-    else:
-        motion = [conditioning.motion_sample(clip.video, clip.masks, prompt)]
-    edited = [conditioning.appearance_sample(ef.frame, ef.image, ef.mask, prompt, name=f"frame{ef.index}")
-              for ef in run.edited_frames]
-    return motion, edited
+    edited = tuple(conditioning.EditedFrameSample(ef.index, ef.frame, ef.image, ef.mask) for ef in run.edited_frames)
+    return conditioning.training_samples(opts.mode, run.clip.video, run.clip.masks, prompt, edited_frames=edited,
+                                         low_cost_clip_frames=opts.low_cost_clip_frames if opts.low_cost else None)
 
 
 def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunOptions(),
@@ -281,10 +275,7 @@ def prepare_sampling(backend: Backend, run: CheckedRun, opts: RunOptions, scfg: 
     """Build the mode's inference condition from the checked clip and edited first frame, and encode it."""
     clip, first = run.clip, run.edited_first_frame
     prompt = compose_prompt(opts.concept_token, opts.prompt)
-    if opts.mode in ("mask-aware", "mask-no-lora"):
-        condition = conditioning.mask_aware_condition(clip.video, clip.masks, first, prompt)
-    else:
-        condition = conditioning.first_frame_condition(first, run.frames, prompt)
+    condition = conditioning.inference_condition(opts.mode, clip.video, clip.masks, first, prompt)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
     with out_of_memory_advice("encoding the inference condition", _memory_advice(run, opts)):
         negative = backend.default_negative_prompt if scfg.negative_prompt is None else scfg.negative_prompt

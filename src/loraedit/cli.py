@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .cache import default_cache_dir
+from .conditioning import MODES
 from .errors import InputError, LoraEditError, error_text
 
 try:
@@ -111,7 +112,7 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption", type=_caption, metavar="florence2:DIR", help="caption the first frame (training) and "
                    "the edited first frame (sampling) with a local Florence-2 folder (<DETAILED_CAPTION>, 'The image "
                    "shows' stripped); --prompt / --train-prompt override it; cached with the latents")
-    g.add_argument("--mode", default="mask-aware", choices=["mask-aware", "naive", "no-lora", "mask-no-lora"],
+    g.add_argument("--mode", default="mask-aware", choices=list(MODES),
                    help="mask-aware (the method), naive (LoRA on the standard I2V condition), no-lora (stock "
                    "I2V), mask-no-lora (mask-aware condition on the base model)")
     g.add_argument("--mask-mode", default="maxpool", choices=["maxpool", "nearest"],

@@ -316,6 +316,53 @@ def downsample_keep_mask(keep_mask: torch.Tensor, factor: int, mode: str = "maxp
 
 
 # ----------------------------------------------------------------------------------------------------
+# The modes: one recipe each (training samples + inference condition), for the jobs and the bench alike
+# ----------------------------------------------------------------------------------------------------
+
+#: mask-aware: the method; naive: a LoRA on the standard I2V condition (Sec. 3.1); no-lora: stock I2V;
+#: mask-no-lora: the mask-aware condition on the base model (Fig. 2, case 3).
+MODES = ("mask-aware", "naive", "no-lora", "mask-no-lora")
+TRAINING_MODES = ("mask-aware", "naive")
+
+
+@dataclass(frozen=True)
+class EditedFrameSample:
+    """An edited later frame in pixels: its index, the source frame, the user's edit and its edit mask."""
+
+    index: int
+    frame: torch.Tensor  # [3, H, W]
+    edited: torch.Tensor  # [3, H, W]
+    mask: torch.Tensor  # [H, W]
+
+
+def training_samples(mode: str, video: torch.Tensor, edit_masks: torch.Tensor, prompt: str, *,
+                     edited_frames: tuple[EditedFrameSample, ...] = (), low_cost_clip_frames: int | None = None,
+                     ) -> tuple[list[Sample], list[Sample]]:
+    """(motion samples, edited-frame samples) a mode trains on; `low_cost_clip_frames` trains the motion on
+    overlapping clips of that length (Sec. 4.5). Naive ignores the mask and the edited frames."""
+    if mode not in TRAINING_MODES:
+        raise ValueError(f"mode {mode!r} trains nothing: training modes are {', '.join(TRAINING_MODES)}")
+    if mode == "naive":
+        return [naive_sample(video, prompt)], []
+    if low_cost_clip_frames:
+        motion = low_cost_samples(video, edit_masks, prompt, low_cost_clip_frames)
+    else:
+        motion = [motion_sample(video, edit_masks, prompt)]
+    edited = [appearance_sample(f.frame, f.edited, f.mask, prompt, name=f"frame{f.index}") for f in edited_frames]
+    return motion, edited
+
+
+def inference_condition(mode: str, video: torch.Tensor, edit_masks: torch.Tensor, edited_first_frame: torch.Tensor,
+                        prompt: str) -> Sample:
+    """The condition a mode samples from: the mask-aware one (V_cond with the edited frame 0) or stock I2V's."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: choose {', '.join(MODES)}")
+    if mode in ("mask-aware", "mask-no-lora"):
+        return mask_aware_condition(video, edit_masks, edited_first_frame, prompt)
+    return first_frame_condition(edited_first_frame, video.shape[0], prompt)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Optional post-processing
 # ----------------------------------------------------------------------------------------------------
 

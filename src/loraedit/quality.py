@@ -89,8 +89,11 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
     enc = Encoder(backend, None, "maxpool")
     negative = enc.prompt(backend.default_negative_prompt)
     first = scenario.edited_first_frame
-    mask_cond = enc.sample(conditioning.mask_aware_condition(video, masks, first, prompt))
-    plain_cond = enc.sample(conditioning.first_frame_condition(first, video.shape[0], prompt))
+    mask_cond = enc.sample(conditioning.inference_condition("mask-aware", video, masks, first, prompt))
+    plain_cond = enc.sample(conditioning.inference_condition("no-lora", video, masks, first, prompt))
+
+    def recipe(mode: str, **options):  # the same samples `loraedit train` builds for the mode (conditioning)
+        return conditioning.training_samples(mode, video, masks, train_prompt, **options)
 
     skipped: dict[str, float] = {}  # per sampled mode: the blocks the first-block cache did not run
 
@@ -117,9 +120,9 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
     if "mask-no-lora" in cfg.modes:
         outputs["mask-no-lora"] = sample(mask_cond, "mask-no-lora")
     if "naive" in cfg.modes:
-        outputs["naive"] = trained("naive", [conditioning.naive_sample(video, train_prompt)], [], plain_cond,
+        outputs["naive"] = trained("naive", *recipe("naive"), plain_cond,
                                    replace(cfg.train, appearance_augment=0))  # the paper's baseline, as published
-    motion = [conditioning.motion_sample(video, masks, train_prompt)]
+    motion, _ = recipe("mask-aware")
     motion += conditioning.appearance_augmented_samples(video, masks, train_prompt, cfg.recolour_copies)
     if "mask-aware" in cfg.modes:
         outputs["mask-aware"] = trained("mask-aware", motion, [], mask_cond)
@@ -128,10 +131,10 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
                                                                     cfg.paste_feather)
     if "mask-aware+frames" in cfg.modes and scenario.later_frame is not None:
         j = scenario.later_frame
-        frame = conditioning.appearance_sample(video[j], gt[j], masks[j], train_prompt, name=f"frame{j}")
-        outputs["mask-aware+frames"] = trained("mask-aware+frames", motion, [frame], mask_cond)
+        _, frames = recipe("mask-aware", edited_frames=(conditioning.EditedFrameSample(j, video[j], gt[j], masks[j]),))
+        outputs["mask-aware+frames"] = trained("mask-aware+frames", motion, frames, mask_cond)
     if "low-cost" in cfg.modes:
-        clips = conditioning.low_cost_samples(video, masks, train_prompt, cfg.low_cost_clip_frames)
+        clips, _ = recipe("mask-aware", low_cost_clip_frames=cfg.low_cost_clip_frames)
         outputs["low-cost"] = trained("low-cost", clips, [], mask_cond)
     if "codec-ceiling" in cfg.modes:
         outputs["codec-ceiling"] = backend.decode_latents(backend.encode_video(gt))

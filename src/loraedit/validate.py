@@ -35,7 +35,7 @@ import torch
 from . import diskspace, lora_io, media, plan
 from .backends import ModelFolder, read_model_folder, resolve_model_dir
 from .backends.base import CLIP_VIEWS, SAMPLERS
-from .conditioning import APPEARANCE_REGIONS
+from .conditioning import APPEARANCE_REGIONS, MODES, TRAINING_MODES
 from .errors import InputError
 from .performance import performance_problems
 from .train import TrainConfig, latest_checkpoint
@@ -43,8 +43,6 @@ from .train import TrainConfig, latest_checkpoint
 if TYPE_CHECKING:
     from .api import ClipInputs, RunOptions, SampleConfig
 
-MODES = ("mask-aware", "naive", "no-lora", "mask-no-lora")
-TRAINING_MODES = ("mask-aware", "naive")
 TIMESTEP_SAMPLING = ("uniform", "logit-normal", "shifted")
 _T = TypeVar("_T")
 

@@ -35,7 +35,7 @@ from ..errors import error_text  # noqa: E402
 from ..errors import LoraEditError  # noqa: E402
 from ..report import loss_curve_svg  # noqa: E402
 from ..train import TrainProgress  # noqa: E402
-from ..validate import MODES  # noqa: E402
+from ..conditioning import MODES  # noqa: E402
 from . import steps  # noqa: E402
 from .session import Session  # noqa: E402
 from .steps import AppConfig, Result, Settings  # noqa: E402

@@ -24,7 +24,7 @@ from ..backends import ModelFolder, read_model_folder, resolve_model_dir
 from ..errors import InputError
 from ..report import result_paths
 from ..train import TrainConfig, TrainProgress
-from ..validate import TRAINING_MODES
+from ..conditioning import TRAINING_MODES
 from .session import Session, Trained, store_mask_frames, store_upload
 
 EXAMPLE_FPS = 8.0  # the toy world has no clock; 8 fps makes a 17-frame clip last two seconds
