@@ -27,7 +27,8 @@ from loraedit.api import Encoder
 from loraedit.backends.wan import load_wan
 from loraedit.errors import InputError, Interrupted, LoraEditError
 from loraedit.backends.wan import Expert
-from loraedit.train import TrainConfig, _stop_if_diverged, latest_checkpoint, plan_phases, train_lora
+from loraedit.checkpoints import latest_checkpoint
+from loraedit.train import TrainConfig, _stop_if_diverged, plan_phases, train_lora
 
 # ---- SIGKILL at several points, then --resume ----------------------------------------------------------
 

@@ -12,7 +12,8 @@ from loraedit.api import Encoder
 from loraedit.backends.base import Expert
 from loraedit.backends.wan import TEXT_TOKENS, load_wan
 from loraedit.errors import InputError, LoraEditError
-from loraedit.train import TrainConfig, flow_matching_loss, latest_checkpoint, plan_phases, sample_sigma, train_lora
+from loraedit.checkpoints import latest_checkpoint
+from loraedit.train import TrainConfig, flow_matching_loss, plan_phases, sample_sigma, train_lora
 
 CFG = TrainConfig(rank=4, alpha=4.0, learning_rate=1e-3, stage1_steps=6, stage2_steps=4, stage2_repeats=2,
                   checkpoint_every=2)

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import hf_folder, media, metrics
+from . import hf_folder, media
 from .metrics import pixel_metrics, scored_frames
 from .errors import InputError
 from .report import write_json

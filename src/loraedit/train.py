@@ -26,15 +26,13 @@ import math
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import safetensors
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import lora_io
+from . import checkpoints, lora_io
 from .backends.base import EncodedSample, Expert
 from .cache import content_key
 from .conditioning import stage2_schedule
@@ -79,13 +77,6 @@ class Phase:
     expert: Expert
     schedule: tuple[int, ...]  # indices into the phase's samples, one epoch
     steps: int
-
-
-@dataclass
-class TrainState:
-    phase: int = 0
-    step: int = 0  # steps done within the phase
-    losses: list[list[float]] = field(default_factory=list)  # per phase
 
 
 @dataclass(frozen=True)
@@ -180,7 +171,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     run_key = content_key(json.dumps(asdict(cfg), sort_keys=True), backend.fingerprint(),
                           *[t for s in samples for t in (s.target, s.condition, s.text)])
     settings = lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, backend.fingerprint(), backend.kind)
-    stage1 = Stage1Cache(stage1_cache, cfg, backend.fingerprint(), motion) if stage1_cache is not None else None
+    stage1 = checkpoints.Stage1Cache(stage1_cache, cfg, backend.fingerprint(), motion) if stage1_cache is not None else None
 
     # 1. Attach a LoRA to every expert (its random init drawn from the seed, not the global RNG). The LoRA
     #    weights train in fp32 on the compute device whatever the base's storage (bf16, fp8, offloaded).
@@ -200,10 +191,10 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
 
     # 2. Resume (from a checkpoint, or a finished run's LoRA files) or start fresh.
     ckpt_dir = out_dir / "checkpoints"
-    _remove_leftovers(out_dir, ckpt_dir)
-    state = TrainState(losses=[[] for _ in phases])
-    latest = latest_checkpoint(ckpt_dir)
-    finished = _finished_lora_files(out_dir, backend, run_key) if resume and latest is None else None
+    checkpoints.remove_leftovers(out_dir, ckpt_dir)
+    state = checkpoints.TrainState(losses=[[] for _ in phases])
+    latest = checkpoints.latest_checkpoint(ckpt_dir)
+    finished = checkpoints.finished_lora_files(out_dir, backend, run_key) if resume and latest is None else None
     if finished is not None:
         for expert in backend.experts:
             lora_io.load_lora_state(backend.transformer(expert.name), lora_io.read_lora(finished[expert.name])[0])
@@ -216,7 +207,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                          "continue it, or choose another output folder / delete it to start over")
     optimizer_state = None
     if latest is not None:
-        state, optimizer_state = _load_checkpoint(latest, backend, run_key)
+        state, optimizer_state = checkpoints.load_checkpoint(latest, backend, run_key)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     total = sum(p.steps for p in phases)
@@ -288,9 +279,9 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 report()
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < phase.steps:
-                    _save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+                    checkpoints.save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
         except KeyboardInterrupt:
-            _save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+            checkpoints.save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
             raise Interrupted(f"interrupted at step {done_before}; saved a checkpoint in {ckpt_dir}: "
                               "run the same command with --resume to continue") from None
         transformer.eval()
@@ -298,7 +289,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
             stage1.store(phase.expert, transformer, state.losses[phase_index])
         state.phase, state.step = phase_index + 1, 0
         if phase_index + 1 < len(phases):
-            _save_checkpoint(ckpt_dir, backend, state, None, run_key)
+            checkpoints.save_checkpoint(ckpt_dir, backend, state, None, run_key)
     bar.close()
 
     # 6. Final LoRA files (ComfyUI keys) and the loss log.
@@ -345,7 +336,7 @@ def _stop_if_diverged(what: str, value: torch.Tensor, history: list[float], step
         return
     why = f"became {value}" if not math.isfinite(value) else (
         f"exploded to {value:.4g}, over {EXPLODING_LOSS_FACTOR:g}x its median so far")
-    latest = latest_checkpoint(ckpt_dir)
+    latest = checkpoints.latest_checkpoint(ckpt_dir)
     kept = (f"the last good checkpoint ({latest.name}) is kept in {ckpt_dir}" if latest
             else "no checkpoint was written yet")
     raise LoraEditError(f"training stopped at step {step} (stage {phase.stage}, {phase.expert.name}): the {what} "
@@ -353,130 +344,5 @@ def _stop_if_diverged(what: str, value: torch.Tensor, history: list[float], step
                         f"in a new --out folder with a lower --lr (e.g. {cfg.learning_rate / 3:.2g})")
 
 
-def _finished_lora_files(out_dir: Path, backend, run_key: str) -> dict[str, Path] | None:
-    """The LoRA files of a finished run with this exact key in `out_dir`, if all are there."""
-    try:
-        log = json.loads((out_dir / "train_log.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(log, dict) or log.get("run_key") != run_key or not isinstance(log.get("lora_files"), dict):
-        return None
-    paths = {e.name: out_dir / str(log["lora_files"].get(e.name, "")) for e in backend.experts}
-    return paths if all(p.is_file() and p.suffix == ".safetensors" for p in paths.values()) else None
-
-
-def _remove_leftovers(out_dir: Path, ckpt_dir: Path) -> None:
-    """Delete what a killed run may have left half-written: checkpoint temp folders and trash."""
-    leftovers = [*ckpt_dir.glob(".tmp-ckpt-*"), *ckpt_dir.glob(".old-ckpt-*"), *out_dir.glob(".checkpoints-done-*")]
-    for path in leftovers:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-class Stage1Cache:
-    """Finished stage-1 LoRAs by content, so new edited later frames never retrain stage 1.
-
-    Stage 1 learns the clip's motion from the motion samples alone; its result is a function of the
-    model, the motion samples and the settings stage 1 uses (not stage 2's, not the checkpoint interval),
-    and of the expert. The entry is the fp32 LoRA and the phase's losses, so a run that starts from it
-    continues exactly as if it had trained stage 1 itself (stage 2 starts with a fresh optimiser anyway).
-    """
-
-    _NOT_STAGE1 = ("stage2_steps", "stage2_epochs", "stage2_repeats", "checkpoint_every")
-
-    def __init__(self, root: Path, cfg: TrainConfig, model_key: str, motion: list[EncodedSample]):
-        self.root = Path(root)
-        settings = {k: v for k, v in asdict(cfg).items() if k not in self._NOT_STAGE1}
-        self.key = content_key("stage1", json.dumps(settings, sort_keys=True), model_key,
-                               *[t for s in motion for t in (s.target, s.condition, s.text, s.image)])
-
-    def _path(self, expert: Expert) -> Path:
-        return self.root / f"{content_key(self.key, expert.name, expert.sigma_low, expert.sigma_high)}.safetensors"
-
-    def restore(self, expert: Expert, transformer: torch.nn.Module) -> list[float] | None:
-        """Load a stored stage-1 LoRA into `transformer`; its losses, or None when there is none."""
-        path = self._path(expert)
-        try:
-            with safetensors.safe_open(str(path), "pt") as f:
-                losses = json.loads(f.metadata()["losses"])
-            lora_io.load_lora_state(transformer, load_file(str(path)))
-        except (OSError, ValueError, KeyError, TypeError, InputError, safetensors.SafetensorError):
-            return None  # absent or unreadable: train stage 1
-        return losses
-
-    def store(self, expert: Expert, transformer: torch.nn.Module, losses: list[float]) -> None:
-        path = self._path(expert)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file(lora_io.lora_state(transformer), str(tmp), metadata={"losses": json.dumps(losses)})
-
-
-# ---- checkpoints --------------------------------------------------------------------------------------
-
-
 def _step_seed(seed: int, phase: int | str, step: int) -> int:
     return int(content_key(seed, phase, step)[:15], 16)
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint (folders appear by atomic rename, so any with state.json is whole)."""
-    found = sorted(p for p in ckpt_dir.glob("ckpt-*") if (p / "state.json").is_file()) if ckpt_dir.is_dir() else []
-    return found[-1] if found else None
-
-
-def _save_checkpoint(ckpt_dir: Path, backend, state: TrainState, optimizer, run_key: str) -> None:
-    """Write LoRA weights of every expert, the optimiser and the step into a new folder, then rename it."""
-    done = sum(len(x) for x in state.losses)
-    final = ckpt_dir / f"ckpt-{done:07d}"
-    tmp = ckpt_dir / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for expert in backend.experts:
-        save_file(lora_io.lora_state(backend.transformer(expert.name)), str(tmp / f"{expert.name}.safetensors"))
-    groups = None
-    if optimizer is not None:
-        opt = optimizer.state_dict()
-        tensors = {f"{i}.{name}": v.detach().cpu().contiguous() for i, s in opt["state"].items()
-                   for name, v in s.items()}
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        groups = opt["param_groups"]
-    (tmp / "state.json").write_text(json.dumps(
-        {"run_key": run_key, "phase": state.phase, "step": state.step, "losses": state.losses,
-         "param_groups": groups}))
-    if final.exists():  # e.g. Ctrl-C right after this step's checkpoint: move the old one aside, never edit it
-        old = ckpt_dir / f".old-{final.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-    for stale in sorted(ckpt_dir.glob("ckpt-*"))[:-2]:  # keep the two newest
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _load_checkpoint(path: Path, backend, run_key: str) -> tuple[TrainState, dict | None]:
-    try:
-        return _read_checkpoint(path, backend, run_key)
-    except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as exc:
-        raise InputError(f"checkpoint {path} is damaged ({type(exc).__name__}): delete that folder to resume from "
-                         "the checkpoint before it, or start over in another output folder") from None
-
-
-def _read_checkpoint(path: Path, backend, run_key: str) -> tuple[TrainState, dict | None]:
-    meta = json.loads((path / "state.json").read_text())
-    if meta["run_key"] != run_key:
-        raise InputError(f"checkpoint {path} belongs to a run with other inputs or settings: resume with the same "
-                         "command, or start over in another output folder")
-    for expert in backend.experts:
-        lora_io.load_lora_state(backend.transformer(expert.name),
-                                load_file(str(path / f"{expert.name}.safetensors")))
-    optimizer_state = None
-    if meta["param_groups"] is not None:
-        flat = load_file(str(path / "optimizer.safetensors"))
-        per_param: dict[int, dict] = {}
-        for key, value in flat.items():
-            index, name = key.split(".", 1)
-            per_param.setdefault(int(index), {})[name] = value
-        optimizer_state = {"state": per_param, "param_groups": meta["param_groups"]}
-    return TrainState(meta["phase"], meta["step"], meta["losses"]), optimizer_state
-

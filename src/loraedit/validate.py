@@ -38,7 +38,8 @@ from .backends.base import CLIP_VIEWS, SAMPLERS
 from .conditioning import APPEARANCE_REGIONS, MODES, TRAINING_MODES
 from .errors import InputError
 from .performance import performance_problems
-from .train import TrainConfig, latest_checkpoint
+from .checkpoints import latest_checkpoint
+from .train import TrainConfig
 
 if TYPE_CHECKING:
     from .api import ClipInputs, RunOptions, SampleConfig
