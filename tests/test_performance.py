@@ -16,7 +16,8 @@ import torch
 from loraedit import conditioning, performance
 from loraedit.api import Encoder
 from loraedit.backends.wan import load_wan
-from loraedit.cli import _configs, build_parser
+from loraedit.cli import build_parser
+from loraedit.cli.options import configs as _configs
 from loraedit.performance import PerformanceConfig, batched_cfg, performance_problems
 from loraedit.train import TrainConfig, train_lora
 

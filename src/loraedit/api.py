@@ -21,78 +21,14 @@ from . import conditioning, media, report
 from .backends import Backend, EncodedSample
 from .backends import load_backend as _load_backend
 from .cache import TensorCache, content_key
+from .conditioning import TRAINING_MODES
+# The settings live in `config`; they are importable from here too, where the jobs that take them are.
+from .config import CONCEPT_TOKEN, ClipInputs, EditedFrame, RunOptions, SampleConfig, TrainConfig  # noqa: F401
 from .errors import out_of_memory_advice
 from .lora_io import load_lora, remove_lora
 from .performance import ALL_BLOCKS, PerformanceConfig
-from .train import TrainConfig, TrainProgress, train_lora
-from .conditioning import TRAINING_MODES
+from .train import TrainProgress, train_lora
 from .validate import CheckedRun, Clip, check_run
-
-CONCEPT_TOKEN = "p3rs0n,"
-
-
-@dataclass(frozen=True)
-class EditedFrame:
-    """A user-edited later frame: its index in the source video, the image, and optionally its own mask."""
-
-    index: int
-    image: Path
-    mask: Path | None = None
-
-
-@dataclass(frozen=True)
-class ClipInputs:
-    """The user's files and how to fit them to the model."""
-
-    video: Path
-    mask: Path
-    frames: int | None = None  # 4k+1; None = the model's default
-    size: tuple[int, int] | None = None  # (width, height); None = the model's working size
-    edited_frames: tuple[EditedFrame, ...] = ()
-    strict: bool = False  # refuse edited images of another aspect ratio instead of cover-cropping them
-    allow_empty_mask_frames: bool = False  # frames with nothing to edit are intended (see `validate`)
-    allow_full_mask_frames: bool = False  # frames with nothing to keep are intended
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """Sampling settings; defaults are the authors' (30 steps, CFG 5, shift 5, Wan's negative prompt).
-
-    CFG and the negative prompt default to the model's own (`loraedit_model.json`; Wan: the authors').
-    """
-
-    steps: int = 30
-    guidance: float | None = None  # None: the model's own (5 for Wan)
-    guidance_2: float | None = None  # Wan2.2's low-noise expert; None = same as guidance
-    shift: float = 5.0
-    sampler: str = "unipc"  # the folder's own solver; "euler": flow-matching Euler (the authors' inference)
-    seed: int = 0
-    negative_prompt: str | None = None  # None: the model's own (Wan's standard list for Wan folders)
-    paste_background: bool = False
-    paste_feather: int = 3  # pixels outside the mask over which the pasted input fades in
-    first_block_cache: float = 0.0  # > 0: reuse later blocks across steps (faster, approximate; 0 = exact)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Where things go and how the method is run."""
-
-    mode: str = "mask-aware"
-    low_cost: bool = False
-    low_cost_clip_frames: int = 13
-    mask_mode: str = "maxpool"  # or "nearest" (the authors')
-    clip_view: str = "squash"  # how CLIP sees a non-square frame: "squash" (Wan's code, the authors') or "crop"
-    prompt: str = ""  # caption of the edited first frame (inference)
-    train_prompt: str | None = None  # caption of the input's first frame; None = prompt
-    concept_token: str = CONCEPT_TOKEN
-    cache_dir: Path | None = None
-    progress: bool = True
-    resume: bool = False
-    device: str | None = None
-    caption: Path | None = None  # local Florence-2 folder: captions where --prompt / --train-prompt are not given
-    performance: PerformanceConfig = PerformanceConfig()  # memory mode, attention, compile, checkpointing, ...
-    memory_check: bool = True  # on a GPU, refuse a run whose modelled peak will not fit (plan.py)
-
 
 # ---- model and media ------------------------------------------------------------------------------------
 

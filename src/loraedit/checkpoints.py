@@ -25,7 +25,7 @@ from .errors import InputError
 from .media import atomic_path
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 
 @dataclass

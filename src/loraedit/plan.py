@@ -19,7 +19,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from . import devices, perfmodel
-from .train import TrainConfig, stage2_steps
+from .config import TrainConfig
+from .train import stage2_steps
 from .backends.wan_folder import WanFolder
 
 MODES = ("full", "fp8", "offload", "fp8+offload")  # fastest first: what `pick` prefers among those that fit

@@ -34,7 +34,8 @@ from .api import Encoder, compose_prompt, encode_appearance_variants
 from .backends import Backend
 from .lora_io import remove_lora
 from .metrics import edit_metrics, masked_psnr
-from .train import TrainConfig, train_lora
+from .config import TrainConfig
+from .train import train_lora
 
 METHOD_MODES = ("no-lora", "mask-no-lora", "naive", "mask-aware", "mask-aware+frames", "low-cost")
 #: Beyond the paper, each its own row so the main rows stay the method: mask-aware's output with the input

@@ -36,6 +36,7 @@ from . import checkpoints, lora_io
 from .backends.base import EncodedSample, Expert
 from .cache import content_key
 from .conditioning import stage2_schedule
+from .config import TrainConfig  # noqa: F401 (re-exported: the loop's settings)
 from .errors import InputError, Interrupted, LoraEditError
 from .media import atomic_path
 from .performance import checkpointed_blocks, set_attention, set_gradient_checkpointing
@@ -44,29 +45,6 @@ from .performance import checkpointed_blocks, set_attention, set_gradient_checkp
 #: losses on normalised latents stay within a small factor of each other across noise levels).
 EXPLODING_LOSS_FACTOR = 100.0
 EXPLODING_LOSS_MIN_HISTORY = 8  # losses seen in the phase before the test applies
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every knob of LoRA training; defaults are the authors' (METHOD.md)."""
-
-    rank: int = 16
-    alpha: float = 16.0
-    targets: str | None = None  # peft regex of the layers to adapt; None = the model's default
-    learning_rate: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    stage1_steps: int = 100
-    stage2_steps: int | None = None  # None: stage2_epochs epochs of the stage-2 schedule (the authors')
-    stage2_epochs: int = 10  # the authors' 10 epochs of (motion samples + 9 per edited frame): 100 steps for one
-    stage2_repeats: int = 9
-    timestep_sampling: str = "uniform"  # uniform (authors) | logit-normal | shifted
-    timestep_shift: float = 3.0  # for "shifted"
-    appearance_augment: int = 0  # recoloured variants of each motion sample, one drawn per step (0 = the paper's)
-    appearance_region: str = "path"  # where the variants are recoloured: the edit region's path, or "frame"
-    checkpoint_every: int = 25
-    seed: int = 0
 
 
 @dataclass(frozen=True)

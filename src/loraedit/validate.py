@@ -28,23 +28,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 
 from . import diskspace, lora_io, media, plan
 from .backends import ModelFolder, read_model_folder, resolve_model_dir
-from .backends.base import CLIP_VIEWS, SAMPLERS
-from .conditioning import APPEARANCE_REGIONS, MODES, TRAINING_MODES
+from .checkpoints import latest_checkpoint
+from .config import (APPEARANCE_REGIONS, CLIP_VIEWS, MASK_MODES, MODES, SAMPLERS, TIMESTEP_SAMPLING,
+                     TRAINING_MODES, ClipInputs, RunOptions, SampleConfig, TrainConfig)
 from .errors import InputError
 from .performance import performance_problems
-from .checkpoints import latest_checkpoint
-from .train import TrainConfig
 
-if TYPE_CHECKING:
-    from .api import ClipInputs, RunOptions, SampleConfig
-
-TIMESTEP_SAMPLING = ("uniform", "logit-normal", "shifted")
 _T = TypeVar("_T")
 
 
@@ -159,8 +154,8 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
         add(f"--mode {opts.mode!r} is unknown: choose one of {', '.join(MODES)}")
     elif command == "train" and opts.mode not in TRAINING_MODES:
         add(f"--mode {opts.mode} trains no LoRA: train with mask-aware or naive")
-    if opts.mask_mode not in ("maxpool", "nearest"):
-        add(f"--mask-mode {opts.mask_mode!r} is unknown: choose maxpool or nearest")
+    if opts.mask_mode not in MASK_MODES:
+        add(f"--mask-mode {opts.mask_mode!r} is unknown: choose {', '.join(MASK_MODES)}")
     if opts.clip_view not in CLIP_VIEWS:
         add(f"--clip-view {opts.clip_view!r} is unknown: choose {', '.join(CLIP_VIEWS)}")
     if opts.caption is not None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..cache import default_cache_dir
+from ..config import APPEARANCE_REGIONS, SAMPLERS, TIMESTEP_SAMPLING
 from ..errors import InputError
 from .options import parse_box, parse_caption, parse_modes, parse_point, parse_size
 
@@ -38,9 +39,9 @@ def add_bench_parser(sub) -> None:
                    "of the clip in mask-aware training (ours; default 0 = the paper)")
     p.add_argument("--appearance-augment", type=int, default=None, metavar="N", help="mask-aware training on N "
                    "recoloured versions of the clip, one drawn per step (ours; default: the toy world's setting)")
-    p.add_argument("--appearance-region", choices=["path", "frame"], help="where --appearance-augment recolours "
+    p.add_argument("--appearance-region", choices=APPEARANCE_REGIONS, help="where --appearance-augment recolours "
                    "(default: the toy world's setting)")
-    p.add_argument("--timestep-sampling", choices=["uniform", "logit-normal", "shifted"], default="shifted",
+    p.add_argument("--timestep-sampling", choices=TIMESTEP_SAMPLING, default="shifted",
                    help="LoRA training noise levels (default shifted by 3, the toy world's; the authors: uniform)")
     p.add_argument("--modes", type=parse_modes, help="comma-separated subset of the rows to run (default all: "
                    "no-lora,mask-no-lora,naive,mask-aware,mask-aware+frames,low-cost,mask-aware+paste,"
@@ -49,7 +50,7 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--guidance", type=float, help="CFG scale (default: the model's own; 1 for the toy world, "
                    "5 for Wan)")
     p.add_argument("--shift", type=float, default=5.0, help="sampler flow shift (default 5)")
-    p.add_argument("--sampler", choices=["unipc", "euler"], default="unipc", help="sampler (default unipc)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="unipc", help="sampler (default unipc)")
     p.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="sample every mode with "
                    "diffusers' First Block Cache at threshold T (default 0 = off)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

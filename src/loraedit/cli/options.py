@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from ..cache import default_cache_dir
-from ..conditioning import MODES
+from ..config import APPEARANCE_REGIONS, CLIP_VIEWS, MASK_MODES, MODES, SAMPLERS, TIMESTEP_SAMPLING
+from ..performance import MEMORY_MODES
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -100,9 +101,9 @@ def add_clip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", default="mask-aware", choices=list(MODES),
                    help="mask-aware (the method), naive (LoRA on the standard I2V condition), no-lora (stock "
                    "I2V), mask-no-lora (mask-aware condition on the base model)")
-    g.add_argument("--mask-mode", default="maxpool", choices=["maxpool", "nearest"],
+    g.add_argument("--mask-mode", default="maxpool", choices=MASK_MODES,
                    help="pixel -> latent mask: maxpool (no edited pixel is ever kept) or nearest (the authors')")
-    g.add_argument("--clip-view", default="squash", choices=["squash", "crop"], help="how the image encoder sees a "
+    g.add_argument("--clip-view", default="squash", choices=CLIP_VIEWS, help="how the image encoder sees a "
                    "non-square frame: squash the whole frame to its square (Wan's code, the authors'; default) or "
                    "crop its centre (diffusers' processor: misses the sides of a wide frame)")
     g.add_argument("--strict", action="store_true", help="refuse edited images of another aspect ratio than the "
@@ -114,7 +115,7 @@ def add_clip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, help="where encoded latents/embeddings are cached "
                    "(default: ~/.cache/loraedit/encoded, or $LORAEDIT_CACHE/encoded)")
     g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--memory-mode", default="full", choices=["full", "fp8", "offload", "fp8+offload"],
+    g.add_argument("--memory-mode", default="full", choices=list(MEMORY_MODES),
                    help="base weights: full (bf16 on the GPU), fp8 (stored in float8, half the memory), offload "
                    "(kept in CPU memory, streamed layer by layer), fp8+offload (for 24 GB cards); default full")
     g.add_argument("--attention", default="auto", help="attention backend: auto (FlashAttention 3/2 if installed, "
@@ -151,9 +152,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--appearance-augment", type=int, default=0, metavar="N", help="train on N recoloured versions "
                    "of the clip (one random colour transform each, drawn per step) instead of its own colours, so a "
                    "long training cannot paint the original object back over the edit (ours; default 0 = the paper)")
-    g.add_argument("--appearance-region", choices=["path", "frame"], default="path", help="where --appearance-augment "
+    g.add_argument("--appearance-region", choices=APPEARANCE_REGIONS, default="path", help="where --appearance-augment "
                    "recolours: the mask's path over the clip (default) or the whole frame")
-    g.add_argument("--timestep-sampling", default="uniform", choices=["uniform", "logit-normal", "shifted"],
+    g.add_argument("--timestep-sampling", default="uniform", choices=TIMESTEP_SAMPLING,
                    help="noise-level distribution in training (default uniform, as the authors)")
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint interval in steps (0 = never)")
     g.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory "
@@ -180,7 +181,7 @@ def add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
                    "Wan folders, as the authors; 1 for the toy world)")
     g.add_argument("--guidance-2", type=float, help="guidance of Wan2.2's low-noise expert (default: --guidance)")
     g.add_argument("--shift", type=float, default=5.0, help="flow shift of the sampler (default 5)")
-    g.add_argument("--sampler", choices=["unipc", "euler"], default="unipc", help="unipc: the model folder's own "
+    g.add_argument("--sampler", choices=SAMPLERS, default="unipc", help="unipc: the model folder's own "
                    "solver (the diffusers model card's; default); euler: flow-matching Euler (the authors' inference)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="reuse the blocks after the "
@@ -201,7 +202,7 @@ def add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
 def configs(args: argparse.Namespace):
     from ..api import ClipInputs, RunOptions, SampleConfig
     from ..performance import PerformanceConfig
-    from ..train import TrainConfig
+    from ..config import TrainConfig
 
     inputs = ClipInputs(video=args.video, mask=args.mask, frames=args.frames, size=args.size,
                         edited_frames=tuple(getattr(args, "edited_frames", ()) or ()), strict=args.strict,

@@ -23,7 +23,8 @@ from ..api import ClipInputs, EditedFrame, RunOptions, SampleConfig
 from ..backends import ModelFolder, read_model_folder, resolve_model_dir
 from ..errors import InputError
 from ..report import result_paths
-from ..train import TrainConfig, TrainProgress
+from ..config import TrainConfig
+from ..train import TrainProgress
 from ..conditioning import TRAINING_MODES
 from .session import Session, Trained, store_mask_frames, store_upload
 
