@@ -6,6 +6,10 @@ condition and keep mask into its channels, names its LoRA targets, predicts the 
 training step and samples a video. Trainer, sampler, api, quality and the UI see only this protocol
 (and `ModelFolder`, the facts read from a folder before any weight loads), so a new family is a new
 module under `backends/` and one line in the registry (`backends/__init__.py`).
+
+A family also owns how its LoRA files name their weights (`LoraKeyMap`): each family's ComfyUI layout
+differs (Wan renames modules one to one; HunyuanVideo fuses q, k and v into one layer), and `lora_io` only
+ever sees peft names.
 """
 
 from __future__ import annotations
@@ -49,9 +53,34 @@ class EncodedSample:
 
     name: str
     condition: torch.Tensor  # the model's condition channels (Wan: [4 + C, T', h, w], mask then latents)
-    text: torch.Tensor  # the prompt's embedding ([tokens, text_dim])
+    text: torch.Tensor  # the prompt's embedding ([tokens, text_dim]; a family may append rows, see its layout)
     image: torch.Tensor | None  # image-encoder tokens (Wan2.1's CLIP) or None
     target: torch.Tensor | None  # [C, T', h, w] normalised latents of the target
+
+
+@runtime_checkable
+class LoraKeyMap(Protocol):
+    """How one family's LoRA files name the weights: peft names (what training holds) <-> file keys.
+
+    `to_file` and `from_file` are exact inverses on what training writes; `peft_shapes` maps a file's
+    header (names and shapes, no tensor data) to peft names and shapes, so a LoRA can be checked against a
+    model before anything is read.
+    """
+
+    family: str  # how messages name the layout ("Wan", "HunyuanVideo")
+
+    def to_file(self, state: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, torch.Tensor]:
+        """peft-named lora_A / lora_B weights -> the file's tensors."""
+        ...
+
+    def from_file(self, tensors: dict[str, torch.Tensor], path: Path, rank: int,
+                  alpha: float) -> dict[str, torch.Tensor]:
+        """The file's tensors -> peft-named weights; InputError naming `path` for a key it cannot place."""
+        ...
+
+    def peft_shapes(self, shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, tuple[int, ...]]:
+        """The file's header (key -> shape) -> peft name -> shape; InputError naming `path` as above."""
+        ...
 
 
 @runtime_checkable
@@ -99,6 +128,11 @@ class Backend(Protocol):
     @property
     def uses_clip(self) -> bool: ...
     @property
+    def prompt_sees_image(self) -> bool:
+        """True when the prompt's embedding depends on the first frame (HunyuanVideo's Llava text encoder reads
+        the image with the prompt), so `encode_prompt` needs the image and caches key on it."""
+        ...
+    @property
     def working_size(self) -> tuple[int, int]: ...
     @property
     def default_frames(self) -> int: ...
@@ -118,7 +152,7 @@ class Backend(Protocol):
     # ---- encoders (pixels -> the model's inputs); freed before training
     def encode_video(self, video: torch.Tensor) -> torch.Tensor: ...
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
-    def encode_prompt(self, text: str) -> torch.Tensor: ...
+    def encode_prompt(self, text: str, image: torch.Tensor | None = None) -> torch.Tensor: ...
     def encode_image(self, image: torch.Tensor) -> torch.Tensor | None: ...
     def condition_tensor(self, sample: Sample, mask_mode: str = "maxpool") -> torch.Tensor: ...
     def free_encoders(self) -> None: ...

@@ -114,6 +114,11 @@ class WanBackend:
         return t is not None and t.config.image_dim is not None
 
     @property
+    def prompt_sees_image(self) -> bool:
+        """UMT5 reads the prompt alone (the first frame reaches Wan2.1 through CLIP, `encode_image`)."""
+        return False
+
+    @property
     def working_size(self) -> tuple[int, int]:
         """(width, height) the model was trained at: the folder's `loraedit_model.json`, else 832x480."""
         return tuple(self.info.get("working_size", DEFAULT_WORKING_SIZE))
@@ -195,8 +200,8 @@ class WanBackend:
         return video.float().cpu().clamp(-1, 1).permute(1, 0, 2, 3)
 
     @torch.no_grad()
-    def encode_prompt(self, text: str) -> torch.Tensor:
-        """Text -> UMT5 embedding [512, text_dim], zero-padded past the prompt's tokens."""
+    def encode_prompt(self, text: str, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Text -> UMT5 embedding [512, text_dim], zero-padded past the prompt's tokens (`image` is not read)."""
         if self.pipe.text_encoder is None:
             raise RuntimeError("the text encoder was freed; encode prompts before training")
         emb = self.pipe._get_t5_prompt_embeds(text, max_sequence_length=TEXT_TOKENS, device=torch.device("cpu"),
