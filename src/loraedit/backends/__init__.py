@@ -41,9 +41,17 @@ def _wan() -> Family:
     return Family("wan", PIPELINE_CLASSES, read_wan_folder, load_wan, KINDS, LORA_KEY_MAP)
 
 
+def _hunyuan() -> Family:
+    from .hunyuan import load_hunyuan
+    from .hunyuan_folder import KINDS, PIPELINE_CLASSES, read_hunyuan_folder
+    from .hunyuan_lora import LORA_KEY_MAP
+
+    return Family("hunyuan", PIPELINE_CLASSES, read_hunyuan_folder, load_hunyuan, KINDS, LORA_KEY_MAP)
+
+
 #: Every family loraedit runs, most common first; the first is the one an unknown folder is read as
 #: (so its reader's message says what the folder lacks).
-FAMILIES: tuple[Callable[[], Family], ...] = (_wan,)
+FAMILIES: tuple[Callable[[], Family], ...] = (_wan, _hunyuan)
 
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
