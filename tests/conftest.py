@@ -46,3 +46,11 @@ def clip_files(tmp_path_factory, toy_clip) -> dict[str, Path]:
     media.write_image(root / "edited8.png", toy_clip.edited_video[8])
     return {"video": root / "input.mp4", "mask": root / "masks", "edited0": root / "edited0.png",
             "edited8": root / "edited8.png", "root": root}
+
+
+@pytest.fixture(scope="session")
+def hunyuan_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight HunyuanVideo-I2V (latent_concat) folder, as a real download is laid out."""
+    from hunyuan_parts import write_hunyuan_folder
+
+    return write_hunyuan_folder(tmp_path_factory.mktemp("models") / "hunyuan")

@@ -91,14 +91,19 @@ def test_the_fingerprint_ignores_download_bookkeeping_but_not_configs(tmp_path):
     assert model_fingerprint(copy) != EXPECTED[0][-1]
 
 
-def test_hunyuanvideo_i2v_is_refused_in_one_line_that_says_why(clip_files, tmp_path, capsys):
-    code = main(["sample", "--model", str(HUNYUAN), "--video", str(clip_files["video"]), "--mask",
-                 str(clip_files["mask"]), "--frames", "9", "--mode", "no-lora", "--edited-first-frame",
-                 str(clip_files["edited0"]), "--out", str(tmp_path / "out.mp4"), "--cache-dir", str(tmp_path / "c")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert "holds HunyuanVideo-I2V, which loraedit does not support yet" in err
-    assert "give a Wan2.1-I2V or Wan2.2-I2V diffusers folder" in err
+def test_the_published_hunyuanvideo_i2v_layout_is_read_as_its_own_family(tmp_path):
+    from loraedit.backends import read_model_folder
+
+    folder = read_model_folder(HUNYUAN)
+    assert (folder.kind, folder.working_size, folder.default_frames, folder.experts) == (
+        "hunyuan-video-i2v", (624, 368), 49, ("transformer",))
+    assert len(folder.lora_shapes("transformer", 16, folder.default_lora_targets)) > 0  # the real dimensions
+    copy = _copy(HUNYUAN, tmp_path / "HunyuanVideo-I2V")  # the token_replace variant has no mask channel
+    _rewrite(copy / "transformer" / "config.json", image_condition_type="token_replace", in_channels=16)
+    with pytest.raises(InputError) as err:
+        read_model_folder(copy)
+    assert len(err.value.problems) == 1 and "token_replace" in err.value.problems[0]
+    assert "latent_concat" in err.value.problems[0]
 
 
 def test_a_missing_shard_is_refused_in_one_line(tmp_path):

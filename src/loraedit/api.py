@@ -106,9 +106,14 @@ class Encoder:
         self.mask_mode = mask_mode
         self.clip_view = clip_view
 
-    def prompt(self, text: str) -> torch.Tensor:
-        return self.cache.get_or_compute("text", content_key(self.model_key, text),
-                                         lambda: self.backend.encode_prompt(text))
+    def prompt(self, text: str, image: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompt's embedding; `image` is the frame a Llava-style text encoder reads with it (HunyuanVideo:
+        the first frame; None = the family's unconditional image) and is ignored by prompt-only encoders."""
+        if not self.backend.prompt_sees_image:
+            return self.cache.get_or_compute("text", content_key(self.model_key, text),
+                                             lambda: self.backend.encode_prompt(text))
+        key = content_key(self.model_key, text, "no image" if image is None else image)
+        return self.cache.get_or_compute("text", key, lambda: self.backend.encode_prompt(text, image))
 
     def image(self, image: torch.Tensor) -> torch.Tensor | None:
         if not self.backend.uses_clip:
@@ -128,7 +133,7 @@ class Encoder:
 
     def sample(self, sample: conditioning.Sample) -> EncodedSample:
         return EncodedSample(
-            name=sample.name, condition=self.condition(sample), text=self.prompt(sample.prompt),
+            name=sample.name, condition=self.condition(sample), text=self.prompt(sample.prompt, sample.clip_image),
             image=self.image(sample.clip_image),
             target=None if sample.target is None else self.latents(sample.target))
 
@@ -223,6 +228,8 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
     """Attach the LoRA file(s), sample, optionally paste the background back, write the outputs."""
     if scfg.guidance is None:  # resolved here, so that the settings written with the video say the number
         scfg = replace(scfg, guidance=backend.default_guidance)
+    if scfg.sampler is None:  # likewise the sampler
+        scfg = replace(scfg, sampler=backend.default_sampler)
     if opts.mode in TRAINING_MODES:
         for path, expert in zip(loras, backend.experts, strict=True):
             load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint(), dtype=backend.dtype,

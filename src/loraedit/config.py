@@ -59,7 +59,7 @@ class SampleConfig:
     guidance: float | None = None  # None: the model's own (5 for Wan)
     guidance_2: float | None = None  # Wan2.2's low-noise expert; None = same as guidance
     shift: float = 5.0
-    sampler: str = "unipc"  # the folder's own solver; "euler": flow-matching Euler (the authors' inference)
+    sampler: str | None = None  # None: the folder's own solver (Wan: UniPC); "euler": the authors' inference
     seed: int = 0
     negative_prompt: str | None = None  # None: the model's own (Wan's standard list for Wan folders)
     paste_background: bool = False

@@ -1,8 +1,10 @@
-"""LoRA files: peft adapters on a Wan transformer <-> safetensors with ComfyUI-style keys.
+"""LoRA files: peft adapters on a transformer <-> safetensors with ComfyUI-style keys.
 
-The saved layout is the one ComfyUI, DiffSynth and diffusers' Wan LoRA loader all read:
-`diffusion_model.blocks.N.self_attn.q.lora_A.weight` / `lora_B.weight` plus a scalar
-`diffusion_model.blocks.N.self_attn.q.alpha` (scale = alpha / rank). The LoRA's own settings (rank,
+Each model family owns its file layout (`backends.base.LoraKeyMap`, found through the registry by the
+kind the file records): Wan's is `diffusion_model.blocks.N.self_attn.q.lora_A.weight` / `lora_B.weight`
+plus a scalar `diffusion_model.blocks.N.self_attn.q.alpha` (scale = alpha / rank), which ComfyUI,
+DiffSynth and diffusers' Wan LoRA loader all read; HunyuanVideo's is its original module names
+(`backends/hunyuan_lora.py`). This module only ever handles peft names. The LoRA's own settings (rank,
 alpha, targets, base model) travel in the file's metadata and a JSON sidecar, so a LoRA trained for
 another model or rank is refused with a clear message instead of loading into the wrong shapes.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,23 +22,11 @@ from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .backends import lora_key_map
 from .errors import InputError
 from .media import atomic_path
 
 ADAPTER = "loraedit"
-
-#: diffusers module names inside a Wan block -> the original Wan (ComfyUI) names.
-_DIFFUSERS_TO_WAN = {
-    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
-    "attn1.to_out.0": "self_attn.o",
-    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v",
-    "attn2.to_out.0": "cross_attn.o",
-    "attn2.add_k_proj": "cross_attn.k_img", "attn2.add_v_proj": "cross_attn.v_img",
-    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
-}
-_WAN_TO_DIFFUSERS = {v: k for k, v in _DIFFUSERS_TO_WAN.items()}
-_PEFT_KEY = re.compile(r"^blocks\.(\d+)\.(.+)\.(lora_[AB])\.weight$")
-_COMFY_KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.(lora_[AB]\.weight|alpha)$")
 
 
 @dataclass(frozen=True)
@@ -97,31 +86,16 @@ def load_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor]
     set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
 
 
-def to_comfy(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """peft names -> ComfyUI names, with one scalar `.alpha` per adapted module."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        m = _PEFT_KEY.match(key)
-        if m is None or m.group(2) not in _DIFFUSERS_TO_WAN:
-            raise ValueError(f"cannot name LoRA weight {key!r} in the Wan layout")
-        block, module, ab = m.group(1), _DIFFUSERS_TO_WAN[m.group(2)], m.group(3)
-        out[f"diffusion_model.blocks.{block}.{module}.{ab}.weight"] = value
-        out[f"diffusion_model.blocks.{block}.{module}.alpha"] = torch.tensor(float(alpha))
-    return out
+def to_comfy(state: dict[str, torch.Tensor], alpha: float, kind: str = "") -> dict[str, torch.Tensor]:
+    """peft names -> the file keys of the family of `kind` (default: Wan's, with one scalar `.alpha` per module)."""
+    rank = next((int(v.shape[0]) for k, v in state.items() if k.endswith("lora_A.weight")), 0)
+    return lora_key_map(kind).to_file(state, rank, alpha)
 
 
-def from_comfy(comfy: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """ComfyUI names -> peft names. The alphas are checked by `read_lora` (they must match the settings)."""
-    state: dict[str, torch.Tensor] = {}
-    for key, value in comfy.items():
-        m = _COMFY_KEY.match(key)
-        if m is None or m.group(2) not in _WAN_TO_DIFFUSERS:
-            raise InputError(f"LoRA file {path} has a weight {key!r} that is not a Wan block LoRA: "
-                             "give a LoRA saved by loraedit (or with ComfyUI Wan keys)")
-        if m.group(3) == "alpha":
-            continue
-        state[f"blocks.{m.group(1)}.{_WAN_TO_DIFFUSERS[m.group(2)]}.{m.group(3)}"] = value
-    return state
+def from_comfy(comfy: dict[str, torch.Tensor], path: Path, kind: str = "", rank: int = 0,
+               alpha: float = 0.0) -> dict[str, torch.Tensor]:
+    """File keys -> peft names (Wan's alphas are checked by `read_lora`: they must match the settings)."""
+    return lora_key_map(kind).from_file(comfy, path, rank, alpha)
 
 
 @dataclass(frozen=True)
@@ -142,8 +116,9 @@ def save_lora(path: Path, transformer: torch.nn.Module, settings: LoraSettings, 
     """
     path = Path(path)
     meta = {"loraedit": json.dumps(asdict(settings)), "loraedit_extra": json.dumps(extra or {}), "format": "pt"}
+    tensors = lora_key_map(settings.base_kind).to_file(lora_state(transformer), settings.rank, settings.alpha)
     with atomic_path(path) as tmp:
-        save_file(to_comfy(lora_state(transformer), settings.alpha), str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=meta)
     sidecar = path.with_suffix(path.suffix + ".json")
     with atomic_path(sidecar) as tmp:
         tmp.write_text(json.dumps({**asdict(settings), **(extra or {})}, indent=2))
@@ -166,15 +141,17 @@ def inspect_lora(path: Path) -> LoraHeader:
                          "re-export it or train again") from None
     if "loraedit" not in meta:
         raise InputError(f"LoRA file {path} carries no loraedit settings in its metadata: give a LoRA saved by "
-                         "loraedit (other Wan LoRAs load through diffusers' load_lora_weights)")
+                         "loraedit (other LoRAs load through diffusers' load_lora_weights)")
     try:
         settings = LoraSettings(**json.loads(meta["loraedit"]))
         extra = json.loads(meta.get("loraedit_extra", "{}"))
     except (ValueError, TypeError):
         raise InputError(f"LoRA file {path} has damaged loraedit settings in its metadata: train it again") from None
-    names = from_comfy({k: k for k in shapes}, path)  # peft -> ComfyUI name; refuses non-Wan-block keys
+    # The layout of the family it was trained for (Wan's for a file that records no kind); it refuses keys
+    # it cannot place.
+    peft_shapes = lora_key_map(settings.base_kind).peft_shapes(shapes, path)
     expert = extra.get("expert") if isinstance(extra, dict) else None
-    return LoraHeader(path, settings, {peft: shapes[comfy] for peft, comfy in names.items()}, expert)
+    return LoraHeader(path, settings, peft_shapes, expert)
 
 
 def lora_problems(header: LoraHeader, expected: dict[str, tuple[int, ...]], base_model: str,
@@ -211,7 +188,8 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraSettings]:
     if alphas - {float(header.settings.alpha)}:
         raise InputError(f"LoRA file {path} has per-module alpha {sorted(alphas)} but its settings say "
                          f"{header.settings.alpha}: the file was altered; re-export it or train again")
-    return from_comfy(comfy, path), header.settings
+    settings = header.settings
+    return lora_key_map(settings.base_kind).from_file(comfy, path, settings.rank, settings.alpha), settings
 
 
 def load_lora(path: Path, transformer: torch.nn.Module, base_model: str, *, dtype: torch.dtype | None = None,

@@ -30,7 +30,7 @@ measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tes
 - batched CFG: the conditional and unconditional predictions of a sampling step in one batched forward
   (`BatchedCFG`, a diffusers model hook; the pipeline itself is unchanged). The same FLOPs, one pass over
   the weights instead of two (what counts with offloading and small steps); twice the activations of a
-  sampling forward.
+  sampling forward. The hook knows Wan's inputs; HunyuanVideo's CFG (off by default) runs as two calls.
 - VAE tiling: spatially tiled VAE decoding (memory bounded for large frames; Wan's VAE already decodes
   frame group by frame group, so its memory is linear in frames).
 
@@ -168,6 +168,30 @@ def set_attention(transformer: torch.nn.Module, perf: PerformanceConfig, device:
     return name
 
 
+#: The attributes that hold a transformer's blocks, in the order its forward runs them: Wan's `blocks`;
+#: HunyuanVideo's dual-stream `transformer_blocks`, then its single-stream `single_transformer_blocks`.
+BLOCK_LISTS = ("blocks", "transformer_blocks", "single_transformer_blocks")
+
+
+def transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every block of the transformer in forward order (what checkpointing counts and the block cache watches).
+
+    One list for any family, so `--checkpoint-blocks k` means "the first k blocks the forward runs" whether
+    the model has one stack (Wan: 40) or two (HunyuanVideo: 20 dual-stream then 40 single-stream).
+    """
+    blocks = [block for name in BLOCK_LISTS for block in getattr(transformer, name, None) or ()]
+    if not blocks:
+        raise ValueError(f"{type(transformer).__name__} has none of {', '.join(BLOCK_LISTS)}: name its block list "
+                         "in performance.BLOCK_LISTS")
+    return blocks
+
+
+def _self_attention(block: torch.nn.Module) -> torch.nn.Module:
+    """A block's (joint) self-attention: Wan's `attn1`, HunyuanVideo's `attn`."""
+    attention = getattr(block, "attn1", None)
+    return attention if attention is not None else block.attn
+
+
 def checkpointed_blocks(perf: PerformanceConfig, device: torch.device) -> int | None:
     """What `set_gradient_checkpointing` gets: the configured count, or auto (every block on a GPU, none on a CPU)."""
     if perf.checkpoint_blocks is not None:
@@ -176,13 +200,13 @@ def checkpointed_blocks(perf: PerformanceConfig, device: torch.device) -> int | 
 
 
 def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None, keep_attention: bool = False) -> int:
-    """Checkpoint the first `blocks` transformer blocks (None = all, 0 = none). Returns how many.
+    """Checkpoint the first `blocks` transformer blocks (None = all, 0 = none), in forward order. Returns how many.
 
     A checkpointed block keeps only its input for the backward pass and runs its forward again there:
     one more forward of that block per step, in exchange for all of its activations (see perfmodel).
     With `keep_attention` it also keeps its self-attention output, so that forward skips the attention.
     """
-    all_blocks = list(transformer.blocks)
+    all_blocks = transformer_blocks(transformer)
     count = len(all_blocks) if blocks is None else min(blocks, len(all_blocks))
     if count == 0:
         transformer.disable_gradient_checkpointing()
@@ -336,8 +360,9 @@ def first_block_cache(transformers: list[torch.nn.Module], threshold: float):
             transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
             enabled.append(transformer)
             # The last block's self-attention runs only when the cache lets the tail compute.
-            handles.append(transformer.blocks[0].register_forward_pre_hook(counter.count_step))
-            handles.append(transformer.blocks[-1].attn1.register_forward_pre_hook(counter.count_full))
+            blocks = transformer_blocks(transformer)
+            handles.append(blocks[0].register_forward_pre_hook(counter.count_step))
+            handles.append(_self_attention(blocks[-1]).register_forward_pre_hook(counter.count_full))
         yield counter
     finally:
         for handle in handles:

@@ -68,7 +68,7 @@ class QualityConfig:
     steps: int = 30
     guidance: float | None = None  # None: the model's own (loraedit_model.json; 5 for Wan, 1 for the toy world)
     shift: float = 5.0
-    sampler: str = "unipc"
+    sampler: str | None = None  # None: the folder's own (recorded resolved)
     sample_seed: int = 0
     first_block_cache: float = 0.0  # > 0: diffusers' First Block Cache while sampling (approximate)
     paste_feather: int = 3  # the mask-aware+paste row's feather, pixels
@@ -180,8 +180,10 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
     from .toyworld.scenes import generate
 
     out_dir = Path(out_dir)
-    if cfg.guidance is None:  # the JSON records the number used
-        cfg = replace(cfg, guidance=backend_factory().default_guidance)
+    if cfg.guidance is None or cfg.sampler is None:  # the JSON records what was used
+        backend = backend_factory()
+        cfg = replace(cfg, guidance=backend.default_guidance if cfg.guidance is None else cfg.guidance,
+                      sampler=cfg.sampler or backend.default_sampler)
     per_scenario = []
     started = time.perf_counter()
     for i, seed in enumerate(scenario_seeds(cfg)):

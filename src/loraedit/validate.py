@@ -3,7 +3,7 @@
 An edit is an hour of GPU time: a mask that does not match the video, found after the 14B model has
 loaded and the encoders have run, wastes it. `check_run` reads the user's files once (the fitted tensors
 it returns are what `api` works from), checks them against each other and against the model folder's
-configs (`backends.wan_folder`: no weights are loaded), and raises one `InputError` whose problems each
+configs (the family's folder reader: no weights are loaded), and raises one `InputError` whose problems each
 name the file or option and the fix.
 
 Decisions about masks (frames after the first only: frame 0 is replaced whole by the edited first frame,
@@ -185,7 +185,8 @@ def _check_options(found: _Findings, command: str, inputs: ClipInputs, opts: Run
                 ("--guidance-2", scfg.guidance_2,
                  scfg.guidance_2 is None or (math.isfinite(scfg.guidance_2) and scfg.guidance_2 >= 0), ">= 0"),
                 ("--shift", scfg.shift, math.isfinite(scfg.shift) and scfg.shift > 0, "> 0"),
-                ("--sampler", scfg.sampler, scfg.sampler in SAMPLERS, "from " + ", ".join(SAMPLERS)),
+                ("--sampler", scfg.sampler, scfg.sampler is None or scfg.sampler in SAMPLERS,
+                 "from " + ", ".join(SAMPLERS)),
                 ("--first-block-cache", scfg.first_block_cache,
                  math.isfinite(scfg.first_block_cache) and scfg.first_block_cache >= 0, ">= 0 (0 = off)"),
                 ("--paste-feather", scfg.paste_feather, scfg.paste_feather >= 0, ">= 0 (0 = a hard seam)")):
@@ -405,9 +406,13 @@ def _check_loras(found: _Findings, folder: ModelFolder, loras: list[Path]) -> No
 
 
 def _lora_params(found: _Findings, folder: ModelFolder, cfg: TrainConfig) -> int:
-    """Number of LoRA weights training will create; a problem if --targets matches no layer."""
-    params = sum(math.prod(shape) for expert in folder.experts
-                 for shape in folder.lora_shapes(expert, cfg.rank, cfg.targets or folder.default_lora_targets).values())
+    """Number of LoRA weights training will create; a problem if --targets matches no layer (or, for a family
+    whose files fuse layers, adapts only part of one)."""
+    targets = cfg.targets or folder.default_lora_targets
+    shapes = [found.attempt(folder.lora_shapes, expert, cfg.rank, targets) for expert in folder.experts]
+    if any(s is None for s in shapes):
+        return 0
+    params = sum(math.prod(shape) for expert_shapes in shapes for shape in expert_shapes.values())
     if not params:
         found.problems.append(f"--targets {cfg.targets!r} matches no Linear layer of this model's transformer: "
                               r"give a regex over module names like blocks\.\d+\.attn1\.to_q (or drop it)")

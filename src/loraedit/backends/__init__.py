@@ -14,32 +14,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .base import Backend, EncodedSample, Expert, ModelFolder
+from .base import Backend, EncodedSample, Expert, LoraKeyMap, ModelFolder
 
-__all__ = ["Backend", "EncodedSample", "Expert", "ModelFolder", "FAMILIES", "resolve_model_dir",
-           "read_model_folder", "load_backend"]
+__all__ = ["Backend", "EncodedSample", "Expert", "LoraKeyMap", "ModelFolder", "FAMILIES", "resolve_model_dir",
+           "read_model_folder", "load_backend", "lora_key_map"]
 
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: the pipeline classes that name it, its folder reader and its loader."""
+    """One model family: the pipeline classes that name it, its folder reader and its loader, the kinds its
+    folders report and how its LoRA files name their weights."""
 
     name: str
     pipeline_classes: tuple[str, ...]
     read_folder: Callable[[Path], ModelFolder]
     load: Callable[..., Backend]
+    kinds: tuple[str, ...]
+    lora_key_map: LoraKeyMap
 
 
 def _wan() -> Family:
     from .wan import load_wan
-    from .wan_folder import PIPELINE_CLASSES, read_wan_folder
+    from .wan_folder import KINDS, PIPELINE_CLASSES, read_wan_folder
+    from .wan_lora import LORA_KEY_MAP
 
-    return Family("wan", PIPELINE_CLASSES, read_wan_folder, load_wan)
+    return Family("wan", PIPELINE_CLASSES, read_wan_folder, load_wan, KINDS, LORA_KEY_MAP)
+
+
+def _hunyuan() -> Family:
+    from .hunyuan import load_hunyuan
+    from .hunyuan_folder import KINDS, PIPELINE_CLASSES, read_hunyuan_folder
+    from .hunyuan_lora import LORA_KEY_MAP
+
+    return Family("hunyuan", PIPELINE_CLASSES, read_hunyuan_folder, load_hunyuan, KINDS, LORA_KEY_MAP)
 
 
 #: Every family loraedit runs, most common first; the first is the one an unknown folder is read as
 #: (so its reader's message says what the folder lacks).
-FAMILIES: tuple[Callable[[], Family], ...] = (_wan,)
+FAMILIES: tuple[Callable[[], Family], ...] = (_wan, _hunyuan)
 
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
@@ -85,3 +97,10 @@ def load_backend(model: str | os.PathLike, device=None, perf=None) -> Backend:
 
     path = resolve_model_dir(model)
     return family_of(path).load(path, torch.device(device) if isinstance(device, str) else device, perf=perf)
+
+
+def lora_key_map(kind: str) -> LoraKeyMap:
+    """How LoRA files of a model of this `kind` (as recorded in the file: `LoraSettings.base_kind`) name their
+    weights; the first family's layout for an unknown or empty kind (files written before kinds were recorded)."""
+    families = [make() for make in FAMILIES]
+    return next((f for f in families if kind in f.kinds), families[0]).lora_key_map

@@ -6,6 +6,10 @@ condition and keep mask into its channels, names its LoRA targets, predicts the 
 training step and samples a video. Trainer, sampler, api, quality and the UI see only this protocol
 (and `ModelFolder`, the facts read from a folder before any weight loads), so a new family is a new
 module under `backends/` and one line in the registry (`backends/__init__.py`).
+
+A family also owns how its LoRA files name their weights (`LoraKeyMap`): each family's ComfyUI layout
+differs (Wan renames modules one to one; HunyuanVideo fuses q, k and v into one layer), and `lora_io` only
+ever sees peft names.
 """
 
 from __future__ import annotations
@@ -38,9 +42,43 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-#: Samplers every backend offers: "unipc" (the model folder's own multistep solver, the diffusers model card's
-#: choice for Wan) and "euler" (flow-matching Euler, the authors' DiffSynth inference), both at the flow shift.
+#: Samplers every backend offers, both at the run's flow shift: "unipc" (diffusers' multistep solver, the
+#: Wan folders' own and their model card's choice) and "euler" (flow-matching Euler: the authors' DiffSynth
+#: inference, and HunyuanVideo's own). A run that names none uses the folder's own (`sampler_name`).
 SAMPLERS = ("unipc", "euler")
+
+
+def sampler_name(scheduler) -> str:
+    """"euler" for a flow-matching Euler scheduler, else "unipc" (the two kinds model folders ship)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return "euler" if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) else "unipc"
+
+
+def flow_scheduler(sampler: str, shift: float, folder_scheduler):
+    """A scheduler of kind `sampler` at flow shift `shift`: the folder's own (`folder_scheduler`, rebuilt from
+    its config) when it is of that kind, else the other kind with diffusers' flow-matching settings."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLERS)}")
+    if sampler == sampler_name(folder_scheduler):
+        config = dict(folder_scheduler.config)
+        config["flow_shift" if "flow_shift" in config else "shift"] = shift
+        return type(folder_scheduler).from_config(config)
+    if sampler == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    return UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+                                   flow_shift=shift)
+
+
+def use_sampler(pipe, folder_scheduler, sampler: str, shift: float) -> None:
+    """Give `pipe` the scheduler of `sampler` at `shift`, rebuilt only when either changed (a sampler run
+    after another gives what it gives alone)."""
+    wanted = flow_scheduler(sampler, shift, folder_scheduler)
+    current = pipe.scheduler
+    if type(current) is not type(wanted) or dict(current.config) != dict(wanted.config):
+        pipe.scheduler = wanted
 #: How an image encoder sees a frame that is not square: "squash" resizes the whole frame to the encoder's
 #: square (Wan's own code and DiffSynth, the authors' inference), "crop" resizes the short side and
 #: centre-crops (diffusers' image processor: at 832x480 the outer fifths of the frame are never seen).
@@ -62,9 +100,34 @@ class EncodedSample:
 
     name: str
     condition: torch.Tensor  # the model's condition channels (Wan: [4 + C, T', h, w], mask then latents)
-    text: torch.Tensor  # the prompt's embedding ([tokens, text_dim])
+    text: torch.Tensor  # the prompt's embedding ([tokens, text_dim]; a family may append rows, see its layout)
     image: torch.Tensor | None  # image-encoder tokens (Wan2.1's CLIP) or None
     target: torch.Tensor | None  # [C, T', h, w] normalised latents of the target
+
+
+@runtime_checkable
+class LoraKeyMap(Protocol):
+    """How one family's LoRA files name the weights: peft names (what training holds) <-> file keys.
+
+    `to_file` and `from_file` are exact inverses on what training writes; `peft_shapes` maps a file's
+    header (names and shapes, no tensor data) to peft names and shapes, so a LoRA can be checked against a
+    model before anything is read.
+    """
+
+    family: str  # how messages name the layout ("Wan", "HunyuanVideo")
+
+    def to_file(self, state: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, torch.Tensor]:
+        """peft-named lora_A / lora_B weights -> the file's tensors."""
+        ...
+
+    def from_file(self, tensors: dict[str, torch.Tensor], path: Path, rank: int,
+                  alpha: float) -> dict[str, torch.Tensor]:
+        """The file's tensors -> peft-named weights; InputError naming `path` for a key it cannot place."""
+        ...
+
+    def peft_shapes(self, shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, tuple[int, ...]]:
+        """The file's header (key -> shape) -> peft name -> shape; InputError naming `path` as above."""
+        ...
 
 
 @runtime_checkable
@@ -112,6 +175,11 @@ class Backend(Protocol):
     @property
     def uses_clip(self) -> bool: ...
     @property
+    def prompt_sees_image(self) -> bool:
+        """True when the prompt's embedding depends on the first frame (HunyuanVideo's Llava text encoder reads
+        the image with the prompt), so `encode_prompt` needs the image and caches key on it."""
+        ...
+    @property
     def working_size(self) -> tuple[int, int]: ...
     @property
     def default_frames(self) -> int: ...
@@ -131,7 +199,7 @@ class Backend(Protocol):
     # ---- encoders (pixels -> the model's inputs); freed before training
     def encode_video(self, video: torch.Tensor) -> torch.Tensor: ...
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
-    def encode_prompt(self, text: str) -> torch.Tensor: ...
+    def encode_prompt(self, text: str, image: torch.Tensor | None = None) -> torch.Tensor: ...
     def encode_image(self, image: torch.Tensor, view: str = "squash") -> torch.Tensor | None: ...
     def condition_tensor(self, sample: Sample, mask_mode: str = "maxpool") -> torch.Tensor: ...
     def free_encoders(self) -> None: ...
@@ -143,4 +211,6 @@ class Backend(Protocol):
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None,
-                 first_block_cache_threshold: float = 0.0, sampler: str = "unipc") -> torch.Tensor: ...
+                 first_block_cache_threshold: float = 0.0, sampler: str | None = None) -> torch.Tensor: ...
+    @property
+    def default_sampler(self) -> str: ...

@@ -12,13 +12,13 @@ import gc
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+from diffusers import WanImageToVideoPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..conditioning import Sample
 from ..performance import PerformanceConfig, batched_cfg, configure_transformer, first_block_cache, set_attention
 from . import wan_layout
-from .base import CLIP_VIEWS, SAMPLERS, EncodedSample, Expert
+from .base import CLIP_VIEWS, EncodedSample, Expert, sampler_name, use_sampler
 from .wan_folder import DEFAULT_FRAMES, DEFAULT_LORA_TARGETS, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
 
 __all__ = ["DEFAULT_LORA_TARGETS", "EncodedSample", "Expert", "MaskAwareWanImageToVideoPipeline", "TEXT_TOKENS",
@@ -101,8 +101,7 @@ class WanBackend:
         self.latent_channels = int(vae_cfg.z_dim)
         self._latents_mean = torch.tensor(vae_cfg.latents_mean).view(-1, 1, 1, 1)
         self._latents_std = torch.tensor(vae_cfg.latents_std).view(-1, 1, 1, 1)
-        self._folder_scheduler_class = type(pipe.scheduler)  # "unipc" rebuilds it, whatever ran last
-        self._folder_scheduler_config = dict(pipe.scheduler.config)
+        self._folder_scheduler = pipe.scheduler  # the folder's own: every sampler is built from it
 
     # ---- identity -----------------------------------------------------------------------------------
     @property
@@ -114,6 +113,11 @@ class WanBackend:
         """Wan2.1 feeds CLIP image tokens to every cross-attention; Wan2.2-A14B has no image input."""
         t = self.pipe.transformer
         return t is not None and t.config.image_dim is not None
+
+    @property
+    def prompt_sees_image(self) -> bool:
+        """UMT5 reads the prompt alone (the first frame reaches Wan2.1 through CLIP, `encode_image`)."""
+        return False
 
     @property
     def working_size(self) -> tuple[int, int]:
@@ -197,8 +201,8 @@ class WanBackend:
         return video.float().cpu().clamp(-1, 1).permute(1, 0, 2, 3)
 
     @torch.no_grad()
-    def encode_prompt(self, text: str) -> torch.Tensor:
-        """Text -> UMT5 embedding [512, text_dim], zero-padded past the prompt's tokens."""
+    def encode_prompt(self, text: str, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Text -> UMT5 embedding [512, text_dim], zero-padded past the prompt's tokens (`image` is not read)."""
         if self.pipe.text_encoder is None:
             raise RuntimeError("the text encoder was freed; encode prompts before training")
         emb = self.pipe._get_t5_prompt_embeds(text, max_sequence_length=TEXT_TOKENS, device=torch.device("cpu"),
@@ -264,7 +268,7 @@ class WanBackend:
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None,
-                 first_block_cache_threshold: float = 0.0, sampler: str = "unipc") -> torch.Tensor:
+                 first_block_cache_threshold: float = 0.0, sampler: str | None = None) -> torch.Tensor:
         """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1].
 
         `first_block_cache_threshold` > 0 reuses the blocks after the first across steps while the first
@@ -300,20 +304,13 @@ class WanBackend:
         latents = out[0].float().cpu()  # normalised latents [C, T', h, w]
         return self.decode_latents(latents)
 
-    def _set_scheduler(self, sampler: str, shift: float) -> None:
-        """The folder's own scheduler ("unipc") or flow-matching Euler ("euler"), at flow shift `shift`."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLERS)}")
-        if sampler == "euler":
-            current = self.pipe.scheduler
-            if not (isinstance(current, FlowMatchEulerDiscreteScheduler) and current.config.shift == shift):
-                self.pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-            return
-        cfg = dict(self._folder_scheduler_config)
-        key = "flow_shift" if "flow_shift" in cfg else "shift"
-        cfg[key] = shift
-        if dict(self.pipe.scheduler.config) != cfg or type(self.pipe.scheduler) is not self._folder_scheduler_class:
-            self.pipe.scheduler = self._folder_scheduler_class.from_config(cfg)
+    @property
+    def default_sampler(self) -> str:
+        """The folder's own solver (UniPC in the Wan folders)."""
+        return sampler_name(self._folder_scheduler)
+
+    def _set_scheduler(self, sampler: str | None, shift: float) -> None:
+        use_sampler(self.pipe, self._folder_scheduler, sampler or self.default_sampler, shift)
 
 
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:

@@ -11,31 +11,28 @@ pickle files (.bin/.pt/.ckpt, which can run code when opened) is refused, never 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .base import PICKLE_SUFFIXES, model_fingerprint
+from .base import model_fingerprint
+from .folder_checks import check_info, component_problems, components, linear_lora_shapes, read_info_json, read_json
 
 REQUIRED_FILES = ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
                   "scheduler/scheduler_config.json")
 PIPELINE_CLASSES = ("WanImageToVideoPipeline", "MaskAwareWanImageToVideoPipeline")
+KINDS = ("wan2.1-i2v", "wan2.2-i2v")
 #: Pipelines a user may well point --model at, and why loraedit cannot edit with them (one line, not two).
+#: (HunyuanVideo-I2V folders never reach this reader: the registry sends them to their own family.)
 OTHER_PIPELINES = {
     "WanPipeline": "a text-to-video model, not a Wan image-to-video model",
     "WanVACEPipeline": "Wan VACE, not a Wan image-to-video model",
     "WanVideoToVideoPipeline": "a text-to-video model's video-to-video pipeline, not a Wan image-to-video model",
-    "HunyuanVideoImageToVideoPipeline": "HunyuanVideo-I2V, which loraedit does not support yet",
-    "HunyuanVideoPipeline": "HunyuanVideo text-to-video, not a Wan image-to-video model",
+    "HunyuanVideoPipeline": "HunyuanVideo text-to-video, not an image-to-video model",
 }
 TRANSFORMER_CLASS = "WanTransformer3DModel"  # the class LoRA shapes and the backend assume
 WEIGHT_COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder")
-#: Where component classes may come from: the two libraries, or this package (the toy world's codec).
-#: Never code shipped in the folder, never another installed module a folder names.
-COMPONENT_LIBRARIES = ("diffusers", "transformers")
-OWN_LIBRARY_PREFIX = "loraedit."
 DEFAULT_WORKING_SIZE = (832, 480)  # (width, height) of Wan 480P
 #: Wan's published resolutions, recognised in a folder's name (the official repositories name theirs).
 NAMED_SIZES = {"480p": (832, 480), "720p": (1280, 720)}
@@ -54,7 +51,7 @@ class WanFolder:
     path: Path
     kind: str  # "wan2.1-i2v" or "wan2.2-i2v"
     experts: tuple[str, ...]  # pipeline attributes holding a transformer with its own LoRA
-    working_size: tuple[int, int]  # (width, height) from loraedit_model.json, the folder's name, else Wan 480P's
+    working_size: tuple[int, int]  # (width, height) from loraedit_model.json, else Wan 480P's
     default_frames: int
     spatial_factor: int  # VAE pixels per latent cell
     temporal_factor: int  # VAE frames per latent frame (after frame 0)
@@ -72,7 +69,6 @@ class WanFolder:
     working_size_source: str = "default (Wan 480P)"
     #: CLIP image tokens each cross-attention sees (image_encoder/config.json), 0 without an image encoder.
     image_tokens: int = 0
-
     default_lora_targets: str = DEFAULT_LORA_TARGETS
 
     @property
@@ -100,11 +96,11 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
         raise InputError(_layout_hint(model_dir) or f"model folder {model_dir} lacks {', '.join(missing)}: give a "
                          "complete diffusers-format Wan I2V folder (e.g. Wan2.1-I2V-14B-480P-Diffusers)")
     problems: list[str] = []
-    index = _read_json(model_dir / "model_index.json", problems)
-    transformer = _read_json(model_dir / "transformer/config.json", problems)
-    vae = _read_json(model_dir / "vae/config.json", problems)
+    index = read_json(model_dir / "model_index.json", problems)
+    transformer = read_json(model_dir / "transformer/config.json", problems)
+    vae = read_json(model_dir / "vae/config.json", problems)
     info_path = model_dir / "loraedit_model.json"
-    info = _read_json(info_path, problems) if info_path.is_file() else {}
+    info = read_info_json(model_dir, problems)
     if problems:
         raise InputError(*problems)
 
@@ -112,7 +108,8 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
     if cls not in PIPELINE_CLASSES:  # one line: the channel count of another model says nothing more
         what = OTHER_PIPELINES.get(cls, f"a {cls or 'unknown'} pipeline, not a Wan image-to-video model")
         raise InputError(f"model folder {model_dir} holds {what} ({cls or 'no _class_name'} in model_index.json): "
-                         "give a Wan2.1-I2V or Wan2.2-I2V diffusers folder, e.g. Wan2.1-I2V-14B-480P-Diffusers")
+                         "give a Wan2.1-I2V, Wan2.2-I2V or HunyuanVideo-I2V diffusers folder, e.g. "
+                         "Wan2.1-I2V-14B-480P-Diffusers")
     listed = [(name, index[name][1]) for name in ("transformer", "transformer_2")
               if isinstance(index.get(name), list) and len(index[name]) == 2 and index[name][0] is not None]
     for name, component_class in listed:
@@ -123,51 +120,29 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
     if transformer.get("in_channels") != I2V_IN_CHANNELS:
         problems.append(f"model folder {model_dir}: transformer has {transformer.get('in_channels')} input channels, "
                         f"an I2V model has {I2V_IN_CHANNELS} (16 noisy + 4 mask + 16 condition): give an I2V model")
-    components = {name: spec for name, spec in index.items()
-                  if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and spec[0] is not None}
-    for name, (library, _) in sorted(components.items()):
-        if library not in COMPONENT_LIBRARIES and not str(library).startswith(OWN_LIBRARY_PREFIX):
-            problems.append(f"model folder {model_dir}: component {name} comes from {library!r}, not diffusers or "
-                            "transformers: loraedit never runs code shipped with a model; use the official folder")
-        elif name in WEIGHT_COMPONENTS:
-            problems.extend(_weight_problems(model_dir / name))
-        elif not (model_dir / name).is_dir():
-            problems.append(f"model folder {model_dir} lacks the {name}/ folder that model_index.json lists: "
-                            "copy the complete model folder")
+    parts = components(index)
+    problems.extend(component_problems(model_dir, parts, WEIGHT_COMPONENTS))
     named = _size_from_name(model_dir)
     size_source = ("loraedit_model.json" if "working_size" in info else
                    f"the folder's name ({named[1]})" if named else "default (Wan 480P)")
-    size = info.get("working_size", named[0] if named else DEFAULT_WORKING_SIZE)
-    frames = info.get("frames", DEFAULT_FRAMES)
-    if not (isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
-            and isinstance(frames, int) and frames > 0):
-        problems.append(f"{info_path} has working_size {size!r} and frames {frames!r}: give "
-                        "[width, height] and a frame count as positive integers, or delete the file")
-    negative = info.get("negative_prompt")
-    if negative is not None and not isinstance(negative, str):
-        problems.append(f"{info_path} has negative_prompt {negative!r}: give a string, or leave the key out")
-    guidance = info.get("guidance")
-    if guidance is not None and not (isinstance(guidance, int | float) and not isinstance(guidance, bool)
-                                     and math.isfinite(guidance) and guidance >= 0):
-        problems.append(f"{info_path} has guidance {guidance!r}: give a number >= 0, or leave the key out")
+    declared = check_info(info, info_path, named[0] if named else DEFAULT_WORKING_SIZE, DEFAULT_FRAMES, problems)
     configs = {"transformer": transformer}
-    if "transformer_2" in components and (model_dir / "transformer_2/config.json").is_file():
-        configs["transformer_2"] = _read_json(model_dir / "transformer_2/config.json", problems)
+    if "transformer_2" in parts and (model_dir / "transformer_2/config.json").is_file():
+        configs["transformer_2"] = read_json(model_dir / "transformer_2/config.json", problems)
     if problems:
         raise InputError(*problems)
 
-    two_experts = "transformer_2" in components and index.get("boundary_ratio") is not None
+    two_experts = "transformer_2" in parts and index.get("boundary_ratio") is not None
     return WanFolder(
-        path=model_dir, kind="wan2.2-i2v" if "transformer_2" in components else "wan2.1-i2v",
+        path=model_dir, kind="wan2.2-i2v" if "transformer_2" in parts else "wan2.1-i2v",
         experts=("transformer", "transformer_2") if two_experts else ("transformer",),
-        working_size=(int(size[0]), int(size[1])), default_frames=int(frames),
+        working_size=declared.working_size, default_frames=declared.frames,
         spatial_factor=int(vae.get("scale_factor_spatial", 8)),
         temporal_factor=int(vae.get("scale_factor_temporal", 4)),
         patch_size=tuple(int(v) for v in transformer.get("patch_size", (1, 2, 2))),
         latent_channels=int(vae.get("z_dim", 16)), fingerprint=model_fingerprint(model_dir),
-        transformer_configs=configs, negative_prompt=negative,
-        guidance=None if guidance is None else float(guidance), working_size_source=size_source,
-        image_tokens=_image_tokens(model_dir, components, transformer))
+        transformer_configs=configs, negative_prompt=declared.negative_prompt, guidance=declared.guidance,
+        working_size_source=size_source, image_tokens=_image_tokens(model_dir, parts, transformer))
 
 
 def lora_shapes(folder: WanFolder, expert: str, rank: int, targets: str) -> dict[str, tuple[int, int]]:
@@ -181,12 +156,7 @@ def lora_shapes(folder: WanFolder, expert: str, rank: int, targets: str) -> dict
 
     with torch.device("meta"):
         model = WanTransformer3DModel.from_config(folder.transformer_configs[expert])
-    shapes = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and re.fullmatch(targets, name):
-            shapes[f"{name}.lora_A.weight"] = (rank, module.in_features)
-            shapes[f"{name}.lora_B.weight"] = (module.out_features, rank)
-    return shapes
+    return linear_lora_shapes(model, rank, targets)
 
 
 def _size_from_name(model_dir: Path) -> tuple[tuple[int, int], str] | None:
@@ -224,52 +194,3 @@ def _layout_hint(model_dir: Path) -> str | None:
         return (f"model folder {model_dir} is an original Wan release (.pth weights, no model_index.json), which "
                 "loraedit does not read: download the diffusers-format repository (its name ends in -Diffusers)")
     return None
-
-
-def _read_json(path: Path, problems: list[str]) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path} is not valid JSON ({type(exc).__name__}: {' '.join(str(exc).split())}): "
-                        "restore the file from the model's download")
-        return {}
-    if not isinstance(data, dict):
-        problems.append(f"{path} holds a {type(data).__name__}, not a JSON object: restore it from the download")
-        return {}
-    return data
-
-
-def _weight_problems(component: Path) -> list[str]:
-    """Safetensors weights present and whole (every shard an index names exists); pickle files refused."""
-    if not component.is_dir():
-        return [f"model folder {component.parent} lacks the {component.name}/ folder that model_index.json lists: "
-                "copy the complete model folder"]
-    files = [p for p in component.iterdir() if p.is_file()]
-    problems = []
-    code = sorted(p.name for p in files if p.suffix == ".py")
-    if code:
-        problems.append(f"model folder {component.parent}: {component.name}/ ships Python code ({code[0]}), which "
-                        "loraedit never runs: use the official diffusers-format folder")
-    if not (component / "config.json").is_file():
-        problems.append(f"model folder {component.parent} lacks {component.name}/config.json: "
-                        "copy the complete model folder")
-    for index in (p for p in files if p.name.endswith(".safetensors.index.json")):
-        try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-            problems.append(f"{index} is not a valid weight index: restore it from the model's download")
-            continue
-        lost = sorted(s for s in shards if not (component / s).is_file())
-        if lost:
-            problems.append(f"model folder {component.parent}: {component.name}/ lacks {len(lost)} weight shard(s) "
-                            f"its index lists (e.g. {lost[0]}): finish copying the model")
-    if not any(p.suffix == ".safetensors" for p in files):
-        pickled = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
-        if pickled:
-            problems.append(f"model folder {component.parent}: {component.name}/ has only pickle weights "
-                            f"({pickled[0]}), which loraedit never opens (they can run code): use the safetensors "
-                            "release of the model or convert it with save_pretrained(safe_serialization=True)")
-        else:
-            problems.append(f"model folder {component.parent}: {component.name}/ has no .safetensors weights: "
-                            "finish copying the model")
-    return problems

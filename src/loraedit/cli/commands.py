@@ -50,7 +50,7 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--guidance", type=float, help="CFG scale (default: the model's own; 1 for the toy world, "
                    "5 for Wan)")
     p.add_argument("--shift", type=float, default=5.0, help="sampler flow shift (default 5)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="unipc", help="sampler (default unipc)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="sampler (default: the model folder's own)")
     p.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="sample every mode with "
                    "diffusers' First Block Cache at threshold T (default 0 = off)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -93,7 +93,7 @@ def add_mask_parser(sub) -> None:
 def add_ui_parser(sub) -> None:
     p = sub.add_parser("ui", help="the web app: load a clip, make masks, train with a live loss curve, sample, "
                        "download (needs the ui extra: pip install 'loraedit[ui]')")
-    p.add_argument("--model", default="toy", help="local diffusers Wan I2V folder, or 'toy' (default)")
+    p.add_argument("--model", default="toy", help="local diffusers Wan or HunyuanVideo-I2V folder, or 'toy' (default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                    "0.0.0.0 opens the app, which has no login, to the network)")
     p.add_argument("--port", type=int, help="port (default: 7860, or the next free one)")

@@ -84,14 +84,15 @@ def parse_caption(text: str) -> Path:
 
 def add_clip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input clip")
-    g.add_argument("--model", default="toy", help="local diffusers Wan I2V folder, or 'toy' / 'toy-wan2.2' for the "
-                   "embedded toy-world model (default: toy)")
+    g.add_argument("--model", default="toy", help="local diffusers Wan2.1/2.2-I2V or HunyuanVideo-I2V (latent_concat, "
+                   "33 channels) folder, or 'toy' / 'toy-wan2.2' for the embedded toy-world model (default: toy)")
     g.add_argument("--video", type=Path, required=True, help="input video (mp4/mov/webm/mkv) or folder of frames")
     g.add_argument("--mask", type=Path, required=True, help="edit masks: a video, a folder of PNGs (white = edit) "
                    "or PNGs with alpha, one per input frame")
     g.add_argument("--frames", type=int, help="frames to work with, 4k+1, sampled uniformly (default: the model's, "
-                   "49 for Wan)")
-    g.add_argument("--size", type=parse_size, help="working size WxH, multiples of 16 (default: the model's working size)")
+                   "49 for Wan and HunyuanVideo)")
+    g.add_argument("--size", type=parse_size, help="working size WxH, multiples of 16 (default: the model's working size; "
+                   "832x480 for Wan, 624x368 for HunyuanVideo)")
     g.add_argument("--prompt", default="", help="caption of the edited first frame (the concept token is prefixed)")
     g.add_argument("--train-prompt", help="caption of the input's first frame for training (default: --prompt)")
     g.add_argument("--concept-token", default="p3rs0n,", help="rare token prefixed to every prompt (default: p3rs0n,)")
@@ -178,17 +179,18 @@ def add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
                        help="LoRA file from `loraedit train` (twice for Wan2.2: lora.safetensors, lora_2.safetensors)")
     g.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's own; 5 for "
-                   "Wan folders, as the authors; 1 for the toy world)")
+                   "Wan folders, as the authors; 1 for HunyuanVideo-I2V, as its official sampler; 1 for the toy world)")
     g.add_argument("--guidance-2", type=float, help="guidance of Wan2.2's low-noise expert (default: --guidance)")
-    g.add_argument("--shift", type=float, default=5.0, help="flow shift of the sampler (default 5)")
-    g.add_argument("--sampler", choices=SAMPLERS, default="unipc", help="unipc: the model folder's own "
-                   "solver (the diffusers model card's; default); euler: flow-matching Euler (the authors' inference)")
+    g.add_argument("--shift", type=float, default=5.0, help="flow shift of the sampler (default 5, the authors' for "
+                   "Wan; HunyuanVideo-I2V's own sampler uses 7 to 17)")
+    g.add_argument("--sampler", choices=SAMPLERS, help="unipc (diffusers' multistep solver, the Wan folders' own) or "
+                   "euler (flow-matching Euler: the authors' inference, HunyuanVideo's own); default: the folder's own")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="reuse the blocks after the "
                    "first across sampling steps while the first block's output changes by less than T (diffusers' "
                    "First Block Cache; faster, approximate; 0.1 skipped about half in the toy world; default 0 = off)")
     g.add_argument("--negative-prompt", help="negative prompt (default: the model's own; Wan's standard one "
-                   "for Wan folders)")
+                   "for Wan folders, HunyuanVideo-I2V's for its folders)")
     g.add_argument("--paste-background", action="store_true", help="copy the input's pixels back outside the mask, "
                    "bit-exact beyond --paste-feather (off by default, so the method itself is what you see)")
     g.add_argument("--paste-feather", type=int, default=3, metavar="PX", help="with --paste-background: the pasted "
