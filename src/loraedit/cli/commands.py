@@ -35,6 +35,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (default 1e-3, the toy world's; "
                    "the authors' 1e-4 leaves its tiny model's LoRA undertrained, docs/RESULTS.md)")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--targets", help="peft regex of the layers the LoRA adapts (default: the model's; e.g. "
+                   r"'blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)' for attention only)")
     p.add_argument("--recolour-copies", type=int, default=0, help="appearance augmentation: recoloured copies "
                    "of the clip in mask-aware training (ours; default 0 = the paper)")
     p.add_argument("--appearance-augment", type=int, default=None, metavar="N", help="mask-aware training on N "
@@ -240,6 +242,8 @@ def run_bench_quality(args: argparse.Namespace) -> None:
                     timestep_sampling=args.timestep_sampling)
     if args.appearance_augment is not None:
         train = replace(train, appearance_augment=args.appearance_augment)
+    if args.targets is not None:
+        train = replace(train, targets=args.targets)
     if args.appearance_region is not None:
         train = replace(train, appearance_region=args.appearance_region)
     cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, level=args.level, train=train, steps=args.steps,
