@@ -207,10 +207,21 @@ def lora_problems(header: LoraHeader, expected: dict[str, tuple[int, ...]], base
         problems.append(f"LoRA file {path} was trained for the {header.expert} expert but is given for {expert}: "
                         "pass lora.safetensors first, then lora_2.safetensors")
     detail = _shape_mismatch(expected, header.shapes)
-    if detail:
+    if detail and header.foreign is not None:
+        problems.append(f"LoRA file {path} ({header.layout} layout) does not fit this model: {detail}: it was made "
+                        "for another model (e.g. Wan 1.3B vs 14B, or a module this model lacks); use a LoRA for this one")
+    elif detail:
         problems.append(f"LoRA file {path} does not fit this model: {detail}: use a LoRA trained on this model "
                         "with the same rank and targets")
     return problems
+
+
+def unverified_base_note(header: LoraHeader) -> str | None:
+    """The note a LoRA of another tool gets: its shapes fit, but nothing records which base it was trained on."""
+    if header.foreign is None:
+        return None
+    return (f"LoRA file {header.path} ({header.layout} layout, rank {header.settings.rank}) records no base model: "
+            "its names and shapes fit this model, but that it was trained on this base could not be verified")
 
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraSettings]:

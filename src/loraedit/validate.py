@@ -127,6 +127,8 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     params = 0
     if folder is not None and command == "sample" and opts.mode in TRAINING_MODES and loras:
         _check_loras(found, folder, [Path(p) for p in loras])
+    if folder is not None and scfg is not None and scfg.extra_loras:
+        _check_extra_loras(found, folder, scfg)
     if folder is not None and cfg is not None and train_dir is not None and not found.problems:
         params = _lora_params(found, folder, cfg)
     # 7. Where the run writes: writable, no stale checkpoint, enough free disk.
@@ -402,7 +404,31 @@ def _check_loras(found: _Findings, folder: ModelFolder, loras: list[Path]) -> No
         except re.error:
             found.problems.append(f"LoRA file {path} has damaged target settings: train it again")
             continue
-        found.problems.extend(lora_io.lora_problems(header, expected, folder.fingerprint, expert))
+        problems = lora_io.lora_problems(header, expected, folder.fingerprint, expert)
+        found.problems.extend(problems)
+        note = lora_io.unverified_base_note(header)
+        if note and not problems:
+            found.notes.append(note)
+
+
+def _check_extra_loras(found: _Findings, folder: ModelFolder, scfg: SampleConfig) -> None:
+    """Each --extra-lora against every expert it will be attached to (from its header, like --lora)."""
+    for extra in scfg.extra_loras:
+        header = found.attempt(lora_io.inspect_lora, Path(extra.path), option="--extra-lora")
+        if header is None:
+            continue
+        problems: list[str] = []
+        for expert in folder.experts:
+            try:
+                expected = folder.lora_shapes(expert, header.settings.rank, header.settings.targets)
+            except re.error:
+                problems.append(f"LoRA file {extra.path} has damaged target settings: train it again")
+                break
+            problems.extend(p for p in lora_io.lora_problems(header, expected, folder.fingerprint) if p not in problems)
+        found.problems.extend(f"--extra-lora: {p}" for p in problems)
+        note = lora_io.unverified_base_note(header)
+        if note and not problems:
+            found.notes.append(note)
 
 
 def _lora_params(found: _Findings, folder: ModelFolder, cfg: TrainConfig) -> int:
