@@ -258,3 +258,41 @@ def test_old_alpha_file_is_still_read_and_is_what_diffsynth_misreads(trained, tm
         _authors_init_deltas(old, RANK)
     q = _diffsynth_deltas(old)["blocks.0.self_attn.q"]
     torch.testing.assert_close(q * (ALPHA / RANK), trained["deltas"]["blocks.0.attn1.to_q"], rtol=1e-5, atol=1e-6)
+
+
+# ---- HunyuanVideo: the layout diffusers converts (original names, dense fused layers) -------------------
+
+
+def test_hunyuan_fused_lora_of_another_tool_reads_as_diffusers_converter(hunyuan_dir, tmp_path):
+    """A dense fused `img_attn_qkv` LoRA (diffusion-pipe's HunyuanVideo layout, no metadata): lora_A whole to
+    q, k and v, lora_B cut into their rows, as diffusers' converter does; same output through both loaders."""
+    from diffusers import HunyuanVideoImageToVideoPipeline
+    from hunyuan_parts import LATENT_CHANNELS as C
+    from hunyuan_parts import build_components
+
+    from loraedit.backends.hunyuan_folder import read_hunyuan_folder
+
+    ours = build_components()["transformer"]
+    block = ours.transformer_blocks[0]
+    hidden, rank, g = block.attn.to_q.in_features, 4, torch.Generator().manual_seed(5)
+    tensors = {}
+    for i in range(len(ours.transformer_blocks)):
+        for name, out in (("img_attn_qkv", 3 * hidden), ("txt_attn_qkv", 3 * hidden), ("img_attn_proj", hidden)):
+            tensors[f"diffusion_model.double_blocks.{i}.{name}.lora_A.weight"] = torch.randn(rank, hidden, generator=g)
+            tensors[f"diffusion_model.double_blocks.{i}.{name}.lora_B.weight"] = torch.randn(out, rank, generator=g) * .3
+    path = _write(tmp_path / "hunyuan.safetensors", tensors)
+    header = lora_io.inspect_lora(path)
+    assert header.layout == "HunyuanVideo ComfyUI / diffusion-pipe" and header.settings.rank == rank
+    assert header.shapes == read_hunyuan_folder(hunyuan_dir).lora_shapes("transformer", rank, header.settings.targets)
+    lora_io.load_lora(path, ours, "")
+    pipe = HunyuanVideoImageToVideoPipeline(**build_components())  # the same seeded base weights
+    pipe.load_lora_weights(str(path))
+    inputs = dict(hidden_states=torch.randn(1, 2 * C + 1, 2, 4, 4, generator=g), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 6, 16, generator=g), encoder_attention_mask=torch.ones(1, 6),
+                  pooled_projections=torch.randn(1, 8, generator=g), return_dict=False)
+    with torch.no_grad():
+        got, theirs = ours(**inputs)[0], pipe.transformer(**inputs)[0]
+        lora_io.remove_lora(ours)
+        base = ours(**inputs)[0]
+    assert (got - base).abs().max() > 1e-3
+    torch.testing.assert_close(got, theirs, rtol=1e-5, atol=1e-5)
