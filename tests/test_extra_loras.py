@@ -13,7 +13,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
-from loraedit import api, lora_io
+from loraedit import api, lora_io, media
 from loraedit.backends.wan import DEFAULT_LORA_TARGETS, load_wan
 from loraedit.backends.wan_lora import DIFFUSERS_TO_WAN
 from loraedit.cli import main
@@ -129,3 +129,39 @@ def test_parse_extra_lora():
     assert parse_extra_lora("x.safetensors:-1").weight == -1.0
     with pytest.raises(Exception, match="FILE"):
         parse_extra_lora(":0.5")
+
+
+def test_edit_trains_the_edit_lora_on_the_plain_base(wan21_dir, clip_files, loras, tmp_path):
+    """`edit --extra-lora`: the LoRA it trains is bit for bit the one `edit` trains without it (extras attach
+    only for sampling), while the video differs."""
+    common = ["--model", str(wan21_dir), "--video", str(clip_files["video"]), "--mask", str(clip_files["mask"]),
+              "--edited-first-frame", str(clip_files["edited0"]), *FAST,
+              "--stage1-steps", "3", "--rank", "4", "--lr", "1e-3", "--checkpoint-every", "0"]
+    plain, stacked = tmp_path / "plain.mp4", tmp_path / "stacked.mp4"
+    # separate caches: the second run must train, not reuse the first one's finished stage 1
+    assert main(["edit", *common, "--cache-dir", str(tmp_path / "c1"), "--out", str(plain)]) == 0
+    assert main(["edit", *common, "--cache-dir", str(tmp_path / "c2"), "--extra-lora", f"{loras['style']}:1",
+                 "--out", str(stacked)]) == 0
+    a, _ = lora_io.read_lora(api.work_dir_for(plain) / "lora.safetensors")
+    b, _ = lora_io.read_lora(api.work_dir_for(stacked) / "lora.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(media.read_video(plain)[0], media.read_video(stacked)[0])
+    settings = json.loads(stacked.with_suffix(".metrics.json").read_text())["settings"]
+    assert settings["extra_loras"][0]["layout"] == "musubi-tuner / kohya"
+    assert "extra_loras" not in json.loads(plain.with_suffix(".metrics.json").read_text())["settings"]
+
+
+def test_wan22_no_lora_mode_with_an_extra_lora_on_both_experts(wan22_dir, clip_files, loras, tmp_path):
+    """Stock I2V plus a (say) distillation LoRA: no edit LoRA, the extra attached to both experts."""
+    inputs = api.ClipInputs(video=clip_files["video"], mask=clip_files["mask"], frames=9, size=(64, 64))
+    opts = api.RunOptions(mode="no-lora", cache_dir=tmp_path / "cache", progress=False)
+    backend = api.load_backend(wan22_dir)
+    api._attach_extra_loras(backend, api.SampleConfig(extra_loras=(ExtraLora(loras["style"], 0.5),)), edit_lora=False)
+    for expert in backend.experts:
+        layers = [m for m in backend.transformer(expert.name).modules() if isinstance(m, LoraLayer)]
+        assert layers and all(m.active_adapters == ["extra_0"] for m in layers)
+    videos = [api.sample(str(wan22_dir), inputs, clip_files["edited0"], tmp_path / f"{w}.mp4", [], opts,
+                         api.SampleConfig(steps=2, extra_loras=extras))
+              for w, extras in (("none", ()), ("zero", (ExtraLora(loras["style"], 0.0),)),
+                                ("one", (ExtraLora(loras["style"], 1.0),)))]
+    assert torch.equal(videos[0], videos[1]) and not torch.equal(videos[0], videos[2])
