@@ -15,8 +15,7 @@ from .conditioning import APPEARANCE_REGIONS, MODES, TRAINING_MODES
 from .performance import PerformanceConfig
 
 __all__ = ["APPEARANCE_REGIONS", "CLIP_VIEWS", "CONCEPT_TOKEN", "ClipInputs", "EditedFrame", "ExtraLora", "MASK_MODES",
-           "MODES",
-           "RunOptions", "SAMPLERS", "SampleConfig", "TIMESTEP_SAMPLING", "TRAINING_MODES", "TrainConfig"]
+           "MODES", "RunOptions", "SAMPLERS", "SampleConfig", "TIMESTEP_SAMPLING", "TRAINING_MODES", "TrainConfig"]
 
 #: How training draws noise levels: uniform (the authors'), logit-normal, or uniform then flow-shifted.
 TIMESTEP_SAMPLING = ("uniform", "logit-normal", "shifted")

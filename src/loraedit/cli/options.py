@@ -197,7 +197,7 @@ def add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
                        help="LoRA file from `loraedit train` (twice for Wan2.2: lora.safetensors, lora_2.safetensors)")
     g.add_argument("--extra-lora", dest="extra_loras", action="append", type=parse_extra_lora, default=[],
                    metavar="FILE[:WEIGHT]", help="another LoRA (step distillation, a style; loraedit's or another "
-                   "tool's Wan layout) attached beside the edit LoRA for sampling only, at WEIGHT (default 1); "
+                   "tool's, see the README's table of layouts) attached beside the edit LoRA for sampling only, at WEIGHT (default 1); "
                    "repeatable; the edit LoRA is still trained on the plain base")
     g.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's own; 5 for "
