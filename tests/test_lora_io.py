@@ -40,20 +40,25 @@ def test_targets_are_block_linears_except_clip_kv(wan21_dir):
     assert len(names) == 10 * 2  # two blocks
 
 
-def test_saved_file_has_comfy_keys_and_alpha(wan21_dir, tmp_path):
+def test_saved_file_has_comfy_keys_and_alpha_folded_into_lora_b(wan21_dir, tmp_path):
     backend = load_wan(wan21_dir)
     settings = _trained_lora(backend, rank=4, alpha=8.0)
+    state = lora_io.lora_state(backend.pipe.transformer)
     path = tmp_path / "lora.safetensors"
     lora_io.save_lora(path, backend.pipe.transformer, settings)
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
-        alpha = f.get_tensor("diffusion_model.blocks.0.self_attn.q.alpha")
+        b = f.get_tensor("diffusion_model.blocks.0.self_attn.q.lora_B.weight")
     assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in keys
     assert "diffusion_model.blocks.1.ffn.0.lora_B.weight" in keys
     assert "diffusion_model.blocks.0.cross_attn.o.lora_A.weight" in keys
     assert not any("k_img" in k or "v_img" in k for k in keys)
-    assert float(alpha) == 8.0
+    assert not any(k.endswith(".alpha") for k in keys)  # portable: DiffSynth and the authors' init read it alike
+    torch.testing.assert_close(b, state["blocks.0.attn1.to_q.lora_B.weight"] * 2.0, rtol=0, atol=0)  # alpha / rank
     assert (tmp_path / "lora.safetensors.json").is_file()
+    read, read_settings = lora_io.read_lora(path)  # the fold is divided out again: training's own numbers
+    assert read_settings == settings
+    torch.testing.assert_close(read, state, rtol=0, atol=0)
 
 
 def test_diffusers_load_lora_weights_matches_in_memory_adapter(wan21_dir, tmp_path):

@@ -149,7 +149,9 @@ def files(tmp_path_factory, clip_files, toy_clip, wan21_dir, wan22_dir) -> Simpl
     f.lora_corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     f.lora_pickle = loras / "lora.ckpt"
     f.lora_pickle.write_bytes(b"\x80\x04pickle")
-    f.lora_no_meta = _write_lora(loras / "no_meta.safetensors", folder21, metadata=False)
+    f.lora_unknown = loras / "unknown.safetensors"  # another model's LoRA: no Wan block names at all
+    save_file({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8)}, str(f.lora_unknown))
+    f.lora_foreign_shapes = _write_lora(loras / "foreign.safetensors", folder21, metadata=False, in_dim_extra=8)
     f.lora_other_model = _write_lora(loras / "other_model.safetensors", folder21, base_model="0123456789abcdef")
     f.lora_altered_rank = _write_lora(loras / "altered_rank.safetensors", folder21, meta_rank=8)
     f.lora_wrong_shapes = _write_lora(loras / "wrong_shapes.safetensors", folder21, base_model="", in_dim_extra=8)
@@ -270,7 +272,12 @@ CATALOGUE = [
     Case("LoRA missing", "sample", lambda f: {"--lora": f.root / "nope.safetensors"}, "does not exist"),
     Case("LoRA corrupt", "sample", lambda f: {"--lora": f.lora_corrupt}, "not a readable safetensors"),
     Case("LoRA is a pickle", "sample", lambda f: {"--lora": f.lora_pickle}, "is not a .safetensors file"),
-    Case("LoRA without loraedit settings", "sample", lambda f: {"--lora": f.lora_no_meta}, "no loraedit settings"),
+    Case("LoRA in no known layout", "sample", lambda f: {"--lora": f.lora_unknown}, "prefixes seen: lora_te_text"),
+    Case("foreign LoRA of other shapes", "sample", lambda f: {"--lora": f.lora_foreign_shapes},
+         "(ComfyUI / diffusion-pipe layout) does not fit this model"),
+    Case("extra LoRA of other shapes", "sample", extra=lambda f: ["--lora", f.lora, "--extra-lora",
+                                                                   f"{f.lora_foreign_shapes}:0.5"],
+         expect="--extra-lora: LoRA file"),
     Case("LoRA for another base model", "sample", lambda f: {"--lora": f.lora_other_model}, "another base model"),
     Case("LoRA altered to another rank", "sample", lambda f: {"--lora": f.lora_altered_rank},
          "says rank 8 but its weights have rank 4"),
@@ -336,6 +343,8 @@ ISSUE_ITEMS = {
                                                            "model transformer not I2V", "model weight shard missing"],
     "a LoRA trained for another base model or rank": ["LoRA for another base model", "LoRA altered to another rank",
                                                       "LoRA of other shapes"],
+    "a LoRA of another tool in no known layout or of other shapes, as --lora or --extra-lora (issue 16)": [
+        "LoRA in no known layout", "foreign LoRA of other shapes", "extra LoRA of other shapes"],
     "disk too small for the cache": ["disk too small"],
 }
 

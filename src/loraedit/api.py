@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,9 +24,10 @@ from .backends import load_backend as _load_backend
 from .cache import TensorCache, content_key
 from .conditioning import TRAINING_MODES
 # The settings live in `config`; they are importable from here too, where the jobs that take them are.
-from .config import CONCEPT_TOKEN, ClipInputs, EditedFrame, RunOptions, SampleConfig, TrainConfig  # noqa: F401
+from .config import (CONCEPT_TOKEN, ClipInputs, EditedFrame, ExtraLora, RunOptions, SampleConfig,  # noqa: F401
+                     TrainConfig)
 from .errors import out_of_memory_advice
-from .lora_io import load_lora, remove_lora
+from .lora_io import ADAPTER, inspect_lora, load_lora, remove_lora, stack_adapters
 from .performance import ALL_BLOCKS, PerformanceConfig
 from .train import TrainProgress, train_lora
 from .validate import CheckedRun, Clip, check_run
@@ -234,6 +236,7 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
         for path, expert in zip(loras, backend.experts, strict=True):
             load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint(), dtype=backend.dtype,
                       device=backend.device)
+    _attach_extra_loras(backend, scfg, edit_lora=opts.mode in TRAINING_MODES)
     backend.set_progress(opts.progress)
     cond = prepared.condition
     with out_of_memory_advice("sampling the edit", _memory_advice(run, opts)):
@@ -245,10 +248,31 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
         video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks, scfg.paste_feather)
     log = Path(loras[0]).with_name("train_log.json") if loras else None
     settings = _settings(run, opts, None, scfg)
+    if scfg.extra_loras:
+        settings["extra_loras"] = [{"path": str(e.path), "weight": e.weight, "layout": inspect_lora(e.path).layout}
+                                   for e in scfg.extra_loras]
     if scfg.first_block_cache:  # how much the approximation skipped, beside its threshold
         settings["first_block_cache_skipped"] = round(backend.last_block_counter.skipped_fraction, 3)
     write_outputs(Path(out), video, prepared.clip, settings, log)
     return video
+
+
+def _attach_extra_loras(backend: Backend, scfg: SampleConfig, edit_lora: bool) -> None:
+    """Stack `--extra-lora` files beside the edit LoRA on every expert, each at its weight (sampling only:
+    training never sees them). Without extras nothing changes, so a plain run stays what it was."""
+    if not scfg.extra_loras:
+        return
+    for expert in backend.experts:
+        transformer = backend.transformer(expert.name)
+        weights = {ADAPTER: 1.0} if edit_lora else {}
+        for i, extra in enumerate(scfg.extra_loras):
+            name = f"extra_{i}"
+            with warnings.catch_warnings():  # peft warns on every second adapter; stacking is the point here
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                load_lora(Path(extra.path), transformer, backend.fingerprint(), dtype=backend.dtype,
+                          device=backend.device, adapter=name)
+            weights[name] = extra.weight
+        stack_adapters(transformer, weights)
 
 
 def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, loras: list[Path] = (),

@@ -14,8 +14,8 @@ from .backends.base import CLIP_VIEWS, SAMPLERS
 from .conditioning import APPEARANCE_REGIONS, MODES, TRAINING_MODES
 from .performance import PerformanceConfig
 
-__all__ = ["APPEARANCE_REGIONS", "CLIP_VIEWS", "CONCEPT_TOKEN", "ClipInputs", "EditedFrame", "MASK_MODES", "MODES",
-           "RunOptions", "SAMPLERS", "SampleConfig", "TIMESTEP_SAMPLING", "TRAINING_MODES", "TrainConfig"]
+__all__ = ["APPEARANCE_REGIONS", "CLIP_VIEWS", "CONCEPT_TOKEN", "ClipInputs", "EditedFrame", "ExtraLora", "MASK_MODES",
+           "MODES", "RunOptions", "SAMPLERS", "SampleConfig", "TIMESTEP_SAMPLING", "TRAINING_MODES", "TrainConfig"]
 
 #: How training draws noise levels: uniform (the authors'), logit-normal, or uniform then flow-shifted.
 TIMESTEP_SAMPLING = ("uniform", "logit-normal", "shifted")
@@ -32,6 +32,15 @@ class EditedFrame:
     index: int
     image: Path
     mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class ExtraLora:
+    """A LoRA stacked beside the edit LoRA when sampling only (step distillation, a style): never trained on,
+    so the edit LoRA always learns on the plain base. `weight` multiplies its own alpha / rank."""
+
+    path: Path
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class SampleConfig:
     paste_background: bool = False
     paste_feather: int = 3  # pixels outside the mask over which the pasted input fades in
     first_block_cache: float = 0.0  # > 0: reuse later blocks across steps (faster, approximate; 0 = exact)
+    extra_loras: tuple[ExtraLora, ...] = ()  # attached beside the edit LoRA for sampling, each at its weight
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,8 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     params = 0
     if folder is not None and command == "sample" and opts.mode in TRAINING_MODES and loras:
         _check_loras(found, folder, [Path(p) for p in loras])
+    if folder is not None and scfg is not None and scfg.extra_loras:
+        _check_extra_loras(found, folder, scfg)
     if folder is not None and cfg is not None and train_dir is not None and not found.problems:
         params = _lora_params(found, folder, cfg)
     # 7. Where the run writes: writable, no stale checkpoint, enough free disk.
@@ -394,15 +396,35 @@ def _check_loras(found: _Findings, folder: ModelFolder, loras: list[Path]) -> No
                               f"files, got {len(loras)}: pass {names} with --lora, in that order")
         return
     for path, expert in zip(loras, folder.experts):
-        header = found.attempt(lora_io.inspect_lora, path, option="--lora")
-        if header is None:
-            continue
+        _check_lora(found, folder, path, [expert], expert)
+
+
+def _check_extra_loras(found: _Findings, folder: ModelFolder, scfg: SampleConfig) -> None:
+    """Each --extra-lora against every expert it will be attached to (from its header, like --lora)."""
+    for extra in scfg.extra_loras:
+        _check_lora(found, folder, Path(extra.path), list(folder.experts), None, option="--extra-lora")
+
+
+def _check_lora(found: _Findings, folder: ModelFolder, path: Path, experts: list[str], expert: str | None,
+                option: str = "") -> None:
+    """One LoRA file's header against the `experts` it attaches to (`expert`: the one --lora gives it for); a
+    file of another tool that fits gets a note that its base could not be verified."""
+    header = found.attempt(lora_io.inspect_lora, path, option=option or "--lora")
+    if header is None:
+        return
+    problems: list[str] = []
+    for name in experts:
         try:
-            expected = folder.lora_shapes(expert, header.settings.rank, header.settings.targets)
+            expected = folder.lora_shapes(name, header.settings.rank, header.settings.targets)
         except re.error:
-            found.problems.append(f"LoRA file {path} has damaged target settings: train it again")
-            continue
-        found.problems.extend(lora_io.lora_problems(header, expected, folder.fingerprint, expert))
+            problems.append(f"LoRA file {path} has damaged target settings: train it again")
+            break
+        problems.extend(p for p in lora_io.lora_problems(header, expected, folder.fingerprint, expert)
+                        if p not in problems)
+    found.problems.extend(f"{option}: {p}" if option else p for p in problems)
+    note = lora_io.unverified_base_note(header)
+    if note and not problems:
+        found.notes.append(note)
 
 
 def _lora_params(found: _Findings, folder: ModelFolder, cfg: TrainConfig) -> int:

@@ -173,3 +173,39 @@ def _member_rows(ours: str, member: str, position: int, in_features: int, out_ro
 
 
 LORA_KEY_MAP = HunyuanLoraKeyMap()
+
+
+_FOREIGN_KEY = re.compile(r"^(?:diffusion_model\.|transformer\.)?(double_blocks|single_blocks)\.(\d+)\.(.+?)\."
+                          r"(?:(lora_A|lora_B|lora_down|lora_up)\.weight|(alpha))$")
+
+
+def foreign_modules(shapes: dict[str, tuple[int, ...]]) -> tuple[dict, list[str]] | None:
+    """Another tool's HunyuanVideo LoRA (original names, e.g. diffusion-pipe's), read the way diffusers' own
+    converter (`_convert_hunyuan_video_lora_to_diffusers`) reads it: a fused layer's lora_A goes whole to each
+    member, its lora_B is cut into the members' rows, so each member is a LoRA of the fused rank.
+
+    Returns (peft module -> (lora_A key, lora_B key, alpha key or None, rows of lora_B), keys no layer
+    explains), or None when the file names no HunyuanVideo block at all (not this family's file).
+    """
+    found: dict[tuple[str, str, str], dict[str, str]] = {}
+    unknown = []
+    for key in shapes:
+        m = _FOREIGN_KEY.match(key)
+        if m is None or (m.group(1), m.group(3)) not in MEMBERS:
+            unknown.append(key)
+            continue
+        part = {"lora_down": "lora_A", "lora_up": "lora_B"}.get(m.group(4), m.group(4)) or "alpha"
+        found.setdefault((m.group(1), m.group(2), m.group(3)), {})[part] = key
+    if not found:
+        return None
+    modules = {}
+    for (orig_blocks, index, orig), keys in found.items():
+        if "lora_A" not in keys or "lora_B" not in keys:
+            unknown.extend(keys.values())  # reported as not explained: half a layer
+            continue
+        a, b = shapes[keys["lora_A"]], shapes[keys["lora_B"]]
+        ours = _ORIGINAL[orig_blocks][0]
+        for position, member in enumerate(MEMBERS[orig_blocks, orig]):
+            rows = _member_rows(ours, member, position, a[1], b[0]) if len(a) == 2 and len(b) == 2 else None
+            modules[f"{ours}.{index}.{member}"] = (keys["lora_A"], keys["lora_B"], keys.get("alpha"), rows)
+    return modules, unknown

@@ -1,9 +1,11 @@
 """Wan's LoRA file layout: peft names on diffusers' Wan modules <-> ComfyUI's original Wan names.
 
-`diffusion_model.blocks.N.self_attn.q.lora_A.weight` / `lora_B.weight` plus a scalar
-`diffusion_model.blocks.N.self_attn.q.alpha` (scale = alpha / rank): the layout ComfyUI, DiffSynth and
-diffusers' Wan LoRA loader all read. Every diffusers module maps to exactly one original module, so the
-weights pass through unchanged.
+`diffusion_model.blocks.N.self_attn.q.lora_A.weight` / `lora_B.weight`, the layout ComfyUI, kijai's
+wrapper, DiffSynth, diffusion-pipe and diffusers' Wan LoRA loader all read. Every diffusers module maps to
+exactly one original module, so the weights pass through unchanged. `to_file` adds a scalar
+`diffusion_model.blocks.N.self_attn.q.alpha` per module (scale = alpha / rank); `lora_io.save_lora` folds
+that scale into lora_B and drops the alphas (the portable file every reader applies alike), and `from_file`
+undoes the fold for a file without alphas.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ class WanLoraKeyMap:
         return out
 
     def from_file(self, tensors: dict, path: Path, rank: int = 0, alpha: float = 0.0) -> dict:
-        """ComfyUI names -> peft names. The alphas are checked by `lora_io.read_lora` (they must match)."""
+        """ComfyUI names -> peft names. The alphas are checked by `lora_io.read_lora` (they must match); a file
+        without them (loraedit's portable file) has alpha / rank folded into lora_B, which is divided out here."""
+        unfold = rank and not any(k.endswith(".alpha") for k in tensors) and alpha != rank
         state = {}
         for key, value in tensors.items():
             m = _COMFY_KEY.match(key)
@@ -56,6 +60,8 @@ class WanLoraKeyMap:
                                  "give a LoRA saved by loraedit (or with ComfyUI Wan keys)")
             if m.group(3) == "alpha":
                 continue
+            if unfold and m.group(3) == "lora_B.weight":
+                value = value.float() / (alpha / rank)
             state[f"blocks.{m.group(1)}.{WAN_TO_DIFFUSERS[m.group(2)]}.{m.group(3)}"] = value
         return state
 

@@ -72,7 +72,7 @@ def _apply_toml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
     defaults = {}
     for key, value in values.items():
         dest = key.replace("-", "_")
-        dest = {"edited_frame": "edited_frames", "lora": "loras"}.get(dest, dest)
+        dest = {"edited_frame": "edited_frames", "lora": "loras", "extra_lora": "extra_loras"}.get(dest, dest)
         action = actions.get(dest)
         if action is None or dest in ("help", "config"):
             raise InputError(f"config file {path} sets unknown option {key!r}: valid keys are the long options of "

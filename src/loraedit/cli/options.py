@@ -75,6 +75,24 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return modes
 
 
+def parse_extra_lora(text: str):
+    """`FILE[:WEIGHT]` -> ExtraLora (weight 1 when the part after the last colon is not a number)."""
+    import math
+
+    from ..config import ExtraLora
+
+    head, sep, tail = text.rpartition(":")
+    try:
+        weight = float(tail) if sep else None
+    except ValueError:
+        weight = None
+    if weight is None:
+        return ExtraLora(Path(text), 1.0)
+    if not head or not math.isfinite(weight):
+        raise argparse.ArgumentTypeError(f"--extra-lora {text!r} is not FILE[:WEIGHT], e.g. distill.safetensors:0.8")
+    return ExtraLora(Path(head), weight)
+
+
 def parse_caption(text: str) -> Path:
     kind, sep, folder = text.partition(":")
     if kind != "florence2" or not sep or not folder:
@@ -177,6 +195,10 @@ def add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
     if with_lora:
         g.add_argument("--lora", dest="loras", action="append", type=Path, default=[],
                        help="LoRA file from `loraedit train` (twice for Wan2.2: lora.safetensors, lora_2.safetensors)")
+    g.add_argument("--extra-lora", dest="extra_loras", action="append", type=parse_extra_lora, default=[],
+                   metavar="FILE[:WEIGHT]", help="another LoRA (step distillation, a style; loraedit's or another "
+                   "tool's, see the README's table of layouts) attached beside the edit LoRA for sampling only, at WEIGHT (default 1); "
+                   "repeatable; the edit LoRA is still trained on the plain base")
     g.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's own; 5 for "
                    "Wan folders, as the authors; 1 for HunyuanVideo-I2V, as its official sampler; 1 for the toy world)")
@@ -232,7 +254,8 @@ def configs(args: argparse.Namespace):
         sampler=args.sampler, seed=args.seed,
         negative_prompt=args.negative_prompt, paste_background=args.paste_background,
         paste_feather=args.paste_feather,
-        first_block_cache=args.first_block_cache) if hasattr(args, "steps") else None
+        first_block_cache=args.first_block_cache,
+        extra_loras=tuple(getattr(args, "extra_loras", ()) or ())) if hasattr(args, "steps") else None
     return inputs, opts, cfg, scfg
 
 
