@@ -23,10 +23,11 @@ import torch
 
 pytest.importorskip("gradio", reason="the web app needs the ui extra: pip install -e '.[test,ui]'")
 
-from loraedit import lora_io, media, uploads  # noqa: E402
+from loraedit import api, lora_io, media, uploads  # noqa: E402
 from loraedit.cli import build_parser, main  # noqa: E402
 from loraedit.errors import InputError, LoraEditError  # noqa: E402
-from loraedit.ui import steps  # noqa: E402
+from loraedit.ui import jobs, steps  # noqa: E402
+from loraedit.ui.models import ModelHolder  # noqa: E402
 from loraedit.ui.session import Session, store_mask_frames, store_upload  # noqa: E402
 from loraedit.ui.steps import BOX, OBJECT, AppConfig, Settings  # noqa: E402
 
@@ -219,34 +220,77 @@ def test_captions_come_from_florence2_when_the_app_has_it(cfg, example, tmp_path
     assert isinstance(train, str) and isinstance(edited, str)
 
 
-def test_train_and_edit_then_sample_with_the_lora(cfg, example, tmp_path):
+def test_train_and_edit_then_sample_with_the_lora_on_one_loaded_model(cfg, example, tmp_path):
     s, ex = example
     settings = Settings(**{**ex.settings.__dict__, **FAST})
+    models = ModelHolder()
     with pytest.raises(InputError, match="Train and edit first"):
-        steps.sample_with_lora(cfg, s, settings)
+        jobs.sample_with_lora(cfg, s, settings, models=models)
     seen = []
-    result = steps.train_and_edit(cfg, s, settings, on_step=seen.append)
+    result = jobs.train_and_edit(cfg, s, settings, on_step=seen.append, models=models)
     assert [p.done for p in seen] == [0, 1, 2] and seen[-1].total == 2
     assert result.video.is_file() and result.side_by_side.is_file() and result.report.is_file()
     assert {"bg_psnr", "bg_ssim", "ref_psnr", "ref_ssim", "ref_edit_psnr"} <= set(result.metrics)
     assert [p.name for p in result.loras] == ["lora.safetensors"] and s.trained.loras == result.loras
 
     steps.load_edited_first(s, _png(tmp_path / "other.png", media.read_image(s.edited_first).flip(0)))
-    again = steps.sample_with_lora(cfg, s, replace(settings, first_block_cache=0.5))
+    again = jobs.sample_with_lora(cfg, s, replace(settings, first_block_cache=0.5), models=models)
     assert again.video.name == "edit-2.mp4" and again.loras == result.loras
     recorded = json.loads(again.metrics_json.read_text())["settings"]
     assert recorded["first_block_cache"] == 0.5 and 0 <= recorded["first_block_cache_skipped"] <= 1
     assert "bg_psnr" in again.metrics and not any(k.startswith("ref_") for k in again.metrics)
 
+    other = Session.start(cfg.work)  # another tab, the same loaded model
+    steps.load_example(cfg, other)
+    jobs.train_and_edit(cfg, other, settings, models=models)
+    assert models.loads == 1, "every job after the first reuses the loaded base"
+    [(_, backend)] = models.backends()
+    assert all(not getattr(t, "peft_config", None) for t in backend.transformers())  # no LoRA left on it
+    assert "1 model load(s)" in models.memory_text() and "on cpu" in models.memory_text()
+
+    # The resident base with the LoRA attached and removed gives what a fresh load gives.
+    fresh = tmp_path / "fresh.mp4"
+    api.sample(cfg.model, s.trained.inputs, s.edited_first, fresh, list(s.trained.loras),
+               jobs._run_options(cfg, settings), jobs._sample_config(settings))
+    same = jobs.sample_with_lora(cfg, s, settings, models=models)
+    assert torch.equal(media.read_video(same.video)[0], media.read_video(fresh)[0])
+
+
+def test_training_is_cancelled_between_steps_and_resumes(cfg, example):
+    s, ex = example
+    settings = Settings(**{**ex.settings.__dict__, **FAST, "stage1_steps": 4, "stage2_steps": 0})
+    models = ModelHolder()
+
+    def cancel_after_two(progress):
+        if progress.done == 2:
+            jobs.request_cancel(s)
+
+    jobs.start_job(s)
+    with pytest.raises(LoraEditError, match="cancelled at step 2"):
+        jobs.train_and_edit(cfg, s, settings, on_step=cancel_after_two, models=models)
+    assert s.cancelled is not None and s.trained is None
+    [(_, backend)] = models.backends()  # handed back, without the half-trained LoRA
+    assert all(not getattr(t, "peft_config", None) for t in backend.transformers())
+
+    jobs.request_cancel(s)  # a job cancelled while it waits in the queue never runs
+    with pytest.raises(LoraEditError, match="waiting in the queue"):
+        jobs.train_and_edit(cfg, s, settings, models=models)
+
+    jobs.start_job(s)
+    seen = []
+    result = jobs.train_and_edit(cfg, s, settings, on_step=seen.append, models=models)
+    assert seen[0].done == 2 and seen[-1].done == 4  # resumed from the checkpoint, not from step 0
+    assert result.video.name == "edit-1.mp4" and models.loads == 1
+
 
 def test_settings_from_the_form_are_checked(cfg, example):
     s, ex = example
     with pytest.raises(InputError, match="stage-1 steps None is not a whole number"):
-        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "stage1_steps": None}))
+        jobs.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "stage1_steps": None}))
     with pytest.raises(InputError, match="learning rate 'x' is not a number"):
-        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "learning_rate": "x"}))
+        jobs.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "learning_rate": "x"}))
     with pytest.raises(InputError, match="is not 4k\\+1"):  # the library's own checks, before anything loads
-        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, **FAST, "frames": 6}))
+        jobs.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, **FAST, "frames": 6}))
 
 
 # ---- the page's wrapper, displays and start-up ----------------------------------------------------------
@@ -255,7 +299,7 @@ def test_settings_from_the_form_are_checked(cfg, example):
 def test_errors_reach_the_page_as_one_message_without_a_traceback():
     import gradio as gr
 
-    from loraedit.ui.app import shown
+    from loraedit.ui.display import shown
 
     @shown
     def bad_input():
@@ -285,7 +329,7 @@ def test_errors_reach_the_page_as_one_message_without_a_traceback():
 
 def test_progress_display_and_metrics_table():
     from loraedit.train import TrainProgress
-    from loraedit.ui.app import metrics_table, progress_html
+    from loraedit.ui.display import metrics_table, progress_html
 
     progress = TrainProgress(3, 10, ({"stage": 1, "expert": "transformer", "steps": 10},), ((0.5, 0.4, 0.3),))
     shown = progress_html(progress, "training…")

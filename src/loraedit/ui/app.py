@@ -8,21 +8,18 @@ loss curve as it comes; Sample with the trained LoRA for a new edited first fram
 result (input | output, contact sheet, metrics, downloads of the mp4 and the LoRA).
 
 Nothing leaves the machine: analytics off, no share link, no run history, no footer links, fonts local.
-Every event handler is wrapped by `shown`: a `LoraEditError` becomes its message (HTML-escaped) in an
-error toast; anything else becomes one line too, its traceback only in the server's log.
+Every event handler is wrapped by `display.shown` (errors as one-line messages). The GPU jobs (`jobs`) run
+on the process's resident model, at most `concurrency` at a time; the others wait in Gradio's queue, which
+shows each its position, and Cancel stops a running training between steps or a waiting job before it runs.
 """
 
 from __future__ import annotations
 
-import functools
-import html
-import inspect
-import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import fields
+from collections.abc import Iterator
+from dataclasses import fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,16 +28,15 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before Gradio is imported: i
 import gradio as gr  # noqa: E402
 
 from .. import uploads  # noqa: E402
-from ..errors import error_text  # noqa: E402
-from ..errors import LoraEditError  # noqa: E402
-from ..report import loss_curve_svg  # noqa: E402
+from ..errors import Cancelled, InputError  # noqa: E402
+from .access import Access, check_access  # noqa: E402
 from ..train import TrainProgress  # noqa: E402
 from ..conditioning import MODES  # noqa: E402
-from . import steps  # noqa: E402
+from . import jobs, steps  # noqa: E402
+from .display import progress_html, result_outputs, shown  # noqa: E402
+from .models import MODELS  # noqa: E402
 from .session import Session  # noqa: E402
-from .steps import AppConfig, Result, Settings  # noqa: E402
-
-log = logging.getLogger("loraedit.ui")
+from .steps import AppConfig, Settings  # noqa: E402
 
 #: The largest upload the page accepts (Gradio refuses bigger ones before they arrive; `uploads` checks
 #: each field's own limit while storing).
@@ -49,89 +45,6 @@ CSS = ("#train-status progress {width: 50%; height: 14px; accent-color: #f97316;
        "#metrics th, #metrics td:nth-child(-n+2) {white-space: nowrap} "
        "#edited-first img, #later-image img {width: 100%; height: 100%; object-fit: contain; "
        "image-rendering: pixelated}")
-
-METRIC_MEANING = {
-    "bg_psnr": "output vs input outside the mask (dB): how well the background is kept",
-    "bg_ssim": "the same as SSIM (1 = identical)",
-    "ref_psnr": "output vs the ground-truth edit, whole frame (dB)",
-    "ref_ssim": "output vs the ground-truth edit, whole frame, SSIM",
-    "ref_edit_psnr": "output vs the ground-truth edit inside the mask (dB): how well the edit follows",
-}
-
-
-# ---- errors -----------------------------------------------------------------------------------------
-
-
-def message(exc: LoraEditError) -> str:
-    """The CLI's error text without its program prefix, escaped, one line per problem."""
-    text = error_text(exc).removeprefix("loraedit: error: ")
-    return "<br>".join(html.escape(line) for line in text.splitlines())
-
-
-def shown(fn: Callable) -> Callable:
-    """Run an event handler so that the user sees a failure as one message, never as a traceback."""
-
-    def translate(exc: Exception) -> gr.Error:
-        if isinstance(exc, gr.Error):
-            return exc
-        if isinstance(exc, LoraEditError):
-            return gr.Error(message(exc), print_exception=False)
-        log.exception("internal error in %s", fn.__name__)
-        one_line = " ".join(str(exc).split())[:300]
-        return gr.Error(html.escape(f"internal error: {type(exc).__name__}: {one_line} (details in the server log)"),
-                        print_exception=False)
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def stream(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 (every failure is shown, see translate)
-                raise translate(exc) from None
-        return stream
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            raise translate(exc) from None
-    return call
-
-
-# ---- what the page shows ----------------------------------------------------------------------------
-
-
-def progress_html(progress: TrainProgress | None, note: str = "") -> str:
-    """The live training display: a progress bar, the step and loss, and the loss curve so far (SVG)."""
-    if progress is None:
-        return f'<div id="train-status"><progress value="0" max="1"></progress> {html.escape(note)}</div>'
-    last = next((values[-1] for values in reversed(progress.losses) if values), None)
-    loss = f", loss {last:.4f}" if last is not None else ""
-    return (f'<div id="train-status"><progress value="{progress.done}" max="{progress.total}"></progress> '
-            f'step {progress.done}/{progress.total}{loss} {html.escape(note)}</div>' + loss_curve_svg(progress.log()))
-
-
-def metrics_table(result: Result) -> str:
-    """The metrics as a markdown table with what each means, and the prompts the run used."""
-    rows = ["| metric | value | meaning |", "|---|---|---|"]
-    rows += [f"| {name} | {value:.4g} | {METRIC_MEANING.get(name, '')} |" for name, value in result.metrics.items()
-             if value is not None]
-    if not any(name.startswith("ref_") for name in result.metrics):
-        rows.append("| (ground truth) | none | upload a ground-truth edit to compare with it |")
-    used = [f"- {name.replace('_', ' ')}: `{html.escape(text)}`" for name, text in result.prompts.items()]
-    return "\n".join(rows + [f"\n{result.video.name}: made in {result.seconds} s"] + used)
-
-
-def result_outputs(result: Result) -> tuple:
-    """Values for the result panel: input|output video, contact sheet, metrics, the two downloads, all files."""
-    lora = result.loras[0] if result.loras else None
-    files = [str(p) for p in (result.video, *result.loras, result.report, result.metrics_json, result.side_by_side,
-                              result.contact)]
-    return (str(result.side_by_side), str(result.contact), metrics_table(result),
-            gr.DownloadButton(value=str(result.video), interactive=True),
-            gr.DownloadButton(value=str(lora) if lora else None, interactive=lora is not None), files)
-
 
 # ---- the page ---------------------------------------------------------------------------------------
 
@@ -229,6 +142,7 @@ def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
             ui.train_button = gr.Button("Train and edit", variant="primary", elem_id="train")
             ui.sample_button = gr.Button("Sample with the trained LoRA (new edited first frame)",
                                          elem_id="sample-again")
+            ui.cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
     with gr.Accordion("more settings", open=False):
         with gr.Row():
             ui.mode = gr.Dropdown(list(MODES), value=start.mode, label="mode")
@@ -241,6 +155,7 @@ def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
         ui.negative_prompt = gr.Textbox(start.negative_prompt, label="negative prompt (empty: the model's own)",
                                         lines=2)
     ui.train_status = gr.HTML(progress_html(None, "not started"), elem_id="train-progress")
+    ui.memory = gr.Markdown(MODELS.memory_text(), elem_id="model-memory")
 
 
 def _result_panel(ui: SimpleNamespace) -> None:
@@ -314,7 +229,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         s = session(state)
         if not received:
             return s, gr.skip(), gr.skip()
-        return (s, *map(str, steps.load_masks(s, list(received))))
+        return (s, *map(str, steps.load_masks(s, list(received), cfg)))
 
     @shown
     def on_edited_first(state, received):
@@ -342,22 +257,44 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         return (s, *steps.captions(cfg, s))
 
     @shown
+    def on_start(state):
+        s = session(state)
+        jobs.start_job(s)
+        return s
+
+    @shown
+    def on_cancel(state):
+        s = session(state)
+        jobs.request_cancel(s)
+        return s
+
+    @shown
     def on_train(state, *values):
         s = session(state)
         skip = [gr.skip()] * len(result_panel)
-        yield (s, progress_html(None, "loading the model and encoding the clip…"), *skip)
+        yield (s, progress_html(None, "loading the model and encoding the clip…"), *skip, gr.skip())
         last, outcome = None, {}
         for last in _training(cfg, s, Settings(*values), outcome):
             note = "sampling the edit…" if last.done == last.total else "training…"
-            yield (s, progress_html(last, note), *skip)
+            yield (s, progress_html(last, note), *skip, gr.skip())
+        if isinstance(outcome.get("error"), Cancelled):
+            where = f"at step {last.done}/{last.total}" if last is not None and last.done else str(outcome["error"])
+            resume = "; Train and edit with the same inputs and settings resumes from its checkpoint" \
+                if s.cancelled else ""
+            yield (s, progress_html(last, f"cancelled {where}{resume}"), *skip, MODELS.memory_text())
+            return
         if "error" in outcome:
             raise outcome["error"]
-        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"]))
+        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"]), MODELS.memory_text())
 
     @shown
     def on_sample(state, *values):
         s = session(state)
-        return (s, *result_outputs(steps.sample_with_lora(cfg, s, Settings(*values))))
+        try:
+            result = jobs.sample_with_lora(cfg, s, Settings(*values))
+        except Cancelled as exc:
+            return (s, progress_html(None, str(exc)), *[gr.skip()] * len(result_panel), gr.skip())
+        return (s, gr.skip(), *result_outputs(result), MODELS.memory_text())
 
     state = ui.state
     demo.load(on_load, [state], [state])
@@ -377,20 +314,23 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     ui.later_add.click(on_add_later, [state, ui.later_index, ui.later_image, ui.later_mask], [state, ui.later_info])
     ui.later_clear.click(on_clear_later, [state], [state, ui.later_info])
     ui.caption_button.click(on_caption, [state], [state, ui.train_prompt, ui.prompt])
-    ui.train_button.click(on_train, [state, *settings_in], [state, ui.train_status, *result_panel],
-                          concurrency_id="model", concurrency_limit=1)
-    ui.sample_button.click(on_sample, [state, *settings_in], [state, *result_panel], concurrency_id="model",
-                           concurrency_limit=1)
+    gpu = dict(concurrency_id="model", concurrency_limit=cfg.concurrency)  # one queue for both GPU jobs
+    job_outputs = [state, ui.train_status, *result_panel, ui.memory]
+    ui.train_button.click(on_start, [state], [state], concurrency_limit=None, show_progress="hidden").then(
+        on_train, [state, *settings_in], job_outputs, **gpu)
+    ui.sample_button.click(on_start, [state], [state], concurrency_limit=None, show_progress="hidden").then(
+        on_sample, [state, *settings_in], job_outputs, **gpu)
+    ui.cancel_button.click(on_cancel, [state], [state], concurrency_limit=None, show_progress="hidden")
 
 
 def _training(cfg: AppConfig, s: Session, settings: Settings, outcome: dict) -> Iterator[TrainProgress]:
-    """Run `steps.train_and_edit` in a thread and yield its progress as it comes (the newest when several
+    """Run `jobs.train_and_edit` in a thread and yield its progress as it comes (the newest when several
     arrived); `outcome` receives the result or the exception."""
     updates: queue.Queue = queue.Queue()
 
     def work() -> None:
         try:
-            outcome["result"] = steps.train_and_edit(cfg, s, settings, on_step=updates.put)
+            outcome["result"] = jobs.train_and_edit(cfg, s, settings, on_step=updates.put)
         except BaseException as exc:  # noqa: BLE001 (handed to the page's error display)
             outcome["error"] = exc
         finally:
@@ -415,13 +355,21 @@ def _latest(updates: queue.Queue) -> Iterator[TrainProgress]:
         yield item
 
 
-def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> gr.Blocks:
-    """Start the app: local only unless `host` says otherwise, no share link, nothing sent anywhere."""
+def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
+          access: Access | None = None) -> gr.Blocks:
+    """Start the app: local only unless `host` says otherwise (then with a login, see `access`), no share link,
+    nothing sent anywhere; at most `cfg.concurrency` GPU jobs at once, the rest queued."""
+    access = access or Access(host)
+    check_access(replace(access, host=host))
+    if cfg.concurrency < 1:
+        raise InputError(f"--concurrency {cfg.concurrency}: give 1 or more")
     Path(cfg.work).mkdir(parents=True, exist_ok=True)
     demo = build_app(cfg)
     demo.queue(default_concurrency_limit=1)
+    max_bytes = MAX_UPLOAD if cfg.max_upload_mb is None else min(MAX_UPLOAD, cfg.max_upload_mb << 20)
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-                allowed_paths=[str(Path(cfg.work).resolve())], max_file_size=MAX_UPLOAD, footer_links=[],
+                allowed_paths=[str(Path(cfg.work).resolve())], max_file_size=max_bytes, footer_links=[],
                 run_history=False, ssr_mode=False, pwa=False, mcp_server=False, show_error=False, quiet=not block,
-                theme=gr.themes.Default(), css=CSS)
+                theme=gr.themes.Default(), css=CSS, auth=list(access.logins) or None,
+                auth_message="loraedit: log in with the user and password you were given")
     return demo

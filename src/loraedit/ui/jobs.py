@@ -1,0 +1,151 @@
+"""The web app's GPU jobs over a `Session`: train and edit, sample with the trained LoRA; no Gradio here.
+
+Every job runs on the process's resident model (`models.MODELS`): the first job loads the base, later ones
+(any tab) reuse it, and the job leaves no LoRA on it. Training can be cancelled between steps
+(`request_cancel`): it saves a checkpoint, and *Train and edit* with the same inputs and settings resumes
+from it instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from .. import api
+from ..api import ClipInputs, RunOptions, SampleConfig
+from ..conditioning import TRAINING_MODES
+from ..config import TrainConfig
+from ..errors import Cancelled, InputError
+from ..report import result_paths
+from ..train import TrainProgress
+from .models import MODELS, ModelHolder
+from .session import Session, Trained
+from .steps import AppConfig, Result, Settings, _float, _int
+
+_CANCELS: dict[str, threading.Event] = {}  # by session id: set by the Cancel button, read between steps
+_CANCELS_LOCK = threading.Lock()
+
+
+def _cancel_flag(s: Session) -> threading.Event:
+    with _CANCELS_LOCK:
+        return _CANCELS.setdefault(s.id, threading.Event())
+
+
+def start_job(s: Session) -> None:
+    """A job was asked for (a click, before it waits in the queue): forget an earlier Cancel."""
+    _cancel_flag(s).clear()
+
+
+def request_cancel(s: Session) -> None:
+    """Stop this session's job: a running training after its current step, a job still waiting in the queue
+    as soon as its turn comes (it then ends without touching the model)."""
+    _cancel_flag(s).set()
+
+
+def _check_not_cancelled(s: Session) -> None:
+    if _cancel_flag(s).is_set():
+        raise Cancelled("cancelled while waiting in the queue: nothing ran")
+
+
+def train_and_edit(cfg: AppConfig, s: Session, settings: Settings,
+                   on_step: Callable[[TrainProgress], None] | None = None, models: ModelHolder = MODELS) -> Result:
+    """The whole method (`api.edit`) on the resident model: train the LoRA on the clip, then sample the edit.
+
+    A run cancelled earlier with the same inputs and settings resumes from its checkpoint.
+    """
+    inputs, first, opts = _clip_inputs(s, settings), s.require_edited_first(), _run_options(cfg, settings)
+    _check_not_cancelled(s)
+    flag = _cancel_flag(s)
+    plan = (inputs, first, settings)
+    if s.cancelled is not None and s.cancelled[1] == plan:
+        out, opts = s.cancelled[0], replace(opts, resume=True)
+    else:
+        out = s.next_result()
+    s.cancelled = None
+
+    def step(progress: TrainProgress) -> None:
+        if on_step is not None:
+            on_step(progress)
+        if flag.is_set():
+            raise Cancelled("cancelled before the first training step")
+
+    started = time.perf_counter()
+    try:
+        with models.use(cfg.model, cfg.device, opts.performance) as backend:
+            api.edit(cfg.model, inputs, first, out, opts, _train_config(settings), _sample_config(settings),
+                     on_step=step, backend=backend)
+    except Cancelled:
+        if (api.work_dir_for(out) / "checkpoints").is_dir():
+            s.cancelled = (out, plan)  # the next Train and edit with the same plan resumes
+        raise
+    loras: tuple[Path, ...] = ()
+    if settings.mode in TRAINING_MODES:
+        work = api.work_dir_for(out)
+        log = json.loads((work / "train_log.json").read_text())
+        loras = tuple(work / name for name in log["lora_files"].values())
+        s.trained = Trained(inputs, loras, settings.mode)
+    return _result(s, inputs, out, loras, time.perf_counter() - started)
+
+
+def sample_with_lora(cfg: AppConfig, s: Session, settings: Settings, models: ModelHolder = MODELS) -> Result:
+    """The fast path (`api.sample` on the resident model): the session's LoRA with the current edited first frame."""
+    if s.trained is None:
+        raise InputError("no trained LoRA in this session yet: click Train and edit first")
+    first = s.require_edited_first()
+    _check_not_cancelled(s)
+    opts = replace(_run_options(cfg, settings), mode=s.trained.mode)
+    started, out = time.perf_counter(), s.next_result()
+    with models.use(cfg.model, cfg.device, opts.performance) as backend:
+        api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, _sample_config(settings),
+                   backend=backend)
+    return _result(s, s.trained.inputs, out, s.trained.loras, time.perf_counter() - started)
+
+
+def _result(s: Session, inputs: ClipInputs, out: Path, loras: tuple[Path, ...], seconds: float) -> Result:
+    """The files beside the output video, and the metrics `loraedit eval` gives (against the ground truth too)."""
+    from ..evaluate import EvalConfig, EvalInputs, evaluate
+
+    paths = result_paths(out)
+    scored = evaluate(EvalInputs(inputs.video, out, inputs.mask, s.edited_first, s.reference),
+                      EvalConfig(progress=False))
+    settings = json.loads(paths["metrics"].read_text()).get("settings", {})
+    prompts = {k: settings[k] for k in ("train_prompt", "prompt") if k in settings}
+    return Result(out, paths["side_by_side"], paths["contact"], paths["report"], paths["metrics"], loras,
+                  scored["metrics"], prompts, round(seconds, 1))
+
+
+def _clip_inputs(s: Session, settings: Settings) -> ClipInputs:
+    size = None
+    if settings.width or settings.height:
+        size = (_int(settings.width, "width", low=1), _int(settings.height, "height", low=1))
+    return ClipInputs(video=s.require_clip(), mask=s.require_masks(),
+                      frames=_int(settings.frames, "frames", low=1) if settings.frames else None, size=size,
+                      edited_frames=tuple(f for _, f in sorted(s.edited_frames.items())))
+
+
+def _run_options(cfg: AppConfig, settings: Settings) -> RunOptions:
+    return RunOptions(mode=settings.mode, prompt=settings.prompt.strip(),
+                      train_prompt=settings.train_prompt.strip() or None, cache_dir=cfg.cache_dir, progress=False,
+                      device=cfg.device, caption=cfg.caption)
+
+
+def _train_config(settings: Settings) -> TrainConfig:
+    return TrainConfig(rank=_int(settings.rank, "rank"), learning_rate=_float(settings.learning_rate, "learning rate"),
+                       stage1_steps=_int(settings.stage1_steps, "stage-1 steps"),
+                       stage2_steps=None if settings.stage2_steps is None else _int(settings.stage2_steps,
+                                                                                     "stage-2 steps"))
+
+
+def _sample_config(settings: Settings) -> SampleConfig:
+    own = {"negative_prompt": settings.negative_prompt} if settings.negative_prompt.strip() else {}  # else the default
+    if settings.guidance is not None and str(settings.guidance).strip():
+        own["guidance"] = _float(settings.guidance, "guidance")
+    if settings.first_block_cache:
+        own["first_block_cache"] = _float(settings.first_block_cache, "first-block cache")
+    return SampleConfig(steps=_int(settings.steps, "sampling steps"), seed=_int(settings.seed, "seed"), **own)
+
+
