@@ -27,7 +27,7 @@ from loraedit import api, lora_io, media, uploads  # noqa: E402
 from loraedit.cli import build_parser, main  # noqa: E402
 from loraedit.errors import InputError, LoraEditError  # noqa: E402
 from loraedit.ui import jobs, steps  # noqa: E402
-from loraedit.ui.models import ModelHolder  # noqa: E402
+from loraedit.ui.models import MODELS, ModelHolder  # noqa: E402
 from loraedit.ui.session import Session, store_mask_frames, store_upload  # noqa: E402
 from loraedit.ui.steps import BOX, OBJECT, AppConfig, Settings  # noqa: E402
 
@@ -444,6 +444,7 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
     later_png = _png(tmp_path / "later.png", scenario.edited_video[later])
     new_edit = _png(tmp_path / "new-edit.png", scenario.edited_first_frame.flip(0))  # another colour
 
+    MODELS.clear()
     app = serve(cfg, host="127.0.0.1", port=_free_port(), block=False)
     costs, outside = {}, []
     try:
@@ -515,6 +516,8 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
             metrics = ui.wait_text("metrics", "edit-2.mp4", timeout=120)
             costs["sample"] = time.perf_counter() - started
             assert re.search(r"bg_psnr\s+\d", metrics) and "ref_psnr" not in metrics  # no ground truth for it
+            assert MODELS.loads == 1, "Train and edit, then Sample: the model was loaded once"
+            assert "1 model load(s)" in ui.wait_text("model-memory", "1 model load(s)")
             page.wait_for_timeout(500)
             page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
             if os.environ.get("LORAEDIT_UPDATE_SCREENSHOT"):  # refresh the README's picture on purpose only
@@ -525,3 +528,81 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
     assert outside == []  # the page fetched nothing from outside the app
     assert (tmp_path / "ui.png").stat().st_size > 10_000
     print("browser test seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()))
+
+
+def _log_in(page, url: str, user: str, password: str) -> None:
+    page.goto(url)
+    page.locator("input[type=password]").wait_for(timeout=30_000)
+    assert page.locator("#train").count() == 0  # nothing of the app before the login
+    page.locator("input[type=text]").first.fill(user)
+    page.fill("input[type=password]", password)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#train").wait_for(timeout=30_000)
+
+
+def test_a_second_job_queues_and_both_can_be_cancelled_behind_a_login(tmp_path, monkeypatch):
+    """Two logged-in tabs: A trains, B's job waits in the queue with its position shown; B cancels (its job
+    never runs), A cancels (training stops between steps, the model is handed back)."""
+    sync_playwright = _browser_or_skip()
+    from loraedit.ui.access import Access
+    from loraedit.ui.app import serve
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    cfg = AppConfig(model="toy", work=tmp_path / "work", cache_dir=tmp_path / "cache")
+    with pytest.raises(InputError, match="needs a login"):
+        serve(cfg, host="0.0.0.0", port=_free_port(), block=False)  # refused before it listens
+    MODELS.clear()
+    app = serve(cfg, host="127.0.0.1", port=_free_port(), block=False, access=Access(logins=(("ann", "s3cret"),)))
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            wrong = browser.new_page()
+            wrong.goto(app.local_url)
+            wrong.locator("input[type=text]").first.fill("ann")
+            wrong.fill("input[type=password]", "wrong")
+            wrong.get_by_role("button", name="Login").click()
+            wrong.get_by_text("Incorrect").first.wait_for(timeout=30_000)
+            tabs = [browser.new_context().new_page() for _ in range(2)]
+            for page in tabs:
+                _log_in(page, app.local_url, "ann", "s3cret")
+                page.click("#load-example")
+                Page(page, 1).wait_text("clip-info", "frames at")
+                page.fill("#stage1-steps input", "400")
+            a, b = tabs
+            a.click("#train")
+            Page(a, 1).wait_text("train-status", "training…", timeout=120)
+            b.click("#train")
+            b.get_by_text(re.compile(r"queue: 1/1")).first.wait_for(timeout=30_000)  # its place in the queue
+            b.click("#cancel")
+            a.click("#cancel")
+            note = Page(a, 1).wait_text("train-status", "cancelled at step", timeout=60)
+            assert "resumes from its checkpoint" in note
+            Page(b, 1).wait_text("train-status", "cancelled while waiting in the queue", timeout=60)
+            assert MODELS.loads == 1 and "no result yet" in Page(b, 1).text("metrics")
+            browser.close()
+    finally:
+        app.close()
+
+
+def test_logins_and_the_network_rule(tmp_path):
+    from loraedit.ui.access import Access, check_access, is_loopback, parse_login, read_auth_file
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+    assert parse_login("ann:pa:ss") == ("ann", "pa:ss")
+    with pytest.raises(InputError, match="USER:PASSWORD"):
+        parse_login("ann:")
+    (tmp_path / "logins").write_text("# the team\nann:one\n\nbob:two\n")
+    assert read_auth_file(tmp_path / "logins") == (("ann", "one"), ("bob", "two"))
+    (tmp_path / "bad").write_text("ann:one\nbob\n")
+    with pytest.raises(InputError, match="line 2") as exc:
+        read_auth_file(tmp_path / "bad")
+    assert "one" not in str(exc.value)  # no password in a message
+    check_access(Access("127.0.0.1"))
+    check_access(Access("0.0.0.0", (("ann", "one"),)))
+    check_access(Access("0.0.0.0", insecure_no_auth=True))
+    with pytest.raises(InputError, match="needs a login"):
+        check_access(Access("0.0.0.0"))
+    assert main(["ui", "--host", "0.0.0.0", "--work", str(tmp_path)]) == 2  # refused before anything loads
+    args = build_parser().parse_args(["ui", "--auth", "a:b", "--auth", "c:d", "--concurrency", "2"])
+    assert args.auth == ["a:b", "c:d"] and args.concurrency == 2 and not args.insecure_no_auth

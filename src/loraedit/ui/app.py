@@ -278,10 +278,10 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
             note = "sampling the edit…" if last.done == last.total else "training…"
             yield (s, progress_html(last, note), *skip, gr.skip())
         if isinstance(outcome.get("error"), Cancelled):
-            where = f"at step {last.done}/{last.total}" if last is not None and last.done else str(outcome["error"])
-            resume = "; Train and edit with the same inputs and settings resumes from its checkpoint" \
-                if s.cancelled else ""
-            yield (s, progress_html(last, f"cancelled {where}{resume}"), *skip, MODELS.memory_text())
+            note = f"cancelled at step {last.done}/{last.total}" if last is not None else str(outcome["error"])
+            if s.cancelled:
+                note += "; Train and edit with the same inputs and settings resumes from its checkpoint"
+            yield (s, progress_html(last, note), *skip, MODELS.memory_text())
             return
         if "error" in outcome:
             raise outcome["error"]

@@ -60,6 +60,12 @@ class ModelHolder:
                 if backend is not None:
                     self.idle.setdefault(key, []).append(backend)
 
+    def clear(self) -> None:
+        """Forget the idle backends (freed when no job holds them) and the counts."""
+        with self._lock:
+            self.idle.clear()
+            self.loads, self.load_seconds = 0, 0.0
+
     def backends(self) -> list[tuple[Key, Backend]]:
         with self._lock:
             return [(key, b) for key, found in self.idle.items() for b in found]
