@@ -256,6 +256,43 @@ def test_train_and_edit_then_sample_with_the_lora_on_one_loaded_model(cfg, examp
     assert torch.equal(media.read_video(same.video)[0], media.read_video(fresh)[0])
 
 
+def _lora_of_another_model(src: Path, dst: Path) -> Path:
+    """`src` as if trained on another base model (its recorded fingerprint changed)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta["loraedit"] = json.dumps({**json.loads(meta["loraedit"]), "base_model": "0123456789abcdef"})
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def test_a_lora_from_an_earlier_training_samples_in_a_fresh_tab(cfg, example, tmp_path):
+    s, ex = example
+    settings = Settings(**{**ex.settings.__dict__, **FAST})
+    models = ModelHolder()
+    jobs.train_and_edit(cfg, s, settings, models=models)
+    sent = tmp_path / "sent" / "lora.safetensors"
+    sent.parent.mkdir()
+    sent.write_bytes(s.trained.loras[0].read_bytes())  # what the user downloaded, without its sidecar
+
+    tab = Session.start(cfg.work)
+    with pytest.raises(InputError, match="no clip"):  # the clip and masks to sample with come first
+        jobs.load_lora_files(cfg, tab, [sent], settings)
+    steps.load_example(cfg, tab)
+    with pytest.raises(InputError) as exc:
+        jobs.load_lora_files(cfg, tab, [_lora_of_another_model(sent, tmp_path / "other" / "lora.safetensors")],
+                             settings)
+    assert "lora.safetensors was trained for another base model" in str(exc.value)
+    assert "sessions" not in str(exc.value) and tab.trained is None  # no server path; nothing kept
+    assert not list(tab.folder.glob("uploaded-lora-*"))
+    assert "fits this model" in jobs.load_lora_files(cfg, tab, [sent], settings)
+    result = jobs.sample_with_lora(cfg, tab, settings, models=models)
+    assert result.video.is_file() and "bg_psnr" in result.metrics and models.loads == 1
+
+
 def test_training_is_cancelled_between_steps_and_resumes(cfg, example):
     s, ex = example
     settings = Settings(**{**ex.settings.__dict__, **FAST, "stage1_steps": 4, "stage2_steps": 0})
@@ -522,6 +559,25 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
             page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
             if os.environ.get("LORAEDIT_UPDATE_SCREENSHOT"):  # refresh the README's picture on purpose only
                 shutil.copyfile(tmp_path / "ui.png", REPO / "docs" / "ui.png")
+
+            # A fresh tab samples a new edit with the downloaded LoRA; a LoRA of another model is refused.
+            fresh = browser.new_context().new_page()
+            fresh.goto(app.local_url)
+            fresh.click("#load-example")
+            Page(fresh, width).wait_text("clip-info", "frames at")
+            fresh.fill("#sample-steps input", str(sampling))
+            wrong = _lora_of_another_model(tmp_path / "download.safetensors", tmp_path / "wrong" / "lora.safetensors")
+            fresh.locator("#lora-files input[type=file]").set_input_files(str(wrong))
+            fresh.get_by_text("was trained for another base model").first.wait_for(timeout=30_000)
+            fresh.locator("#lora-files").get_by_text("Drop File Here").wait_for(timeout=30_000)  # refused: cleared
+            fresh.locator("#lora-files input[type=file]").set_input_files(str(tmp_path / "download.safetensors"))
+            Page(fresh, width).wait_text("lora-info", "fits this model")
+            assert "1 model load(s)" in Page(fresh, width).text("model-memory")  # the page shows what is held
+            fresh.locator("#edited-first input[type=file]").set_input_files(str(new_edit))
+            Page(fresh, width).wait_text("edit-info", "new edited first frame")
+            fresh.click("#sample-again")
+            assert re.search(r"bg_psnr\s+\d", Page(fresh, width).wait_text("metrics", "edit-1.mp4", timeout=120))
+            assert MODELS.loads == 1
             browser.close()
     finally:
         app.close()

@@ -154,6 +154,11 @@ def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
                                              "faster sampling, approximate)")
         ui.negative_prompt = gr.Textbox(start.negative_prompt, label="negative prompt (empty: the model's own)",
                                         lines=2)
+    with gr.Row():
+        ui.lora_files = gr.File(label="…or a LoRA from an earlier training (lora.safetensors; with lora_2 for "
+                                "Wan2.2), for Sample with this clip and masks", file_count="multiple",
+                                file_types=[".safetensors"], elem_id="lora-files", height=80)
+        ui.lora_info = gr.Markdown("", elem_id="lora-info")
     ui.train_status = gr.HTML(progress_html(None, "not started"), elem_id="train-progress")
     ui.memory = gr.Markdown(MODELS.memory_text(), elem_id="model-memory")
 
@@ -184,7 +189,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
 
     @shown
     def on_load(state):
-        return session(state)
+        return session(state), MODELS.memory_text()
 
     @shown
     def on_example(state, seed_value):
@@ -257,6 +262,13 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         return (s, *steps.captions(cfg, s))
 
     @shown
+    def on_lora_files(state, received, *values):
+        s = session(state)
+        if not received:
+            return s, gr.skip()
+        return s, jobs.load_lora_files(cfg, s, list(received), Settings(*values))
+
+    @shown
     def on_start(state):
         s = session(state)
         jobs.start_job(s)
@@ -297,7 +309,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         return (s, gr.skip(), *result_outputs(result), MODELS.memory_text())
 
     state = ui.state
-    demo.load(on_load, [state], [state])
+    demo.load(on_load, [state], [state, ui.memory])
     ui.example_button.click(on_example, [state, ui.example_seed],
                             [state, ui.video, ui.clip_info, ui.frame_index, ui.frame_image, ui.prompts,
                              ui.mask_preview, ui.mask_info, ui.edited_first, ui.edit_info, ui.later_info,
@@ -314,6 +326,8 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     ui.later_add.click(on_add_later, [state, ui.later_index, ui.later_image, ui.later_mask], [state, ui.later_info])
     ui.later_clear.click(on_clear_later, [state], [state, ui.later_info])
     ui.caption_button.click(on_caption, [state], [state, ui.train_prompt, ui.prompt])
+    ui.lora_files.upload(on_lora_files, [state, ui.lora_files, *settings_in], [state, ui.lora_info]).failure(
+        lambda: (None, ""), None, [ui.lora_files, ui.lora_info], show_progress="hidden")  # a refused file goes
     gpu = dict(concurrency_id="model", concurrency_limit=cfg.concurrency)  # one queue for both GPU jobs
     job_outputs = [state, ui.train_status, *result_panel, ui.memory]
     ui.train_button.click(on_start, [state], [state], concurrency_limit=None, show_progress="hidden").then(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from .. import api
+from .. import api, media, validate
 from ..api import ClipInputs, RunOptions, SampleConfig
 from ..conditioning import TRAINING_MODES
 from ..config import TrainConfig
@@ -23,8 +23,8 @@ from ..errors import Cancelled, InputError
 from ..report import result_paths
 from ..train import TrainProgress
 from .models import MODELS, ModelHolder
-from .session import Session, Trained
-from .steps import AppConfig, Result, Settings, _float, _int
+from .session import Session, Trained, store_upload
+from .steps import AppConfig, Result, Settings, _float, _int, model_facts
 
 _CANCELS: dict[str, threading.Event] = {}  # by session id: set by the Cancel button, read between steps
 _CANCELS_LOCK = threading.Lock()
@@ -103,6 +103,31 @@ def sample_with_lora(cfg: AppConfig, s: Session, settings: Settings, models: Mod
         api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, _sample_config(settings),
                    backend=backend)
     return _result(s, s.trained.inputs, out, s.trained.loras, time.perf_counter() - started)
+
+
+def load_lora_files(cfg: AppConfig, s: Session, received: list[str | Path], settings: Settings) -> str:
+    """LoRA file(s) from an earlier training (one per expert, in name order: lora, lora_2) become the session's,
+    for *Sample* with the session's clip and masks; refused with the reason when they do not fit the model
+    (`validate.lora_file_problems`, from the headers, before any tensor is read)."""
+    if not received:
+        raise InputError("no LoRA file: upload lora.safetensors from an earlier training (and lora_2 for Wan2.2)")
+    inputs = _clip_inputs(s, settings)  # the clip and masks to sample with must be there first
+    ordered = sorted((Path(p) for p in received), key=lambda p: media.natural_key(p.name))
+    stored = [store_upload(s, p, "uploaded-lora", "lora") for p in ordered]
+    problems = validate.lora_file_problems(model_facts(cfg.model), stored)
+    if problems:
+        for path in stored:
+            path.unlink(missing_ok=True)
+        named = []
+        for problem in problems:  # the names the user sent, not the server's paths
+            for path, sent in zip(stored, ordered, strict=True):
+                problem = problem.replace(str(path), sent.name)
+            named.append(problem.removeprefix("--lora: "))
+        raise InputError(*named)
+    mode = settings.mode if settings.mode in TRAINING_MODES else TRAINING_MODES[0]
+    s.trained = Trained(inputs, tuple(stored), mode)
+    return (f"LoRA {', '.join(p.name for p in ordered)} fits this model: *Sample with the trained LoRA* uses it "
+            f"with this clip and masks ({mode})")
 
 
 def _result(s: Session, inputs: ClipInputs, out: Path, loras: tuple[Path, ...], seconds: float) -> Result:
