@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import time
@@ -27,6 +28,7 @@ from loraedit import api, lora_io, media, uploads  # noqa: E402
 from loraedit.cli import build_parser, main  # noqa: E402
 from loraedit.errors import InputError, LoraEditError  # noqa: E402
 from loraedit.ui import jobs, steps  # noqa: E402
+from loraedit.ui.history import edits_markdown  # noqa: E402
 from loraedit.ui.models import MODELS, ModelHolder  # noqa: E402
 from loraedit.ui.session import Session, store_mask_frames, store_upload  # noqa: E402
 from loraedit.ui.steps import BOX, OBJECT, AppConfig, Settings  # noqa: E402
@@ -273,7 +275,7 @@ def test_a_lora_from_an_earlier_training_samples_in_a_fresh_tab(cfg, example, tm
     s, ex = example
     settings = Settings(**{**ex.settings.__dict__, **FAST})
     models = ModelHolder()
-    jobs.train_and_edit(cfg, s, settings, models=models)
+    trained = jobs.train_and_edit(cfg, s, settings, models=models)
     sent = tmp_path / "sent" / "lora.safetensors"
     sent.parent.mkdir()
     sent.write_bytes(s.trained.loras[0].read_bytes())  # what the user downloaded, without its sidecar
@@ -291,6 +293,18 @@ def test_a_lora_from_an_earlier_training_samples_in_a_fresh_tab(cfg, example, tm
     assert "fits this model" in jobs.load_lora_files(cfg, tab, [sent], settings)
     result = jobs.sample_with_lora(cfg, tab, settings, models=models)
     assert result.video.is_file() and "bg_psnr" in result.metrics and models.loads == 1
+
+    # "my edits": each result with its settings and the command line that makes the same video.
+    assert [e.kind for e in s.edits] == ["train and edit"] and [e.video for e in tab.edits] == [result.video]
+    listed = edits_markdown(s.edits + tab.edits)
+    assert listed.index("sample with a LoRA") < listed.index("train and edit") and "loraedit edit --model" in listed
+    for edit, made in ((s.edits[0], trained), (tab.edits[0], result)):
+        args = shlex.split(edit.command)[1:]
+        again = tmp_path / "again" / edit.video.name
+        args[args.index("--out") + 1] = str(again)
+        assert main([*args, "--quiet"]) == 0, edit.command
+        # The same video up to float rounding (seen: 0.6% of pixels off by an mp4 level or a few, mean 2e-4).
+        assert (media.read_video(again)[0] - media.read_video(made.video)[0]).abs().mean() < 2e-3, edit.command
 
 
 def test_training_is_cancelled_between_steps_and_resumes(cfg, example):
@@ -554,6 +568,8 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
             costs["sample"] = time.perf_counter() - started
             assert re.search(r"bg_psnr\s+\d", metrics) and "ref_psnr" not in metrics  # no ground truth for it
             assert MODELS.loads == 1, "Train and edit, then Sample: the model was loaded once"
+            assert re.search(r"edit-2.mp4 \(sample with a LoRA.*edit-1.mp4 \(train and edit.*loraedit edit --model",
+                             ui.text("my-edits"), re.S)
             assert "1 model load(s)" in ui.wait_text("model-memory", "1 model load(s)")
             page.wait_for_timeout(500)
             page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)

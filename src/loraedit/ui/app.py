@@ -34,6 +34,7 @@ from ..train import TrainProgress  # noqa: E402
 from ..conditioning import MODES  # noqa: E402
 from . import jobs, steps  # noqa: E402
 from .display import progress_html, result_outputs, shown  # noqa: E402
+from .history import edits_markdown  # noqa: E402
 from .models import MODELS  # noqa: E402
 from .session import Session  # noqa: E402
 from .steps import AppConfig, Settings  # noqa: E402
@@ -174,12 +175,15 @@ def _result_panel(ui: SimpleNamespace) -> None:
             ui.download_video = gr.DownloadButton("Download the mp4", interactive=False, elem_id="download-video")
             ui.download_lora = gr.DownloadButton("Download the LoRA", interactive=False, elem_id="download-lora")
             ui.all_files = gr.File(label="all files of the result", interactive=False, elem_id="result-files")
+    with gr.Accordion("my edits (this session), with the command line that repeats each", open=True):
+        ui.my_edits = gr.Markdown(edits_markdown([]), elem_id="my-edits")
 
 
 def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     """Connect the page's events to the steps. Every handler returns the session first (Gradio keeps it)."""
     settings_in = [getattr(ui, f.name) for f in fields(Settings)]  # the components are named like the fields
-    result_panel = [ui.side_by_side, ui.contact, ui.metrics, ui.download_video, ui.download_lora, ui.all_files]
+    result_panel = [ui.side_by_side, ui.contact, ui.metrics, ui.download_video, ui.download_lora, ui.all_files,
+                    ui.my_edits]
 
     def session(state: Session | None) -> Session:
         return state if isinstance(state, Session) else Session.start(cfg.work)
@@ -297,7 +301,8 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
             return
         if "error" in outcome:
             raise outcome["error"]
-        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"]), MODELS.memory_text())
+        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"]), edits_markdown(s.edits),
+               MODELS.memory_text())
 
     @shown
     def on_sample(state, *values):
@@ -306,7 +311,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
             result = jobs.sample_with_lora(cfg, s, Settings(*values))
         except Cancelled as exc:
             return (s, progress_html(None, str(exc)), *[gr.skip()] * len(result_panel), gr.skip())
-        return (s, gr.skip(), *result_outputs(result), MODELS.memory_text())
+        return (s, gr.skip(), *result_outputs(result), edits_markdown(s.edits), MODELS.memory_text())
 
     state = ui.state
     demo.load(on_load, [state], [state, ui.memory])

@@ -22,6 +22,7 @@ from ..config import TrainConfig
 from ..errors import Cancelled, InputError
 from ..report import result_paths
 from ..train import TrainProgress
+from .history import Edit, repeat_command
 from .models import MODELS, ModelHolder
 from .session import Session, Trained, store_upload
 from .steps import AppConfig, Result, Settings, _float, _int, model_facts
@@ -73,11 +74,10 @@ def train_and_edit(cfg: AppConfig, s: Session, settings: Settings,
         if flag.is_set():
             raise Cancelled("cancelled before the first training step")
 
-    started = time.perf_counter()
+    started, tcfg, scfg = time.perf_counter(), _train_config(settings), _sample_config(settings)
     try:
         with models.use(cfg.model, cfg.device, opts.performance) as backend:
-            api.edit(cfg.model, inputs, first, out, opts, _train_config(settings), _sample_config(settings),
-                     on_step=step, backend=backend)
+            api.edit(cfg.model, inputs, first, out, opts, tcfg, scfg, on_step=step, backend=backend)
     except Cancelled:
         if (api.work_dir_for(out) / "checkpoints").is_dir():
             s.cancelled = (out, plan)  # the next Train and edit with the same plan resumes
@@ -88,7 +88,10 @@ def train_and_edit(cfg: AppConfig, s: Session, settings: Settings,
         log = json.loads((work / "train_log.json").read_text())
         loras = tuple(work / name for name in log["lora_files"].values())
         s.trained = Trained(inputs, loras, settings.mode)
-    return _result(s, inputs, out, loras, time.perf_counter() - started)
+    result = _result(s, inputs, out, loras, time.perf_counter() - started)
+    command = repeat_command(cfg.model, inputs, first, Path(out.name), opts, scfg, tcfg)
+    s.edits.append(Edit(out, "train and edit", _summary(settings, tcfg), result.metrics, result.seconds, command))
+    return result
 
 
 def sample_with_lora(cfg: AppConfig, s: Session, settings: Settings, models: ModelHolder = MODELS) -> Result:
@@ -98,11 +101,21 @@ def sample_with_lora(cfg: AppConfig, s: Session, settings: Settings, models: Mod
     first = s.require_edited_first()
     _check_not_cancelled(s)
     opts = replace(_run_options(cfg, settings), mode=s.trained.mode)
-    started, out = time.perf_counter(), s.next_result()
+    started, out, scfg = time.perf_counter(), s.next_result(), _sample_config(settings)
     with models.use(cfg.model, cfg.device, opts.performance) as backend:
-        api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, _sample_config(settings),
-                   backend=backend)
-    return _result(s, s.trained.inputs, out, s.trained.loras, time.perf_counter() - started)
+        api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, scfg, backend=backend)
+    result = _result(s, s.trained.inputs, out, s.trained.loras, time.perf_counter() - started)
+    command = repeat_command(cfg.model, s.trained.inputs, first, Path(out.name), opts, scfg, loras=s.trained.loras)
+    s.edits.append(Edit(out, "sample with a LoRA", _summary(settings), result.metrics, result.seconds, command))
+    return result
+
+
+def _summary(settings: Settings, tcfg: TrainConfig | None = None) -> str:
+    """The settings an edit was made with, in one line."""
+    trained = (f"rank {tcfg.rank}, lr {tcfg.learning_rate:g}, {tcfg.stage1_steps}+"
+               f"{'10 epochs' if tcfg.stage2_steps is None else tcfg.stage2_steps} training steps, ") if tcfg else ""
+    return (f"{settings.mode}, {trained}{settings.steps} sampling steps, seed {settings.seed}, "
+            f"prompt {settings.prompt.strip()!r}")
 
 
 def load_lora_files(cfg: AppConfig, s: Session, received: list[str | Path], settings: Settings) -> str:

@@ -47,6 +47,7 @@ class Session:
     boxes: dict[int, Box] = field(default_factory=dict)  # key-frame boxes (or SAM2 box prompts), by frame
     corner: tuple[int, float, float] | None = None  # first corner of a box being drawn
     trained: Trained | None = None
+    edits: list = field(default_factory=list)  # this session's results (`history.Edit`), oldest first
     cancelled: tuple | None = None  # (the result path, (inputs, first frame, settings)) of a cancelled training
     results: int = 0  # results made so far (names them)
     stored: int = 0  # files and folders stored so far (numbers their names, so none is ever replaced)
