@@ -678,3 +678,24 @@ def test_logins_and_the_network_rule(tmp_path):
     assert main(["ui", "--host", "0.0.0.0", "--work", str(tmp_path)]) == 2  # refused before anything loads
     args = build_parser().parse_args(["ui", "--auth", "a:b", "--auth", "c:d", "--concurrency", "2"])
     assert args.auth == ["a:b", "c:d"] and args.concurrency == 2 and not args.insecure_no_auth
+
+
+def test_old_sessions_are_removed_but_never_one_in_use(tmp_path):
+    from loraedit.ui import cleanup
+
+    old, busy, recent = (Session.start(tmp_path) for _ in range(3))
+    for s in (old, busy, recent):
+        (s.folder / "results").mkdir()
+        (s.folder / "results" / "edit-1.mp4").write_bytes(b"x")
+    (tmp_path / "sessions" / "not-a-session").mkdir()  # never touched: not a session id
+    now = time.time() + 5 * 3600
+    cleanup.touch(recent.id)
+    os.utime(recent.folder / "results" / "edit-1.mp4", (now, now))  # written within the hour
+    with cleanup.hold(busy.id):
+        assert cleanup.remove_old_sessions(tmp_path, keep_hours=4, now=now) == [old.id]
+    assert not (tmp_path / "sessions" / old.id).exists()
+    assert busy.folder.is_dir() and recent.folder.is_dir() and (tmp_path / "sessions" / "not-a-session").is_dir()
+    assert cleanup.remove_old_sessions(tmp_path, keep_hours=4, now=now) == [busy.id]  # once its job ended
+    assert cleanup.remove_old_sessions(tmp_path, keep_hours=0, now=now + 10**6) == []  # 0: keep forever
+    with pytest.raises(InputError, match="unknown session"):
+        _ = old.folder

@@ -32,7 +32,7 @@ from ..errors import Cancelled, InputError  # noqa: E402
 from .access import Access, check_access  # noqa: E402
 from ..train import TrainProgress  # noqa: E402
 from ..conditioning import MODES  # noqa: E402
-from . import jobs, steps  # noqa: E402
+from . import cleanup, jobs, steps  # noqa: E402
 from .display import progress_html, result_outputs, shown  # noqa: E402
 from .history import edits_markdown  # noqa: E402
 from .models import MODELS  # noqa: E402
@@ -186,7 +186,11 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
                     ui.my_edits]
 
     def session(state: Session | None) -> Session:
-        return state if isinstance(state, Session) else Session.start(cfg.work)
+        if not isinstance(state, Session):  # a new tab: old sessions are swept first
+            cleanup.remove_old_sessions(cfg.work, cfg.keep_hours)
+            state = Session.start(cfg.work)
+        cleanup.touch(state.id)
+        return state
 
     def clip_outputs(s: Session, clip: steps.Clip) -> tuple:
         return (str(clip.video), clip.info, gr.Slider(maximum=max(clip.frames - 1, 1), value=0), steps.frame_view(s, 0))
@@ -290,9 +294,10 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         skip = [gr.skip()] * len(result_panel)
         yield (s, progress_html(None, "loading the model and encoding the clip…"), *skip, gr.skip())
         last, outcome = None, {}
-        for last in _training(cfg, s, Settings(*values), outcome):
-            note = "sampling the edit…" if last.done == last.total else "training…"
-            yield (s, progress_html(last, note), *skip, gr.skip())
+        with cleanup.hold(s.id):
+            for last in _training(cfg, s, Settings(*values), outcome):
+                note = "sampling the edit…" if last.done == last.total else "training…"
+                yield (s, progress_html(last, note), *skip, gr.skip())
         if isinstance(outcome.get("error"), Cancelled):
             note = f"cancelled at step {last.done}/{last.total}" if last is not None else str(outcome["error"])
             if s.cancelled:
@@ -308,7 +313,8 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     def on_sample(state, *values):
         s = session(state)
         try:
-            result = jobs.sample_with_lora(cfg, s, Settings(*values))
+            with cleanup.hold(s.id):
+                result = jobs.sample_with_lora(cfg, s, Settings(*values))
         except Cancelled as exc:
             return (s, progress_html(None, str(exc)), *[gr.skip()] * len(result_panel), gr.skip())
         return (s, gr.skip(), *result_outputs(result), edits_markdown(s.edits), MODELS.memory_text())

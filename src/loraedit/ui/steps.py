@@ -43,6 +43,7 @@ class AppConfig:
     concurrency: int = 1  # GPU jobs at once (each beyond the first loads its own copy of the model)
     max_upload_mb: int | None = None  # largest upload (None: uploads.py's per-kind limits)
     max_mask_files: int = 1000  # most mask PNGs in one upload
+    keep_hours: float = 72.0  # a session unused this long is removed (0: never)
 
     @property
     def tools(self) -> tuple[str, ...]:
