@@ -699,3 +699,39 @@ def test_old_sessions_are_removed_but_never_one_in_use(tmp_path):
     assert cleanup.remove_old_sessions(tmp_path, keep_hours=0, now=now + 10**6) == []  # 0: keep forever
     with pytest.raises(InputError, match="unknown session"):
         _ = old.folder
+
+
+def test_frames_and_masks_as_zips(cfg, example, tmp_path):
+    import zipfile
+
+    s, ex = example
+    frames, _ = media.read_video(s.video)
+    masks = media.read_masks(s.masks)
+    frames_zip, masks_zip = tmp_path / "frames.zip", tmp_path / "masks.zip"
+    with zipfile.ZipFile(frames_zip, "w") as z:
+        for t in reversed(range(frames.shape[0])):  # the members' order does not matter, their names do
+            media.write_image(tmp_path / "f.png", frames[t])
+            z.write(tmp_path / "f.png", f"clip/../frame{t}.png")  # a member path is never used as a path
+        z.writestr("__MACOSX/clip/._frame0.png", b"junk")
+        z.writestr("clip/.DS_Store", b"junk")
+    with zipfile.ZipFile(masks_zip, "w") as z:
+        for t in range(masks.shape[0]):
+            _png(tmp_path / "m.png", masks[t])
+            z.write(tmp_path / "m.png", f"mask_{t}.png")
+    clip = steps.load_frames_zip(cfg, s, frames_zip)
+    assert clip.frames == ex.clip.frames and s.video.parent == s.folder and s.video.name.startswith("frames-")
+    assert torch.equal(media.read_video(s.video)[0], frames)
+    preview, info = steps.load_masks(s, [masks_zip], cfg)
+    assert info == f"{ex.clip.frames} masks uploaded" and torch.equal(media.read_masks(s.masks), masks)
+    assert not (tmp_path / "evil.png").exists() and not list(s.folder.glob("frames-*.zip"))
+
+    with pytest.raises(InputError, match="limit of 3"):
+        steps.load_frames_zip(replace(cfg, max_files=3), s, frames_zip)
+    fake = tmp_path / "fake.zip"
+    fake.write_bytes(b"not a zip at all")
+    with pytest.raises(InputError, match="first bytes"):
+        steps.load_frames_zip(cfg, s, fake)
+    with zipfile.ZipFile(tmp_path / "odd.zip", "w") as z:
+        z.writestr("frame0.exe", b"MZ")
+    with pytest.raises(InputError, match="must be one of"):
+        steps.load_frames_zip(cfg, s, tmp_path / "odd.zip")

@@ -106,7 +106,7 @@ def add_ui_parser(sub) -> None:
                    "others wait in the queue, each beyond the first loads its own copy of the model)")
     p.add_argument("--max-upload-mb", type=int, metavar="MB", help="largest upload accepted (default: 2048 for "
                    "videos, 64 for images)")
-    p.add_argument("--max-mask-files", type=int, default=1000, metavar="N", help="most mask PNGs in one upload")
+    p.add_argument("--max-files", type=int, default=1000, metavar="N", help="most frame or mask images in one upload (PNGs, or a zip)")
     p.add_argument("--keep-hours", type=float, default=72.0, metavar="H", help="remove a session's folder (uploads "
                    "and results) after H hours unused, never while a job of it runs (default 72; 0: never)")
     p.add_argument("--port", type=int, help="port (default: 7860, or the next free one)")
@@ -219,7 +219,7 @@ def run_ui(args: argparse.Namespace) -> None:
         logins += read_auth_file(args.auth_file)
     cfg = AppConfig(model=args.model, work=args.work or default_cache_dir().parent / "ui", sam=args.sam,
                     caption=args.caption, cache_dir=cache, device=args.device, concurrency=args.concurrency,
-                    max_upload_mb=args.max_upload_mb, max_mask_files=args.max_mask_files,
+                    max_upload_mb=args.max_upload_mb, max_files=args.max_files,
                     keep_hours=args.keep_hours)
     serve(cfg, host=args.host, port=args.port, access=Access(args.host, logins, args.insecure_no_auth))
 

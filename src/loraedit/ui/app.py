@@ -16,9 +16,6 @@ shows each its position, and Cancel stops a running training between steps or a 
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +27,6 @@ import gradio as gr  # noqa: E402
 from .. import uploads  # noqa: E402
 from ..errors import Cancelled, InputError  # noqa: E402
 from .access import Access, check_access  # noqa: E402
-from ..train import TrainProgress  # noqa: E402
 from ..conditioning import MODES  # noqa: E402
 from . import cleanup, jobs, steps  # noqa: E402
 from .display import progress_html, result_outputs, shown  # noqa: E402
@@ -80,6 +76,8 @@ def _clip_panel(ui: SimpleNamespace, start: Settings) -> None:
         ui.example_seed = gr.Number(0, precision=0, label="example seed", minimum=0, scale=1)
         ui.example_button = gr.Button("Load toy-world example", elem_id="load-example", scale=2)
     ui.video = gr.Video(label="input video", sources=["upload"], elem_id="input-video", height=260)
+    ui.frames_zip = gr.File(label="…or a zip of frame images (a frames folder)", file_types=[".zip"],
+                            elem_id="frames-zip", height=80)
     ui.clip_info = gr.Markdown("no clip yet", elem_id="clip-info")
     with gr.Row():
         ui.frames = gr.Number(start.frames, precision=0, label="frames (4k+1)", elem_id="frames")
@@ -99,8 +97,8 @@ def _mask_panel(ui: SimpleNamespace, cfg: AppConfig, frames: int) -> None:
         ui.clear_button = gr.Button("Clear prompts", elem_id="clear-prompts")
         ui.mask_button = gr.Button("Make masks", variant="primary", elem_id="make-masks")
     ui.shape = gr.Radio(["box", "outline"], value="box", label="mask shape (SAM2)", visible=cfg.sam is not None)
-    ui.mask_files = gr.File(label="…or upload masks: one video, or one PNG per frame (white = edit)",
-                            file_count="multiple", file_types=[".png", *steps.VIDEO_SUFFIXES], elem_id="mask-files",
+    ui.mask_files = gr.File(label="…or upload masks: one video, one PNG per frame, or a zip of them (white = edit)",
+                            file_count="multiple", file_types=[".png", ".zip", *steps.VIDEO_SUFFIXES], elem_id="mask-files",
                             height=100)
     ui.mask_preview = gr.Video(label="tracked mask (overlay)", interactive=False, elem_id="mask-preview", height=260,
                                autoplay=True, loop=True)
@@ -216,6 +214,14 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         return (s, *clip_outputs(s, clip)[1:], steps.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
 
     @shown
+    def on_frames_zip(state, received):
+        s = session(state)
+        if received is None:
+            return (s, *[gr.skip()] * 6)
+        clip = steps.load_frames_zip(cfg, s, received)
+        return (s, *clip_outputs(s, clip)[1:], steps.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
+
+    @shown
     def on_frame(state, index):
         s = session(state)
         return s, steps.frame_view(s, index) if s.video is not None else None
@@ -295,7 +301,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         yield (s, progress_html(None, "loading the model and encoding the clip…"), *skip, gr.skip())
         last, outcome = None, {}
         with cleanup.hold(s.id):
-            for last in _training(cfg, s, Settings(*values), outcome):
+            for last in jobs.train_in_thread(cfg, s, Settings(*values), outcome):
                 note = "sampling the edit…" if last.done == last.total else "training…"
                 yield (s, progress_html(last, note), *skip, gr.skip())
         if isinstance(outcome.get("error"), Cancelled):
@@ -327,6 +333,9 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
                              *settings_in])
     ui.video.upload(on_video, [state, ui.video],
                     [state, ui.clip_info, ui.frame_index, ui.frame_image, ui.prompts, ui.mask_preview, ui.later_info])
+    ui.frames_zip.upload(on_frames_zip, [state, ui.frames_zip],
+                         [state, ui.clip_info, ui.frame_index, ui.frame_image, ui.prompts, ui.mask_preview,
+                          ui.later_info])
     ui.frame_index.change(on_frame, [state, ui.frame_index], [state, ui.frame_image])
     ui.frame_image.select(on_click, [state, ui.frame_index, ui.tool], [state, ui.frame_image, ui.prompts])
     ui.clear_button.click(on_clear, [state, ui.frame_index], [state, ui.frame_image, ui.prompts])
@@ -346,38 +355,6 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     ui.sample_button.click(on_start, [state], [state], concurrency_limit=None, show_progress="hidden").then(
         on_sample, [state, *settings_in], job_outputs, **gpu)
     ui.cancel_button.click(on_cancel, [state], [state], concurrency_limit=None, show_progress="hidden")
-
-
-def _training(cfg: AppConfig, s: Session, settings: Settings, outcome: dict) -> Iterator[TrainProgress]:
-    """Run `jobs.train_and_edit` in a thread and yield its progress as it comes (the newest when several
-    arrived); `outcome` receives the result or the exception."""
-    updates: queue.Queue = queue.Queue()
-
-    def work() -> None:
-        try:
-            outcome["result"] = jobs.train_and_edit(cfg, s, settings, on_step=updates.put)
-        except BaseException as exc:  # noqa: BLE001 (handed to the page's error display)
-            outcome["error"] = exc
-        finally:
-            updates.put(None)
-
-    threading.Thread(target=work, name="loraedit-train", daemon=True).start()
-    yield from _latest(updates)
-
-
-def _latest(updates: queue.Queue) -> Iterator[TrainProgress]:
-    """The newest progress report each time one or more arrived, until the worker's end mark (None)."""
-    while True:
-        item = updates.get()
-        while item is not None and not updates.empty():
-            newer = updates.get_nowait()
-            if newer is None:
-                yield item
-                return
-            item = newer
-        if item is None:
-            return
-        yield item
 
 
 def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, block: bool = True,

@@ -9,9 +9,10 @@ from it instead of starting over.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -116,6 +117,38 @@ def _summary(settings: Settings, tcfg: TrainConfig | None = None) -> str:
                f"{'10 epochs' if tcfg.stage2_steps is None else tcfg.stage2_steps} training steps, ") if tcfg else ""
     return (f"{settings.mode}, {trained}{settings.steps} sampling steps, seed {settings.seed}, "
             f"prompt {settings.prompt.strip()!r}")
+
+
+def train_in_thread(cfg: AppConfig, s: Session, settings: Settings, outcome: dict) -> Iterator[TrainProgress]:
+    """Run `train_and_edit` in a thread and yield its progress as it comes (the newest when several
+    arrived); `outcome` receives the result or the exception."""
+    updates: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        try:
+            outcome["result"] = train_and_edit(cfg, s, settings, on_step=updates.put)
+        except BaseException as exc:  # noqa: BLE001 (handed to the page's error display)
+            outcome["error"] = exc
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=work, name="loraedit-train", daemon=True).start()
+    yield from _latest(updates)
+
+
+def _latest(updates: queue.Queue) -> Iterator[TrainProgress]:
+    """The newest progress report each time one or more arrived, until the worker's end mark (None)."""
+    while True:
+        item = updates.get()
+        while item is not None and not updates.empty():
+            newer = updates.get_nowait()
+            if newer is None:
+                yield item
+                return
+            item = newer
+        if item is None:
+            return
+        yield item
 
 
 def load_lora_files(cfg: AppConfig, s: Session, received: list[str | Path], settings: Settings) -> str:

@@ -20,7 +20,7 @@ from ..api import EditedFrame, SampleConfig
 from ..backends import ModelFolder, read_model_folder, resolve_model_dir
 from ..errors import InputError
 from ..config import TrainConfig
-from .session import Session, store_mask_frames, store_upload
+from .session import Session, store_frames_zip, store_mask_frames, store_upload
 
 EXAMPLE_FPS = 8.0  # the toy world has no clock; 8 fps makes a 17-frame clip last two seconds
 DISPLAY_PX = 384  # a frame to click on is enlarged to about this size (whole multiples, nearest)
@@ -42,7 +42,7 @@ class AppConfig:
     device: str | None = None
     concurrency: int = 1  # GPU jobs at once (each beyond the first loads its own copy of the model)
     max_upload_mb: int | None = None  # largest upload (None: uploads.py's per-kind limits)
-    max_mask_files: int = 1000  # most mask PNGs in one upload
+    max_files: int = 1000  # most frame or mask images in one upload (PNGs, or a zip)
     keep_hours: float = 72.0  # a session unused this long is removed (0: never)
 
     @property
@@ -166,6 +166,15 @@ def load_video(s: Session, received: str | Path) -> Clip:
     return _clip(path, fps)
 
 
+def load_frames_zip(cfg: AppConfig, s: Session, received: str | Path) -> Clip:
+    """A zip of frame images (a frames folder, zipped) becomes the session's clip, read at the folder rate."""
+    folder = store_frames_zip(s, received, "frame", cfg.max_files)
+    _, fps = media.read_video(folder)  # one size, readable images: refused now, not at training time
+    s.video, s.masks, s.reference, s.edited_frames = folder, None, None, {}
+    s.clear_prompts()
+    return _clip(folder, fps)
+
+
 def example_scenario(cfg: AppConfig, seed: int = 0):
     """Held-out toy-world scenario `seed` (never seen in pretraining) at the model's frames and size."""
     from ..toyworld.scenes import HELDOUT_SEED_BASE, generate
@@ -287,12 +296,14 @@ def load_masks(s: Session, received: list[str | Path], cfg: AppConfig = AppConfi
     video = s.require_clip()
     if not received:
         raise InputError("no mask files: upload one mask video or one PNG per frame (white = edit)")
-    if len(received) > cfg.max_mask_files:
-        raise InputError(f"{len(received)} mask files: this app takes at most {cfg.max_mask_files} in one upload "
+    if len(received) > cfg.max_files:
+        raise InputError(f"{len(received)} mask files: this app takes at most {cfg.max_files} in one upload "
                          "(give one mask video instead)")
     s.masks = None
     if len(received) == 1 and Path(received[0]).suffix.lower() in VIDEO_SUFFIXES:
         path = store_upload(s, received[0], "masks", "mask")
+    elif len(received) == 1 and Path(received[0]).suffix.lower() == ".zip":
+        path = store_frames_zip(s, received[0], "mask-frame", cfg.max_files)
     else:
         path = store_mask_frames(s, received)
     frames, fps = media.read_video(video)
