@@ -185,7 +185,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
 
     def session(state: Session | None) -> Session:
         if not isinstance(state, Session):  # a new tab: old sessions are swept first
-            cleanup.remove_old_sessions(cfg.work, cfg.keep_hours)
+            jobs.forget(cleanup.remove_old_sessions(cfg.work, cfg.keep_hours))
             state = Session.start(cfg.work)
         cleanup.touch(state.id)
         return state

@@ -48,6 +48,13 @@ def request_cancel(s: Session) -> None:
     _cancel_flag(s).set()
 
 
+def forget(session_ids: list[str]) -> None:
+    """Drop the cancel flags of sessions that are gone (`cleanup.remove_old_sessions`)."""
+    with _CANCELS_LOCK:
+        for session_id in session_ids:
+            _CANCELS.pop(session_id, None)
+
+
 def _check_not_cancelled(s: Session) -> None:
     if _cancel_flag(s).is_set():
         raise Cancelled("cancelled while waiting in the queue: nothing ran")
