@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import time
@@ -23,10 +24,12 @@ import torch
 
 pytest.importorskip("gradio", reason="the web app needs the ui extra: pip install -e '.[test,ui]'")
 
-from loraedit import lora_io, media, uploads  # noqa: E402
+from loraedit import api, lora_io, media, uploads  # noqa: E402
 from loraedit.cli import build_parser, main  # noqa: E402
 from loraedit.errors import InputError, LoraEditError  # noqa: E402
-from loraedit.ui import steps  # noqa: E402
+from loraedit.ui import jobs, steps  # noqa: E402
+from loraedit.ui.history import edits_markdown  # noqa: E402
+from loraedit.ui.models import MODELS, ModelHolder  # noqa: E402
 from loraedit.ui.session import Session, store_mask_frames, store_upload  # noqa: E402
 from loraedit.ui.steps import BOX, OBJECT, AppConfig, Settings  # noqa: E402
 
@@ -219,34 +222,126 @@ def test_captions_come_from_florence2_when_the_app_has_it(cfg, example, tmp_path
     assert isinstance(train, str) and isinstance(edited, str)
 
 
-def test_train_and_edit_then_sample_with_the_lora(cfg, example, tmp_path):
+def test_train_and_edit_then_sample_with_the_lora_on_one_loaded_model(cfg, example, tmp_path):
     s, ex = example
     settings = Settings(**{**ex.settings.__dict__, **FAST})
+    models = ModelHolder()
     with pytest.raises(InputError, match="Train and edit first"):
-        steps.sample_with_lora(cfg, s, settings)
+        jobs.sample_with_lora(cfg, s, settings, models=models)
     seen = []
-    result = steps.train_and_edit(cfg, s, settings, on_step=seen.append)
+    result = jobs.train_and_edit(cfg, s, settings, on_step=seen.append, models=models)
     assert [p.done for p in seen] == [0, 1, 2] and seen[-1].total == 2
     assert result.video.is_file() and result.side_by_side.is_file() and result.report.is_file()
     assert {"bg_psnr", "bg_ssim", "ref_psnr", "ref_ssim", "ref_edit_psnr"} <= set(result.metrics)
     assert [p.name for p in result.loras] == ["lora.safetensors"] and s.trained.loras == result.loras
 
     steps.load_edited_first(s, _png(tmp_path / "other.png", media.read_image(s.edited_first).flip(0)))
-    again = steps.sample_with_lora(cfg, s, replace(settings, first_block_cache=0.5))
+    again = jobs.sample_with_lora(cfg, s, replace(settings, first_block_cache=0.5), models=models)
     assert again.video.name == "edit-2.mp4" and again.loras == result.loras
     recorded = json.loads(again.metrics_json.read_text())["settings"]
     assert recorded["first_block_cache"] == 0.5 and 0 <= recorded["first_block_cache_skipped"] <= 1
     assert "bg_psnr" in again.metrics and not any(k.startswith("ref_") for k in again.metrics)
 
+    other = Session.start(cfg.work)  # another tab, the same loaded model
+    steps.load_example(cfg, other)
+    jobs.train_and_edit(cfg, other, settings, models=models)
+    assert models.loads == 1, "every job after the first reuses the loaded base"
+    [(_, backend)] = models.backends()
+    assert all(not getattr(t, "peft_config", None) for t in backend.transformers())  # no LoRA left on it
+    assert "1 model load(s)" in models.memory_text() and "on cpu" in models.memory_text()
+
+    # The resident base with the LoRA attached and removed gives what a fresh load gives.
+    fresh = tmp_path / "fresh.mp4"
+    api.sample(cfg.model, s.trained.inputs, s.edited_first, fresh, list(s.trained.loras),
+               jobs._run_options(cfg, settings), jobs._sample_config(settings))
+    same = jobs.sample_with_lora(cfg, s, settings, models=models)
+    assert torch.equal(media.read_video(same.video)[0], media.read_video(fresh)[0])
+
+
+def _lora_of_another_model(src: Path, dst: Path) -> Path:
+    """`src` as if trained on another base model (its recorded fingerprint changed)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta["loraedit"] = json.dumps({**json.loads(meta["loraedit"]), "base_model": "0123456789abcdef"})
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def test_a_lora_from_an_earlier_training_samples_in_a_fresh_tab(cfg, example, tmp_path):
+    s, ex = example
+    settings = Settings(**{**ex.settings.__dict__, **FAST})
+    models = ModelHolder()
+    trained = jobs.train_and_edit(cfg, s, settings, models=models)
+    sent = tmp_path / "sent" / "lora.safetensors"
+    sent.parent.mkdir()
+    sent.write_bytes(s.trained.loras[0].read_bytes())  # what the user downloaded, without its sidecar
+
+    tab = Session.start(cfg.work)
+    with pytest.raises(InputError, match="no clip"):  # the clip and masks to sample with come first
+        jobs.load_lora_files(cfg, tab, [sent], settings)
+    steps.load_example(cfg, tab)
+    with pytest.raises(InputError) as exc:
+        jobs.load_lora_files(cfg, tab, [_lora_of_another_model(sent, tmp_path / "other" / "lora.safetensors")],
+                             settings)
+    assert "lora.safetensors was trained for another base model" in str(exc.value)
+    assert "sessions" not in str(exc.value) and tab.trained is None  # no server path; nothing kept
+    assert not list(tab.folder.glob("uploaded-lora-*"))
+    assert "fits this model" in jobs.load_lora_files(cfg, tab, [sent], settings)
+    result = jobs.sample_with_lora(cfg, tab, settings, models=models)
+    assert result.video.is_file() and "bg_psnr" in result.metrics and models.loads == 1
+
+    # "my edits": each result with its settings and the command line that makes the same video.
+    assert [e.kind for e in s.edits] == ["train and edit"] and [e.video for e in tab.edits] == [result.video]
+    listed = edits_markdown(s.edits + tab.edits)
+    assert listed.index("sample with a LoRA") < listed.index("train and edit") and "loraedit edit --model" in listed
+    for edit, made in ((s.edits[0], trained), (tab.edits[0], result)):
+        args = shlex.split(edit.command)[1:]
+        again = tmp_path / "again" / edit.video.name
+        args[args.index("--out") + 1] = str(again)
+        assert main([*args, "--quiet"]) == 0, edit.command
+        # The same video up to float rounding (seen: 0.6% of pixels off by an mp4 level or a few, mean 2e-4).
+        assert (media.read_video(again)[0] - media.read_video(made.video)[0]).abs().mean() < 2e-3, edit.command
+
+
+def test_training_is_cancelled_between_steps_and_resumes(cfg, example):
+    s, ex = example
+    settings = Settings(**{**ex.settings.__dict__, **FAST, "stage1_steps": 4, "stage2_steps": 0})
+    models = ModelHolder()
+
+    def cancel_after_two(progress):
+        if progress.done == 2:
+            jobs.request_cancel(s)
+
+    jobs.start_job(s)
+    with pytest.raises(LoraEditError, match="cancelled at step 2"):
+        jobs.train_and_edit(cfg, s, settings, on_step=cancel_after_two, models=models)
+    assert s.cancelled is not None and s.trained is None
+    [(_, backend)] = models.backends()  # handed back, without the half-trained LoRA
+    assert all(not getattr(t, "peft_config", None) for t in backend.transformers())
+
+    jobs.request_cancel(s)  # a job cancelled while it waits in the queue never runs
+    with pytest.raises(LoraEditError, match="waiting in the queue"):
+        jobs.train_and_edit(cfg, s, settings, models=models)
+
+    jobs.start_job(s)
+    seen = []
+    result = jobs.train_and_edit(cfg, s, settings, on_step=seen.append, models=models)
+    assert seen[0].done == 2 and seen[-1].done == 4  # resumed from the checkpoint, not from step 0
+    assert result.video.name == "edit-1.mp4" and models.loads == 1
+
 
 def test_settings_from_the_form_are_checked(cfg, example):
     s, ex = example
     with pytest.raises(InputError, match="stage-1 steps None is not a whole number"):
-        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "stage1_steps": None}))
+        jobs.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "stage1_steps": None}))
     with pytest.raises(InputError, match="learning rate 'x' is not a number"):
-        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "learning_rate": "x"}))
+        jobs.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, "learning_rate": "x"}))
     with pytest.raises(InputError, match="is not 4k\\+1"):  # the library's own checks, before anything loads
-        steps.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, **FAST, "frames": 6}))
+        jobs.train_and_edit(cfg, s, Settings(**{**ex.settings.__dict__, **FAST, "frames": 6}))
 
 
 # ---- the page's wrapper, displays and start-up ----------------------------------------------------------
@@ -255,7 +350,7 @@ def test_settings_from_the_form_are_checked(cfg, example):
 def test_errors_reach_the_page_as_one_message_without_a_traceback():
     import gradio as gr
 
-    from loraedit.ui.app import shown
+    from loraedit.ui.display import shown
 
     @shown
     def bad_input():
@@ -285,7 +380,7 @@ def test_errors_reach_the_page_as_one_message_without_a_traceback():
 
 def test_progress_display_and_metrics_table():
     from loraedit.train import TrainProgress
-    from loraedit.ui.app import metrics_table, progress_html
+    from loraedit.ui.display import metrics_table, progress_html
 
     progress = TrainProgress(3, 10, ({"stage": 1, "expert": "transformer", "steps": 10},), ((0.5, 0.4, 0.3),))
     shown = progress_html(progress, "training…")
@@ -400,6 +495,7 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
     later_png = _png(tmp_path / "later.png", scenario.edited_video[later])
     new_edit = _png(tmp_path / "new-edit.png", scenario.edited_first_frame.flip(0))  # another colour
 
+    MODELS.clear()
     app = serve(cfg, host="127.0.0.1", port=_free_port(), block=False)
     costs, outside = {}, []
     try:
@@ -471,13 +567,171 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
             metrics = ui.wait_text("metrics", "edit-2.mp4", timeout=120)
             costs["sample"] = time.perf_counter() - started
             assert re.search(r"bg_psnr\s+\d", metrics) and "ref_psnr" not in metrics  # no ground truth for it
+            assert MODELS.loads == 1, "Train and edit, then Sample: the model was loaded once"
+            assert re.search(r"edit-2.mp4 \(sample with a LoRA.*edit-1.mp4 \(train and edit.*loraedit edit --model",
+                             ui.text("my-edits"), re.S)
+            assert "1 model load(s)" in ui.wait_text("model-memory", "1 model load(s)")
             page.wait_for_timeout(500)
             page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
             if os.environ.get("LORAEDIT_UPDATE_SCREENSHOT"):  # refresh the README's picture on purpose only
                 shutil.copyfile(tmp_path / "ui.png", REPO / "docs" / "ui.png")
+
+            # A fresh tab samples a new edit with the downloaded LoRA; a LoRA of another model is refused.
+            fresh = browser.new_context().new_page()
+            fresh.goto(app.local_url)
+            fresh.click("#load-example")
+            Page(fresh, width).wait_text("clip-info", "frames at")
+            fresh.fill("#sample-steps input", str(sampling))
+            wrong = _lora_of_another_model(tmp_path / "download.safetensors", tmp_path / "wrong" / "lora.safetensors")
+            fresh.locator("#lora-files input[type=file]").set_input_files(str(wrong))
+            fresh.get_by_text("was trained for another base model").first.wait_for(timeout=30_000)
+            fresh.locator("#lora-files").get_by_text("Drop File Here").wait_for(timeout=30_000)  # refused: cleared
+            fresh.locator("#lora-files input[type=file]").set_input_files(str(tmp_path / "download.safetensors"))
+            Page(fresh, width).wait_text("lora-info", "fits this model")
+            assert "1 model load(s)" in Page(fresh, width).text("model-memory")  # the page shows what is held
+            fresh.locator("#edited-first input[type=file]").set_input_files(str(new_edit))
+            Page(fresh, width).wait_text("edit-info", "new edited first frame")
+            fresh.click("#sample-again")
+            assert re.search(r"bg_psnr\s+\d", Page(fresh, width).wait_text("metrics", "edit-1.mp4", timeout=120))
+            assert MODELS.loads == 1
             browser.close()
     finally:
         app.close()
     assert outside == []  # the page fetched nothing from outside the app
     assert (tmp_path / "ui.png").stat().st_size > 10_000
     print("browser test seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()))
+
+
+def _log_in(page, url: str, user: str, password: str) -> None:
+    page.goto(url)
+    page.locator("input[type=password]").wait_for(timeout=30_000)
+    assert page.locator("#train").count() == 0  # nothing of the app before the login
+    page.locator("input[type=text]").first.fill(user)
+    page.fill("input[type=password]", password)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#train").wait_for(timeout=30_000)
+
+
+def test_a_second_job_queues_and_both_can_be_cancelled_behind_a_login(tmp_path, monkeypatch):
+    """Two logged-in tabs: A trains, B's job waits in the queue with its position shown; B cancels (its job
+    never runs), A cancels (training stops between steps, the model is handed back)."""
+    sync_playwright = _browser_or_skip()
+    from loraedit.ui.access import Access
+    from loraedit.ui.app import serve
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    cfg = AppConfig(model="toy", work=tmp_path / "work", cache_dir=tmp_path / "cache")
+    with pytest.raises(InputError, match="needs a login"):
+        serve(cfg, host="0.0.0.0", port=_free_port(), block=False)  # refused before it listens
+    MODELS.clear()
+    app = serve(cfg, host="127.0.0.1", port=_free_port(), block=False, access=Access(logins=(("ann", "s3cret"),)))
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            wrong = browser.new_page()
+            wrong.goto(app.local_url)
+            wrong.locator("input[type=text]").first.fill("ann")
+            wrong.fill("input[type=password]", "wrong")
+            wrong.get_by_role("button", name="Login").click()
+            wrong.get_by_text("Incorrect").first.wait_for(timeout=30_000)
+            tabs = [browser.new_context().new_page() for _ in range(2)]
+            for page in tabs:
+                _log_in(page, app.local_url, "ann", "s3cret")
+                page.click("#load-example")
+                Page(page, 1).wait_text("clip-info", "frames at")
+                page.fill("#stage1-steps input", "400")
+            a, b = tabs
+            a.click("#train")
+            Page(a, 1).wait_text("train-status", "training…", timeout=120)
+            b.click("#train")
+            b.get_by_text(re.compile(r"queue: 1/1")).first.wait_for(timeout=30_000)  # its place in the queue
+            b.click("#cancel")
+            a.click("#cancel")
+            note = Page(a, 1).wait_text("train-status", "cancelled at step", timeout=60)
+            assert "resumes from its checkpoint" in note
+            Page(b, 1).wait_text("train-status", "cancelled while waiting in the queue", timeout=60)
+            assert MODELS.loads == 1 and "no result yet" in Page(b, 1).text("metrics")
+            browser.close()
+    finally:
+        app.close()
+
+
+def test_logins_and_the_network_rule(tmp_path):
+    from loraedit.ui.access import Access, check_access, is_loopback, parse_login, read_auth_file
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+    assert parse_login("ann:pa:ss") == ("ann", "pa:ss")
+    with pytest.raises(InputError, match="USER:PASSWORD"):
+        parse_login("ann:")
+    (tmp_path / "logins").write_text("# the team\nann:one\n\nbob:two\n")
+    assert read_auth_file(tmp_path / "logins") == (("ann", "one"), ("bob", "two"))
+    (tmp_path / "bad").write_text("ann:one\nbob\n")
+    with pytest.raises(InputError, match="line 2") as exc:
+        read_auth_file(tmp_path / "bad")
+    assert "one" not in str(exc.value)  # no password in a message
+    check_access(Access("127.0.0.1"))
+    check_access(Access("0.0.0.0", (("ann", "one"),)))
+    check_access(Access("0.0.0.0", insecure_no_auth=True))
+    with pytest.raises(InputError, match="needs a login"):
+        check_access(Access("0.0.0.0"))
+    assert main(["ui", "--host", "0.0.0.0", "--work", str(tmp_path)]) == 2  # refused before anything loads
+    args = build_parser().parse_args(["ui", "--auth", "a:b", "--auth", "c:d", "--concurrency", "2"])
+    assert args.auth == ["a:b", "c:d"] and args.concurrency == 2 and not args.insecure_no_auth
+
+
+def test_old_sessions_are_removed_but_never_one_in_use(tmp_path):
+    from loraedit.ui import cleanup
+
+    old, busy, recent = (Session.start(tmp_path) for _ in range(3))
+    for s in (old, busy, recent):
+        (s.folder / "results").mkdir()
+        (s.folder / "results" / "edit-1.mp4").write_bytes(b"x")
+    (tmp_path / "sessions" / "not-a-session").mkdir()  # never touched: not a session id
+    now = time.time() + 5 * 3600
+    cleanup.touch(recent.id)
+    os.utime(recent.folder / "results" / "edit-1.mp4", (now, now))  # written within the hour
+    with cleanup.hold(busy.id):
+        assert cleanup.remove_old_sessions(tmp_path, keep_hours=4, now=now) == [old.id]
+    assert not (tmp_path / "sessions" / old.id).exists()
+    assert busy.folder.is_dir() and recent.folder.is_dir() and (tmp_path / "sessions" / "not-a-session").is_dir()
+    assert cleanup.remove_old_sessions(tmp_path, keep_hours=4, now=now) == [busy.id]  # once its job ended
+    assert cleanup.remove_old_sessions(tmp_path, keep_hours=0, now=now + 10**6) == []  # 0: keep forever
+    with pytest.raises(InputError, match="unknown session"):
+        _ = old.folder
+
+
+def test_frames_and_masks_as_zips(cfg, example, tmp_path):
+    import zipfile
+
+    s, ex = example
+    frames, _ = media.read_video(s.video)
+    masks = media.read_masks(s.masks)
+    frames_zip, masks_zip = tmp_path / "frames.zip", tmp_path / "masks.zip"
+    with zipfile.ZipFile(frames_zip, "w") as z:
+        for t in reversed(range(frames.shape[0])):  # the members' order does not matter, their names do
+            media.write_image(tmp_path / "f.png", frames[t])
+            z.write(tmp_path / "f.png", f"clip/../frame{t}.png")  # a member path is never used as a path
+        z.writestr("__MACOSX/clip/._frame0.png", b"junk")
+        z.writestr("clip/.DS_Store", b"junk")
+    with zipfile.ZipFile(masks_zip, "w") as z:
+        for t in range(masks.shape[0]):
+            _png(tmp_path / "m.png", masks[t])
+            z.write(tmp_path / "m.png", f"mask_{t}.png")
+    clip = steps.load_frames_zip(cfg, s, frames_zip)
+    assert clip.frames == ex.clip.frames and s.video.parent == s.folder and s.video.name.startswith("frames-")
+    assert torch.equal(media.read_video(s.video)[0], frames)
+    preview, info = steps.load_masks(s, [masks_zip], cfg)
+    assert info == f"{ex.clip.frames} masks uploaded" and torch.equal(media.read_masks(s.masks), masks)
+    assert not (tmp_path / "evil.png").exists() and not list(s.folder.glob("frames-*.zip"))
+
+    with pytest.raises(InputError, match="limit of 3"):
+        steps.load_frames_zip(replace(cfg, max_files=3), s, frames_zip)
+    fake = tmp_path / "fake.zip"
+    fake.write_bytes(b"not a zip at all")
+    with pytest.raises(InputError, match="first bytes"):
+        steps.load_frames_zip(cfg, s, fake)
+    with zipfile.ZipFile(tmp_path / "odd.zip", "w") as z:
+        z.writestr("frame0.exe", b"MZ")
+    with pytest.raises(InputError, match="must be one of"):
+        steps.load_frames_zip(cfg, s, tmp_path / "odd.zip")

@@ -40,6 +40,32 @@ def load_backend(model: str | Path, device: str | None = None, perf: Performance
     return _load_backend(model, device, perf=perf)
 
 
+def _backend_for(run: CheckedRun, opts: RunOptions, resident: Backend | None) -> Backend:
+    """The run's backend: `resident` (already loaded by a caller that keeps it, e.g. the web app) or a new one."""
+    if resident is not None:
+        return resident
+    return load_backend(run.model.path, opts.device, opts.performance)
+
+
+def _done_encoding(backend: Backend, resident: bool) -> None:
+    """After the last encoding: a one-shot run drops its encoders (they are not needed again); a resident
+    backend keeps them for the next job and only places its transformers (more memory, no reload)."""
+    if resident:
+        backend.place_transformers()
+    else:
+        backend.free_encoders()
+
+
+def detach_loras(backend: Backend) -> None:
+    """Remove every LoRA (the edit LoRA and any `--extra-lora`) from the backend's transformers, leaving the
+    base exactly as loaded (a resident backend is handed back this way after every job, finished, failed or
+    cancelled)."""
+    for expert in backend.experts:
+        transformer = backend.transformer(expert.name)
+        for adapter in list(getattr(transformer, "peft_config", None) or {}):
+            remove_lora(transformer, adapter)
+
+
 def _print_notes(run: CheckedRun) -> None:
     for note in run.notes:
         print(f"loraedit: note: {note}", file=sys.stderr)
@@ -166,30 +192,37 @@ def training_samples(run: CheckedRun, opts: RunOptions):
 
 
 def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunOptions(),
-          cfg: TrainConfig = TrainConfig(), on_step: Callable[[TrainProgress], None] | None = None) -> dict[str, Path]:
+          cfg: TrainConfig = TrainConfig(), on_step: Callable[[TrainProgress], None] | None = None,
+          backend: Backend | None = None) -> dict[str, Path]:
     """Train the LoRA for a clip (stage 1, then stage 2 if edited frames are given). Returns LoRA paths.
 
     `on_step` receives a `TrainProgress` before the first step and after each (a live progress display).
+    `backend`: an already-loaded backend of `model` to use and hand back unchanged (no LoRA left on it).
     """
     out_dir = Path(out_dir)
     run = check_run("train", model, inputs, opts, cfg=cfg, train_dir=out_dir)
     _print_notes(run)
     opts = with_captions(run, opts, training=True, sampling=False)
-    backend = load_backend(run.model.path, opts.device, opts.performance)
-    paths = _train(backend, run, out_dir, opts, cfg, on_step)
+    resident = backend is not None
+    backend = _backend_for(run, opts, backend)
+    try:
+        paths = _train(backend, run, out_dir, opts, cfg, on_step, resident)
+    finally:
+        if resident:
+            detach_loras(backend)
     report.write_training_report(out_dir, _settings(run, opts, cfg))
     return paths
 
 
 def _train(backend: Backend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig,
-           on_step: Callable[[TrainProgress], None] | None = None) -> dict[str, Path]:
+           on_step: Callable[[TrainProgress], None] | None = None, resident: bool = False) -> dict[str, Path]:
     motion, edited = training_samples(run, opts)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
     with out_of_memory_advice("encoding the training samples", _memory_advice(run, opts)):
         encoded_motion = [encoder.sample(s) for s in motion]
         encoded_edited = [encoder.sample(s) for s in edited]
         variants = encode_appearance_variants(encoder, motion, cfg)
-    backend.free_encoders()  # training needs none of them: text/CLIP dropped, VAE parked on CPU
+    _done_encoding(backend, resident)  # training needs none of them: text/CLIP dropped, VAE parked on CPU
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with out_of_memory_advice("training the LoRA", _memory_advice(run, opts, cfg)):
@@ -276,25 +309,36 @@ def _attach_extra_loras(backend: Backend, scfg: SampleConfig, edit_lora: bool) -
 
 
 def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, loras: list[Path] = (),
-           opts: RunOptions = RunOptions(), scfg: SampleConfig = SampleConfig()) -> torch.Tensor:
-    """Generate the edited video from the edited first frame (with trained LoRA(s) unless no-lora modes)."""
+           opts: RunOptions = RunOptions(), scfg: SampleConfig = SampleConfig(),
+           backend: Backend | None = None) -> torch.Tensor:
+    """Generate the edited video from the edited first frame (with trained LoRA(s) unless no-lora modes).
+
+    `backend`: an already-loaded backend of `model` to use and hand back unchanged (no LoRA left on it).
+    """
     out, loras = Path(out), [Path(p) for p in loras]
     run = check_run("sample", model, inputs, opts, scfg=scfg, edited_first_frame=Path(edited_first_frame),
                     loras=tuple(loras), video_out=out)
     _print_notes(run)
     opts = with_captions(run, opts, training=False, sampling=True)
-    backend = load_backend(run.model.path, opts.device, opts.performance)
-    prepared = prepare_sampling(backend, run, opts, scfg)
-    backend.free_encoders()
-    return generate(backend, run, prepared, out, loras, opts, scfg)
+    resident = backend is not None
+    backend = _backend_for(run, opts, backend)
+    try:
+        prepared = prepare_sampling(backend, run, opts, scfg)
+        _done_encoding(backend, resident)
+        return generate(backend, run, prepared, out, loras, opts, scfg)
+    finally:
+        if resident:
+            detach_loras(backend)
 
 
 def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, opts: RunOptions = RunOptions(),
          cfg: TrainConfig = TrainConfig(), scfg: SampleConfig = SampleConfig(),
-         on_step: Callable[[TrainProgress], None] | None = None) -> torch.Tensor:
+         on_step: Callable[[TrainProgress], None] | None = None, backend: Backend | None = None) -> torch.Tensor:
     """The whole method: encode everything once, free the encoders, train the LoRA, sample the edit.
 
-    `on_step` receives a `TrainProgress` before the first training step and after each.
+    `on_step` receives a `TrainProgress` before the first training step and after each (it may raise to stop
+    training between steps; the checkpoint then allows `resume`). `backend`: an already-loaded backend of
+    `model` to use and hand back unchanged (no LoRA left on it).
     """
     out = Path(out)
     trains = opts.mode in TRAINING_MODES
@@ -302,15 +346,19 @@ def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, op
                     video_out=out, train_dir=work_dir_for(out) if trains else None)
     _print_notes(run)
     opts = with_captions(run, opts, training=trains, sampling=True)
-    backend = load_backend(run.model.path, opts.device, opts.performance)
-    prepared = prepare_sampling(backend, run, opts, scfg)
-    loras: list[Path] = []
-    if trains:
-        loras = list(_train(backend, run, work_dir_for(out), opts, cfg, on_step).values())
-        for expert in backend.experts:  # sample through the saved files, exactly what the user keeps
-            remove_lora(backend.transformer(expert.name))
-    backend.free_encoders()
-    return generate(backend, run, prepared, out, loras, opts, scfg)
+    resident = backend is not None
+    backend = _backend_for(run, opts, backend)
+    try:
+        prepared = prepare_sampling(backend, run, opts, scfg)
+        loras: list[Path] = []
+        if trains:
+            loras = list(_train(backend, run, work_dir_for(out), opts, cfg, on_step, resident).values())
+            detach_loras(backend)  # sample through the saved files, exactly what the user keeps
+        _done_encoding(backend, resident)
+        return generate(backend, run, prepared, out, loras, opts, scfg)
+    finally:
+        if resident:
+            detach_loras(backend)
 
 
 def work_dir_for(out: Path) -> Path:

@@ -40,6 +40,13 @@ class Interrupted(LoraEditError):
     exit_code = 130
 
 
+class Cancelled(LoraEditError):
+    """A job stopped on request (the web app's Cancel), raised by a progress callback between training steps;
+    training saves a checkpoint first and re-raises it with the step and where the checkpoint is."""
+
+    exit_code = 130
+
+
 @contextmanager
 def out_of_memory_advice(doing: str, advice: str) -> Iterator[None]:
     """Turn a GPU out-of-memory error into a LoraEditError that says what to try instead.

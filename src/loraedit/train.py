@@ -37,7 +37,7 @@ from .backends.base import EncodedSample, Expert
 from .cache import content_key
 from .conditioning import stage2_schedule
 from .config import TrainConfig  # noqa: F401 (re-exported: the loop's settings)
-from .errors import InputError, Interrupted, LoraEditError
+from .errors import Cancelled, InputError, Interrupted, LoraEditError
 from .media import atomic_path
 from .performance import checkpointed_blocks, set_attention, set_gradient_checkpointing
 
@@ -258,6 +258,10 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                 report()
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < phase.steps:
                     checkpoints.save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+        except Cancelled:  # a progress callback asked to stop (the web app's Cancel): resumable like Ctrl-C
+            checkpoints.save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+            raise Cancelled(f"cancelled at step {done_before}; saved a checkpoint in {ckpt_dir}: the same run "
+                            "with resume continues it") from None
         except KeyboardInterrupt:
             checkpoints.save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
             raise Interrupted(f"interrupted at step {done_before}; saved a checkpoint in {ckpt_dir}: "

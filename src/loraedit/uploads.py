@@ -41,6 +41,7 @@ KINDS = {
     "image": UploadKind(_IMAGE, 64 * _MB),  # an edited first or later frame
     "lora": UploadKind(frozenset({".safetensors"}), 4096 * _MB),
     "config": UploadKind(frozenset({".toml"}), _MB // 16),
+    "frames-zip": UploadKind(frozenset({".zip"}), 2048 * _MB),  # a clip's frames or masks, unpacked by the app
 }
 
 #: Letters, digits, dot, dash, underscore and space; starting with a letter or digit (no hidden files,
@@ -137,6 +138,8 @@ def _looks_like(suffix: str, head: bytes) -> bool:
         return head.startswith(b"\x1a\x45\xdf\xa3")
     if suffix == ".safetensors":  # u64 little-endian header length, then the JSON header
         return len(head) >= 9 and 0 < int.from_bytes(head[:8], "little") < 100 * _MB and head[8:9] == b"{"
+    if suffix == ".zip":
+        return head.startswith(b"PK\x03\x04")
     if suffix == ".toml":
         return b"\x00" not in head
     return False

@@ -427,6 +427,14 @@ def _check_lora(found: _Findings, folder: ModelFolder, path: Path, experts: list
         found.notes.append(note)
 
 
+def lora_file_problems(folder: ModelFolder, loras: list[Path]) -> list[str]:
+    """Why these LoRA files cannot be used with the model in `folder`: `sample --lora`'s checks (one file per
+    expert, the base model's fingerprint, rank, names and shapes), from the files' headers alone."""
+    found = _Findings()
+    _check_loras(found, folder, [Path(p) for p in loras])
+    return found.problems
+
+
 def _lora_params(found: _Findings, folder: ModelFolder, cfg: TrainConfig) -> int:
     """Number of LoRA weights training will create; a problem if --targets matches no layer (or, for a family
     whose files fuse layers, adapts only part of one)."""

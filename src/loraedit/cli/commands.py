@@ -97,7 +97,18 @@ def add_ui_parser(sub) -> None:
                        "download (needs the ui extra: pip install 'loraedit[ui]')")
     p.add_argument("--model", default="toy", help="local diffusers Wan or HunyuanVideo-I2V folder, or 'toy' (default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
-                   "0.0.0.0 opens the app, which has no login, to the network)")
+                   "any other address needs --auth or --auth-file, or --insecure-no-auth)")
+    p.add_argument("--auth", action="append", metavar="USER:PASSWORD", help="a login the page asks for (repeatable)")
+    p.add_argument("--auth-file", type=Path, metavar="FILE", help="logins, one USER:PASSWORD a line (# comments)")
+    p.add_argument("--insecure-no-auth", action="store_true", help="serve a non-loopback --host without a login "
+                   "(only on a network you trust)")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N", help="GPU jobs at once (default 1; the "
+                   "others wait in the queue, each beyond the first loads its own copy of the model)")
+    p.add_argument("--max-upload-mb", type=int, metavar="MB", help="largest upload accepted (default: 2048 for "
+                   "videos, 64 for images)")
+    p.add_argument("--max-files", type=int, default=1000, metavar="N", help="most frame or mask images in one upload (PNGs, or a zip)")
+    p.add_argument("--keep-hours", type=float, default=72.0, metavar="H", help="remove a session's folder (uploads "
+                   "and results) after H hours unused, never while a job of it runs (default 72; 0: never)")
     p.add_argument("--port", type=int, help="port (default: 7860, or the next free one)")
     p.add_argument("--work", type=Path, help="folder for the sessions' uploads and results (default: ui/ beside "
                    "the encoded cache, ~/.cache/loraedit/ui)")
@@ -201,9 +212,16 @@ def run_ui(args: argparse.Namespace) -> None:
     from ..ui.steps import AppConfig
 
     cache = args.cache_dir or default_cache_dir()
+    from ..ui.access import Access, parse_login, read_auth_file
+
+    logins = tuple(parse_login(text) for text in args.auth or ())
+    if args.auth_file is not None:
+        logins += read_auth_file(args.auth_file)
     cfg = AppConfig(model=args.model, work=args.work or default_cache_dir().parent / "ui", sam=args.sam,
-                    caption=args.caption, cache_dir=cache, device=args.device)
-    serve(cfg, host=args.host, port=args.port)
+                    caption=args.caption, cache_dir=cache, device=args.device, concurrency=args.concurrency,
+                    max_upload_mb=args.max_upload_mb, max_files=args.max_files,
+                    keep_hours=args.keep_hours)
+    serve(cfg, host=args.host, port=args.port, access=Access(args.host, logins, args.insecure_no_auth))
 
 
 def run_eval(args: argparse.Namespace) -> None:

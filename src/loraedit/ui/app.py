@@ -8,21 +8,15 @@ loss curve as it comes; Sample with the trained LoRA for a new edited first fram
 result (input | output, contact sheet, metrics, downloads of the mp4 and the LoRA).
 
 Nothing leaves the machine: analytics off, no share link, no run history, no footer links, fonts local.
-Every event handler is wrapped by `shown`: a `LoraEditError` becomes its message (HTML-escaped) in an
-error toast; anything else becomes one line too, its traceback only in the server's log.
+Every event handler is wrapped by `display.shown` (errors as one-line messages). The GPU jobs (`jobs`) run
+on the process's resident model, at most `concurrency` at a time; the others wait in Gradio's queue, which
+shows each its position, and Cancel stops a running training between steps or a waiting job before it runs.
 """
 
 from __future__ import annotations
 
-import functools
-import html
-import inspect
-import logging
 import os
-import queue
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,16 +25,15 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before Gradio is imported: i
 import gradio as gr  # noqa: E402
 
 from .. import uploads  # noqa: E402
-from ..errors import error_text  # noqa: E402
-from ..errors import LoraEditError  # noqa: E402
-from ..report import loss_curve_svg  # noqa: E402
-from ..train import TrainProgress  # noqa: E402
+from ..errors import Cancelled, InputError  # noqa: E402
+from .access import Access, check_access  # noqa: E402
 from ..conditioning import MODES  # noqa: E402
-from . import steps  # noqa: E402
+from . import cleanup, jobs, steps  # noqa: E402
+from .display import progress_html, result_outputs, shown  # noqa: E402
+from .history import edits_markdown  # noqa: E402
+from .models import MODELS  # noqa: E402
 from .session import Session  # noqa: E402
-from .steps import AppConfig, Result, Settings  # noqa: E402
-
-log = logging.getLogger("loraedit.ui")
+from .steps import AppConfig, Settings  # noqa: E402
 
 #: The largest upload the page accepts (Gradio refuses bigger ones before they arrive; `uploads` checks
 #: each field's own limit while storing).
@@ -49,89 +42,6 @@ CSS = ("#train-status progress {width: 50%; height: 14px; accent-color: #f97316;
        "#metrics th, #metrics td:nth-child(-n+2) {white-space: nowrap} "
        "#edited-first img, #later-image img {width: 100%; height: 100%; object-fit: contain; "
        "image-rendering: pixelated}")
-
-METRIC_MEANING = {
-    "bg_psnr": "output vs input outside the mask (dB): how well the background is kept",
-    "bg_ssim": "the same as SSIM (1 = identical)",
-    "ref_psnr": "output vs the ground-truth edit, whole frame (dB)",
-    "ref_ssim": "output vs the ground-truth edit, whole frame, SSIM",
-    "ref_edit_psnr": "output vs the ground-truth edit inside the mask (dB): how well the edit follows",
-}
-
-
-# ---- errors -----------------------------------------------------------------------------------------
-
-
-def message(exc: LoraEditError) -> str:
-    """The CLI's error text without its program prefix, escaped, one line per problem."""
-    text = error_text(exc).removeprefix("loraedit: error: ")
-    return "<br>".join(html.escape(line) for line in text.splitlines())
-
-
-def shown(fn: Callable) -> Callable:
-    """Run an event handler so that the user sees a failure as one message, never as a traceback."""
-
-    def translate(exc: Exception) -> gr.Error:
-        if isinstance(exc, gr.Error):
-            return exc
-        if isinstance(exc, LoraEditError):
-            return gr.Error(message(exc), print_exception=False)
-        log.exception("internal error in %s", fn.__name__)
-        one_line = " ".join(str(exc).split())[:300]
-        return gr.Error(html.escape(f"internal error: {type(exc).__name__}: {one_line} (details in the server log)"),
-                        print_exception=False)
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def stream(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 (every failure is shown, see translate)
-                raise translate(exc) from None
-        return stream
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            raise translate(exc) from None
-    return call
-
-
-# ---- what the page shows ----------------------------------------------------------------------------
-
-
-def progress_html(progress: TrainProgress | None, note: str = "") -> str:
-    """The live training display: a progress bar, the step and loss, and the loss curve so far (SVG)."""
-    if progress is None:
-        return f'<div id="train-status"><progress value="0" max="1"></progress> {html.escape(note)}</div>'
-    last = next((values[-1] for values in reversed(progress.losses) if values), None)
-    loss = f", loss {last:.4f}" if last is not None else ""
-    return (f'<div id="train-status"><progress value="{progress.done}" max="{progress.total}"></progress> '
-            f'step {progress.done}/{progress.total}{loss} {html.escape(note)}</div>' + loss_curve_svg(progress.log()))
-
-
-def metrics_table(result: Result) -> str:
-    """The metrics as a markdown table with what each means, and the prompts the run used."""
-    rows = ["| metric | value | meaning |", "|---|---|---|"]
-    rows += [f"| {name} | {value:.4g} | {METRIC_MEANING.get(name, '')} |" for name, value in result.metrics.items()
-             if value is not None]
-    if not any(name.startswith("ref_") for name in result.metrics):
-        rows.append("| (ground truth) | none | upload a ground-truth edit to compare with it |")
-    used = [f"- {name.replace('_', ' ')}: `{html.escape(text)}`" for name, text in result.prompts.items()]
-    return "\n".join(rows + [f"\n{result.video.name}: made in {result.seconds} s"] + used)
-
-
-def result_outputs(result: Result) -> tuple:
-    """Values for the result panel: input|output video, contact sheet, metrics, the two downloads, all files."""
-    lora = result.loras[0] if result.loras else None
-    files = [str(p) for p in (result.video, *result.loras, result.report, result.metrics_json, result.side_by_side,
-                              result.contact)]
-    return (str(result.side_by_side), str(result.contact), metrics_table(result),
-            gr.DownloadButton(value=str(result.video), interactive=True),
-            gr.DownloadButton(value=str(lora) if lora else None, interactive=lora is not None), files)
-
 
 # ---- the page ---------------------------------------------------------------------------------------
 
@@ -166,6 +76,8 @@ def _clip_panel(ui: SimpleNamespace, start: Settings) -> None:
         ui.example_seed = gr.Number(0, precision=0, label="example seed", minimum=0, scale=1)
         ui.example_button = gr.Button("Load toy-world example", elem_id="load-example", scale=2)
     ui.video = gr.Video(label="input video", sources=["upload"], elem_id="input-video", height=260)
+    ui.frames_zip = gr.File(label="…or a zip of frame images (a frames folder)", file_types=[".zip"],
+                            elem_id="frames-zip", height=80)
     ui.clip_info = gr.Markdown("no clip yet", elem_id="clip-info")
     with gr.Row():
         ui.frames = gr.Number(start.frames, precision=0, label="frames (4k+1)", elem_id="frames")
@@ -185,8 +97,8 @@ def _mask_panel(ui: SimpleNamespace, cfg: AppConfig, frames: int) -> None:
         ui.clear_button = gr.Button("Clear prompts", elem_id="clear-prompts")
         ui.mask_button = gr.Button("Make masks", variant="primary", elem_id="make-masks")
     ui.shape = gr.Radio(["box", "outline"], value="box", label="mask shape (SAM2)", visible=cfg.sam is not None)
-    ui.mask_files = gr.File(label="…or upload masks: one video, or one PNG per frame (white = edit)",
-                            file_count="multiple", file_types=[".png", *steps.VIDEO_SUFFIXES], elem_id="mask-files",
+    ui.mask_files = gr.File(label="…or upload masks: one video, one PNG per frame, or a zip of them (white = edit)",
+                            file_count="multiple", file_types=[".png", ".zip", *steps.VIDEO_SUFFIXES], elem_id="mask-files",
                             height=100)
     ui.mask_preview = gr.Video(label="tracked mask (overlay)", interactive=False, elem_id="mask-preview", height=260,
                                autoplay=True, loop=True)
@@ -229,6 +141,7 @@ def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
             ui.train_button = gr.Button("Train and edit", variant="primary", elem_id="train")
             ui.sample_button = gr.Button("Sample with the trained LoRA (new edited first frame)",
                                          elem_id="sample-again")
+            ui.cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
     with gr.Accordion("more settings", open=False):
         with gr.Row():
             ui.mode = gr.Dropdown(list(MODES), value=start.mode, label="mode")
@@ -240,7 +153,13 @@ def _train_panel(ui: SimpleNamespace, start: Settings) -> None:
                                              "faster sampling, approximate)")
         ui.negative_prompt = gr.Textbox(start.negative_prompt, label="negative prompt (empty: the model's own)",
                                         lines=2)
+    with gr.Row():
+        ui.lora_files = gr.File(label="…or a LoRA from an earlier training (lora.safetensors; with lora_2 for "
+                                "Wan2.2), for Sample with this clip and masks", file_count="multiple",
+                                file_types=[".safetensors"], elem_id="lora-files", height=80)
+        ui.lora_info = gr.Markdown("", elem_id="lora-info")
     ui.train_status = gr.HTML(progress_html(None, "not started"), elem_id="train-progress")
+    ui.memory = gr.Markdown(MODELS.memory_text(), elem_id="model-memory")
 
 
 def _result_panel(ui: SimpleNamespace) -> None:
@@ -254,22 +173,29 @@ def _result_panel(ui: SimpleNamespace) -> None:
             ui.download_video = gr.DownloadButton("Download the mp4", interactive=False, elem_id="download-video")
             ui.download_lora = gr.DownloadButton("Download the LoRA", interactive=False, elem_id="download-lora")
             ui.all_files = gr.File(label="all files of the result", interactive=False, elem_id="result-files")
+    with gr.Accordion("my edits (this session), with the command line that repeats each", open=True):
+        ui.my_edits = gr.Markdown(edits_markdown([]), elem_id="my-edits")
 
 
 def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     """Connect the page's events to the steps. Every handler returns the session first (Gradio keeps it)."""
     settings_in = [getattr(ui, f.name) for f in fields(Settings)]  # the components are named like the fields
-    result_panel = [ui.side_by_side, ui.contact, ui.metrics, ui.download_video, ui.download_lora, ui.all_files]
+    result_panel = [ui.side_by_side, ui.contact, ui.metrics, ui.download_video, ui.download_lora, ui.all_files,
+                    ui.my_edits]
 
     def session(state: Session | None) -> Session:
-        return state if isinstance(state, Session) else Session.start(cfg.work)
+        if not isinstance(state, Session):  # a new tab: old sessions are swept first
+            jobs.forget(cleanup.remove_old_sessions(cfg.work, cfg.keep_hours))
+            state = Session.start(cfg.work)
+        cleanup.touch(state.id)
+        return state
 
     def clip_outputs(s: Session, clip: steps.Clip) -> tuple:
         return (str(clip.video), clip.info, gr.Slider(maximum=max(clip.frames - 1, 1), value=0), steps.frame_view(s, 0))
 
     @shown
     def on_load(state):
-        return session(state)
+        return session(state), MODELS.memory_text()
 
     @shown
     def on_example(state, seed_value):
@@ -285,6 +211,14 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         if received is None:
             return (s, *[gr.skip()] * 6)
         clip = steps.load_video(s, received)
+        return (s, *clip_outputs(s, clip)[1:], steps.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
+
+    @shown
+    def on_frames_zip(state, received):
+        s = session(state)
+        if received is None:
+            return (s, *[gr.skip()] * 6)
+        clip = steps.load_frames_zip(cfg, s, received)
         return (s, *clip_outputs(s, clip)[1:], steps.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
 
     @shown
@@ -314,7 +248,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         s = session(state)
         if not received:
             return s, gr.skip(), gr.skip()
-        return (s, *map(str, steps.load_masks(s, list(received))))
+        return (s, *map(str, steps.load_masks(s, list(received), cfg)))
 
     @shown
     def on_edited_first(state, received):
@@ -342,31 +276,66 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         return (s, *steps.captions(cfg, s))
 
     @shown
+    def on_lora_files(state, received, *values):
+        s = session(state)
+        if not received:
+            return s, gr.skip()
+        return s, jobs.load_lora_files(cfg, s, list(received), Settings(*values))
+
+    @shown
+    def on_start(state):
+        s = session(state)
+        jobs.start_job(s)
+        return s
+
+    @shown
+    def on_cancel(state):
+        s = session(state)
+        jobs.request_cancel(s)
+        return s
+
+    @shown
     def on_train(state, *values):
         s = session(state)
         skip = [gr.skip()] * len(result_panel)
-        yield (s, progress_html(None, "loading the model and encoding the clip…"), *skip)
+        yield (s, progress_html(None, "loading the model and encoding the clip…"), *skip, gr.skip())
         last, outcome = None, {}
-        for last in _training(cfg, s, Settings(*values), outcome):
-            note = "sampling the edit…" if last.done == last.total else "training…"
-            yield (s, progress_html(last, note), *skip)
+        with cleanup.hold(s.id):
+            for last in jobs.train_in_thread(cfg, s, Settings(*values), outcome):
+                note = "sampling the edit…" if last.done == last.total else "training…"
+                yield (s, progress_html(last, note), *skip, gr.skip())
+        if isinstance(outcome.get("error"), Cancelled):
+            note = f"cancelled at step {last.done}/{last.total}" if last is not None else str(outcome["error"])
+            if s.cancelled:
+                note += "; Train and edit with the same inputs and settings resumes from its checkpoint"
+            yield (s, progress_html(last, note), *skip, MODELS.memory_text())
+            return
         if "error" in outcome:
             raise outcome["error"]
-        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"]))
+        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"]), edits_markdown(s.edits),
+               MODELS.memory_text())
 
     @shown
     def on_sample(state, *values):
         s = session(state)
-        return (s, *result_outputs(steps.sample_with_lora(cfg, s, Settings(*values))))
+        try:
+            with cleanup.hold(s.id):
+                result = jobs.sample_with_lora(cfg, s, Settings(*values))
+        except Cancelled as exc:
+            return (s, progress_html(None, str(exc)), *[gr.skip()] * len(result_panel), gr.skip())
+        return (s, gr.skip(), *result_outputs(result), edits_markdown(s.edits), MODELS.memory_text())
 
     state = ui.state
-    demo.load(on_load, [state], [state])
+    demo.load(on_load, [state], [state, ui.memory])
     ui.example_button.click(on_example, [state, ui.example_seed],
                             [state, ui.video, ui.clip_info, ui.frame_index, ui.frame_image, ui.prompts,
                              ui.mask_preview, ui.mask_info, ui.edited_first, ui.edit_info, ui.later_info,
                              *settings_in])
     ui.video.upload(on_video, [state, ui.video],
                     [state, ui.clip_info, ui.frame_index, ui.frame_image, ui.prompts, ui.mask_preview, ui.later_info])
+    ui.frames_zip.upload(on_frames_zip, [state, ui.frames_zip],
+                         [state, ui.clip_info, ui.frame_index, ui.frame_image, ui.prompts, ui.mask_preview,
+                          ui.later_info])
     ui.frame_index.change(on_frame, [state, ui.frame_index], [state, ui.frame_image])
     ui.frame_image.select(on_click, [state, ui.frame_index, ui.tool], [state, ui.frame_image, ui.prompts])
     ui.clear_button.click(on_clear, [state, ui.frame_index], [state, ui.frame_image, ui.prompts])
@@ -377,51 +346,32 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     ui.later_add.click(on_add_later, [state, ui.later_index, ui.later_image, ui.later_mask], [state, ui.later_info])
     ui.later_clear.click(on_clear_later, [state], [state, ui.later_info])
     ui.caption_button.click(on_caption, [state], [state, ui.train_prompt, ui.prompt])
-    ui.train_button.click(on_train, [state, *settings_in], [state, ui.train_status, *result_panel],
-                          concurrency_id="model", concurrency_limit=1)
-    ui.sample_button.click(on_sample, [state, *settings_in], [state, *result_panel], concurrency_id="model",
-                           concurrency_limit=1)
+    ui.lora_files.upload(on_lora_files, [state, ui.lora_files, *settings_in], [state, ui.lora_info]).failure(
+        lambda: (None, ""), None, [ui.lora_files, ui.lora_info], show_progress="hidden")  # a refused file goes
+    gpu = dict(concurrency_id="model", concurrency_limit=cfg.concurrency)  # one queue for both GPU jobs
+    job_outputs = [state, ui.train_status, *result_panel, ui.memory]
+    ui.train_button.click(on_start, [state], [state], concurrency_limit=None, show_progress="hidden").then(
+        on_train, [state, *settings_in], job_outputs, **gpu)
+    ui.sample_button.click(on_start, [state], [state], concurrency_limit=None, show_progress="hidden").then(
+        on_sample, [state, *settings_in], job_outputs, **gpu)
+    ui.cancel_button.click(on_cancel, [state], [state], concurrency_limit=None, show_progress="hidden")
 
 
-def _training(cfg: AppConfig, s: Session, settings: Settings, outcome: dict) -> Iterator[TrainProgress]:
-    """Run `steps.train_and_edit` in a thread and yield its progress as it comes (the newest when several
-    arrived); `outcome` receives the result or the exception."""
-    updates: queue.Queue = queue.Queue()
-
-    def work() -> None:
-        try:
-            outcome["result"] = steps.train_and_edit(cfg, s, settings, on_step=updates.put)
-        except BaseException as exc:  # noqa: BLE001 (handed to the page's error display)
-            outcome["error"] = exc
-        finally:
-            updates.put(None)
-
-    threading.Thread(target=work, name="loraedit-train", daemon=True).start()
-    yield from _latest(updates)
-
-
-def _latest(updates: queue.Queue) -> Iterator[TrainProgress]:
-    """The newest progress report each time one or more arrived, until the worker's end mark (None)."""
-    while True:
-        item = updates.get()
-        while item is not None and not updates.empty():
-            newer = updates.get_nowait()
-            if newer is None:
-                yield item
-                return
-            item = newer
-        if item is None:
-            return
-        yield item
-
-
-def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> gr.Blocks:
-    """Start the app: local only unless `host` says otherwise, no share link, nothing sent anywhere."""
+def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
+          access: Access | None = None) -> gr.Blocks:
+    """Start the app: local only unless `host` says otherwise (then with a login, see `access`), no share link,
+    nothing sent anywhere; at most `cfg.concurrency` GPU jobs at once, the rest queued."""
+    access = access or Access(host)
+    check_access(replace(access, host=host))
+    if cfg.concurrency < 1:
+        raise InputError(f"--concurrency {cfg.concurrency}: give 1 or more")
     Path(cfg.work).mkdir(parents=True, exist_ok=True)
     demo = build_app(cfg)
     demo.queue(default_concurrency_limit=1)
+    max_bytes = MAX_UPLOAD if cfg.max_upload_mb is None else min(MAX_UPLOAD, cfg.max_upload_mb << 20)
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-                allowed_paths=[str(Path(cfg.work).resolve())], max_file_size=MAX_UPLOAD, footer_links=[],
+                allowed_paths=[str(Path(cfg.work).resolve())], max_file_size=max_bytes, footer_links=[],
                 run_history=False, ssr_mode=False, pwa=False, mcp_server=False, show_error=False, quiet=not block,
-                theme=gr.themes.Default(), css=CSS)
+                theme=gr.themes.Default(), css=CSS, auth=list(access.logins) or None,
+                auth_message="loraedit: log in with the user and password you were given")
     return demo

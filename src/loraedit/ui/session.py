@@ -47,6 +47,8 @@ class Session:
     boxes: dict[int, Box] = field(default_factory=dict)  # key-frame boxes (or SAM2 box prompts), by frame
     corner: tuple[int, float, float] | None = None  # first corner of a box being drawn
     trained: Trained | None = None
+    edits: list = field(default_factory=list)  # this session's results (`history.Edit`), oldest first
+    cancelled: tuple | None = None  # (the result path, (inputs, first frame, settings)) of a cancelled training
     results: int = 0  # results made so far (names them)
     stored: int = 0  # files and folders stored so far (numbers their names, so none is ever replaced)
 
@@ -125,5 +127,46 @@ def store_mask_frames(session: Session, received: list[str | Path]) -> Path:
     for i, path in enumerate(ordered):
         uploads.save_upload(session.folder, f"{i:05d}.png", _chunks(path), "mask-frame")
     folder = session.place(f"masks-{session.bump()}")  # a set of masks is never changed once stored
+    staging.rename(folder)
+    return folder
+
+
+def store_frames_zip(session: Session, received: str | Path, kind: str, max_files: int) -> Path:
+    """A zip of frame images (`kind` "frame") or mask PNGs ("mask-frame") stored as a new folder of the session.
+
+    The zip is stored first (`uploads` checks its type and size); then each member is copied in through
+    `uploads.save_upload` under a name the app picks (00000.png, ...: the members' natural order, their suffix
+    checked like any upload); member paths are only ever sorted, never used as paths. Folders, hidden files
+    and macOS `__MACOSX/` entries are skipped; more than `max_files` images, or more unpacked bytes than the
+    zip kind's limit, are refused before anything is unpacked.
+    """
+    import zipfile
+    from pathlib import PurePosixPath
+
+    stored = store_upload(session, received, "frames", "frames-zip")
+    try:
+        with zipfile.ZipFile(stored) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir() and "__MACOSX" not in m.filename
+                       and not PurePosixPath(m.filename).name.startswith(".")]
+            if not members:
+                raise InputError(f"{Path(received).name}: the zip has no images in it")
+            if len(members) > max_files:
+                raise InputError(f"{Path(received).name}: {len(members)} files, more than this app's limit of "
+                                 f"{max_files}: give fewer frames, or a video")
+            if sum(m.file_size for m in members) > uploads.KINDS["frames-zip"].max_bytes:
+                raise InputError(f"{Path(received).name}: unpacks to more than "
+                                 f"{uploads.KINDS['frames-zip'].max_bytes >> 20} MB")
+            members.sort(key=lambda m: media.natural_key(PurePosixPath(m.filename).name))
+            staging = session.place(uploads.KINDS[kind].folder)
+            shutil.rmtree(staging, ignore_errors=True)
+            for i, member in enumerate(members):
+                suffix = PurePosixPath(member.filename).suffix.lower()
+                with archive.open(member) as f:
+                    uploads.save_upload(session.folder, f"{i:05d}{suffix}", iter(lambda: f.read(CHUNK), b""), kind)
+    except zipfile.BadZipFile:
+        raise InputError(f"{Path(received).name} is not a readable zip file: zip the frames again") from None
+    finally:
+        stored.unlink(missing_ok=True)
+    folder = session.place(f"{'frames' if kind == 'frame' else 'masks'}-{session.bump()}")
     staging.rename(folder)
     return folder

@@ -9,24 +9,18 @@ shows it); nothing here builds a path from a name the browser sent (see `session
 from __future__ import annotations
 
 import functools
-import json
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .. import api, masks, media
-from ..api import ClipInputs, EditedFrame, RunOptions, SampleConfig
+from .. import masks, media
+from ..api import EditedFrame, SampleConfig
 from ..backends import ModelFolder, read_model_folder, resolve_model_dir
 from ..errors import InputError
-from ..report import result_paths
 from ..config import TrainConfig
-from ..train import TrainProgress
-from ..conditioning import TRAINING_MODES
-from .session import Session, Trained, store_mask_frames, store_upload
+from .session import Session, store_frames_zip, store_mask_frames, store_upload
 
 EXAMPLE_FPS = 8.0  # the toy world has no clock; 8 fps makes a 17-frame clip last two seconds
 DISPLAY_PX = 384  # a frame to click on is enlarged to about this size (whole multiples, nearest)
@@ -46,6 +40,10 @@ class AppConfig:
     caption: Path | None = None  # local Florence-2 folder: captions on request
     cache_dir: Path | None = None  # encoded latents/embeddings and finished stage-1 LoRAs
     device: str | None = None
+    concurrency: int = 1  # GPU jobs at once (each beyond the first loads its own copy of the model)
+    max_upload_mb: int | None = None  # largest upload (None: uploads.py's per-kind limits)
+    max_files: int = 1000  # most frame or mask images in one upload (PNGs, or a zip)
+    keep_hours: float = 72.0  # a session unused this long is removed (0: never)
 
     @property
     def tools(self) -> tuple[str, ...]:
@@ -168,6 +166,15 @@ def load_video(s: Session, received: str | Path) -> Clip:
     return _clip(path, fps)
 
 
+def load_frames_zip(cfg: AppConfig, s: Session, received: str | Path) -> Clip:
+    """A zip of frame images (a frames folder, zipped) becomes the session's clip, read at the folder rate."""
+    folder = store_frames_zip(s, received, "frame", cfg.max_files)
+    _, fps = media.read_video(folder)  # one size, readable images: refused now, not at training time
+    s.video, s.masks, s.reference, s.edited_frames = folder, None, None, {}
+    s.clear_prompts()
+    return _clip(folder, fps)
+
+
 def example_scenario(cfg: AppConfig, seed: int = 0):
     """Held-out toy-world scenario `seed` (never seen in pretraining) at the model's frames and size."""
     from ..toyworld.scenes import HELDOUT_SEED_BASE, generate
@@ -284,14 +291,19 @@ def make_masks(cfg: AppConfig, s: Session, shape: str = "box", dilate: float = 0
     return out / "preview.mp4", f"{info['frames']} masks ({info['method']}) in {info['seconds']} s{empty}"
 
 
-def load_masks(s: Session, received: list[str | Path]) -> tuple[Path, str]:
+def load_masks(s: Session, received: list[str | Path], cfg: AppConfig = AppConfig()) -> tuple[Path, str]:
     """Uploaded masks (one mask video, or one PNG per frame) become the session's; returns the preview."""
     video = s.require_clip()
     if not received:
         raise InputError("no mask files: upload one mask video or one PNG per frame (white = edit)")
+    if len(received) > cfg.max_files:
+        raise InputError(f"{len(received)} mask files: this app takes at most {cfg.max_files} in one upload "
+                         "(give one mask video instead)")
     s.masks = None
     if len(received) == 1 and Path(received[0]).suffix.lower() in VIDEO_SUFFIXES:
         path = store_upload(s, received[0], "masks", "mask")
+    elif len(received) == 1 and Path(received[0]).suffix.lower() == ".zip":
+        path = store_frames_zip(s, received[0], "mask-frame", cfg.max_files)
     else:
         path = store_mask_frames(s, received)
     frames, fps = media.read_video(video)
@@ -367,79 +379,6 @@ def captions(cfg: AppConfig, s: Session) -> tuple[str, str]:
     edited = captioner.caption(media.read_image(s.edited_first)) if s.edited_first is not None else ""
     captioner.free()
     return train, edited
-
-
-# ---- training and sampling --------------------------------------------------------------------------
-
-
-def train_and_edit(cfg: AppConfig, s: Session, settings: Settings,
-                   on_step: Callable[[TrainProgress], None] | None = None) -> Result:
-    """The whole method (`api.edit`): train the LoRA on the clip, then sample the edit; the LoRA is kept."""
-    inputs, first, opts = _clip_inputs(s, settings), s.require_edited_first(), _run_options(cfg, settings)
-    started, out = time.perf_counter(), s.next_result()
-    api.edit(cfg.model, inputs, first, out, opts, _train_config(settings), _sample_config(settings), on_step=on_step)
-    loras: tuple[Path, ...] = ()
-    if settings.mode in TRAINING_MODES:
-        work = api.work_dir_for(out)
-        log = json.loads((work / "train_log.json").read_text())
-        loras = tuple(work / name for name in log["lora_files"].values())
-        s.trained = Trained(inputs, loras, settings.mode)
-    return _result(s, inputs, out, loras, time.perf_counter() - started)
-
-
-def sample_with_lora(cfg: AppConfig, s: Session, settings: Settings) -> Result:
-    """The fast path (`api.sample`): the session's trained LoRA with the current edited first frame."""
-    if s.trained is None:
-        raise InputError("no trained LoRA in this session yet: click Train and edit first")
-    first = s.require_edited_first()
-    opts = replace(_run_options(cfg, settings), mode=s.trained.mode)
-    started, out = time.perf_counter(), s.next_result()
-    api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, _sample_config(settings))
-    return _result(s, s.trained.inputs, out, s.trained.loras, time.perf_counter() - started)
-
-
-def _result(s: Session, inputs: ClipInputs, out: Path, loras: tuple[Path, ...], seconds: float) -> Result:
-    """The files beside the output video, and the metrics `loraedit eval` gives (against the ground truth too)."""
-    from ..evaluate import EvalConfig, EvalInputs, evaluate
-
-    paths = result_paths(out)
-    scored = evaluate(EvalInputs(inputs.video, out, inputs.mask, s.edited_first, s.reference),
-                      EvalConfig(progress=False))
-    settings = json.loads(paths["metrics"].read_text()).get("settings", {})
-    prompts = {k: settings[k] for k in ("train_prompt", "prompt") if k in settings}
-    return Result(out, paths["side_by_side"], paths["contact"], paths["report"], paths["metrics"], loras,
-                  scored["metrics"], prompts, round(seconds, 1))
-
-
-def _clip_inputs(s: Session, settings: Settings) -> ClipInputs:
-    size = None
-    if settings.width or settings.height:
-        size = (_int(settings.width, "width", low=1), _int(settings.height, "height", low=1))
-    return ClipInputs(video=s.require_clip(), mask=s.require_masks(),
-                      frames=_int(settings.frames, "frames", low=1) if settings.frames else None, size=size,
-                      edited_frames=tuple(f for _, f in sorted(s.edited_frames.items())))
-
-
-def _run_options(cfg: AppConfig, settings: Settings) -> RunOptions:
-    return RunOptions(mode=settings.mode, prompt=settings.prompt.strip(),
-                      train_prompt=settings.train_prompt.strip() or None, cache_dir=cfg.cache_dir, progress=False,
-                      device=cfg.device, caption=cfg.caption)
-
-
-def _train_config(settings: Settings) -> TrainConfig:
-    return TrainConfig(rank=_int(settings.rank, "rank"), learning_rate=_float(settings.learning_rate, "learning rate"),
-                       stage1_steps=_int(settings.stage1_steps, "stage-1 steps"),
-                       stage2_steps=None if settings.stage2_steps is None else _int(settings.stage2_steps,
-                                                                                     "stage-2 steps"))
-
-
-def _sample_config(settings: Settings) -> SampleConfig:
-    own = {"negative_prompt": settings.negative_prompt} if settings.negative_prompt.strip() else {}  # else the default
-    if settings.guidance is not None and str(settings.guidance).strip():
-        own["guidance"] = _float(settings.guidance, "guidance")
-    if settings.first_block_cache:
-        own["first_block_cache"] = _float(settings.first_block_cache, "first-block cache")
-    return SampleConfig(steps=_int(settings.steps, "sampling steps"), seed=_int(settings.seed, "seed"), **own)
 
 
 def _int(value, what: str, low: int | None = None) -> int:
