@@ -72,6 +72,19 @@ def flow_scheduler(sampler: str, shift: float, folder_scheduler):
                                    flow_shift=shift)
 
 
+def release_encoders(pipe, encoders: tuple[str, ...]) -> None:
+    """Drop the pipeline's `encoders` (only needed before training), park its VAE on the CPU and return the
+    freed memory, so the transformers get the device to themselves."""
+    import gc
+
+    for name in encoders:
+        setattr(pipe, name, None)
+    pipe.vae.to("cpu")
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def use_sampler(pipe, folder_scheduler, sampler: str, shift: float) -> None:
     """Give `pipe` the scheduler of `sampler` at `shift`, rebuilt only when either changed (a sampler run
     after another gives what it gives alone)."""

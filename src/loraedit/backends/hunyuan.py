@@ -15,7 +15,6 @@ The method lives in `conditioning`; this module only says how HunyuanVideo-I2V w
 
 from __future__ import annotations
 
-import gc
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .. import media
 from ..conditioning import Sample
 from ..performance import PerformanceConfig, configure_transformer, first_block_cache, set_attention
 from . import hunyuan_layout
-from .base import Expert, model_fingerprint, sampler_name, use_sampler
+from .base import Expert, model_fingerprint, release_encoders, sampler_name, use_sampler
 from .hunyuan_folder import DEFAULT_FRAMES, DEFAULT_LORA_TARGETS, DEFAULT_WORKING_SIZE, KIND, read_hunyuan_folder
 
 __all__ = ["HUNYUAN_I2V_NEGATIVE_PROMPT", "HunyuanBackend", "MaskAwareHunyuanVideoImageToVideoPipeline",
@@ -207,12 +206,7 @@ class HunyuanBackend:
 
     def free_encoders(self) -> None:
         """Drop both text encoders, park the VAE on the CPU, bring the transformer to the device."""
-        self.pipe.text_encoder = None
-        self.pipe.text_encoder_2 = None
-        self.pipe.vae.to("cpu")
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_encoders(self.pipe, ("text_encoder", "text_encoder_2"))
         self.place_transformers()
 
     def _vae_device(self) -> torch.device:

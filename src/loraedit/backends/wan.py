@@ -8,7 +8,6 @@ and for Wan2.2 two experts switched at a timestep boundary.
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..conditioning import Sample
 from ..performance import PerformanceConfig, batched_cfg, configure_transformer, first_block_cache, set_attention
 from . import wan_layout
-from .base import CLIP_VIEWS, EncodedSample, Expert, sampler_name, use_sampler
+from .base import CLIP_VIEWS, EncodedSample, Expert, release_encoders, sampler_name, use_sampler
 from .wan_folder import DEFAULT_FRAMES, DEFAULT_LORA_TARGETS, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
 
 __all__ = ["DEFAULT_LORA_TARGETS", "EncodedSample", "Expert", "MaskAwareWanImageToVideoPipeline", "TEXT_TOKENS",
@@ -244,12 +243,7 @@ class WanBackend:
     def free_encoders(self) -> None:
         """Drop the text and image encoders (they are only needed before training), park the VAE on CPU,
         then bring the transformers to the device."""
-        self.pipe.text_encoder = None
-        self.pipe.image_encoder = None
-        self.pipe.vae.to("cpu")
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_encoders(self.pipe, ("text_encoder", "image_encoder"))
         self.place_transformers()
 
     def _vae_device(self) -> torch.device:
