@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import conditioning, media, report
+from . import conditioning, long_video, media, report
 from .backends import Backend, EncodedSample
 from .backends import load_backend as _load_backend
 from .cache import TensorCache, content_key
@@ -187,8 +187,11 @@ def training_samples(run: CheckedRun, opts: RunOptions):
     """The method's training samples for the chosen mode: (motion samples, edited-frame samples)."""
     prompt = compose_prompt(opts.concept_token, opts.train_prompt if opts.train_prompt is not None else opts.prompt)
     edited = tuple(conditioning.EditedFrameSample(ef.index, ef.frame, ef.image, ef.mask) for ef in run.edited_frames)
+    clip_frames = opts.low_cost_clip_frames if opts.low_cost else None
+    if run.frames > run.window:  # a long clip: one LoRA over overlapping windows (long_video)
+        clip_frames = min(clip_frames or run.window, run.window)
     return conditioning.training_samples(opts.mode, run.clip.video, run.clip.masks, prompt, edited_frames=edited,
-                                         low_cost_clip_frames=opts.low_cost_clip_frames if opts.low_cost else None)
+                                         low_cost_clip_frames=clip_frames)
 
 
 def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunOptions(),
@@ -243,19 +246,22 @@ class PreparedSampling:
 
     clip: Clip
     first_frame: torch.Tensor  # [3, H, W]
-    condition: EncodedSample
+    condition: EncodedSample  # of the first window (the whole clip when it fits one)
     negative: torch.Tensor  # [512, D]
+    windows: list[long_video.Window]  # one, or the chain of a clip longer than the model's window
+    prompt: str
 
 
 def prepare_sampling(backend: Backend, run: CheckedRun, opts: RunOptions, scfg: SampleConfig) -> PreparedSampling:
     """Build the mode's inference condition from the checked clip and edited first frame, and encode it."""
     clip, first = run.clip, run.edited_first_frame
     prompt = compose_prompt(opts.concept_token, opts.prompt)
-    condition = conditioning.inference_condition(opts.mode, clip.video, clip.masks, first, prompt)
+    windows = long_video.plan_windows(run.frames, run.window, scfg.window_overlap)
+    condition = long_video.window_condition(opts.mode, clip.video, clip.masks, windows[0], first[None], prompt)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
     with out_of_memory_advice("encoding the inference condition", _memory_advice(run, opts)):
         negative = backend.default_negative_prompt if scfg.negative_prompt is None else scfg.negative_prompt
-        return PreparedSampling(clip, first, encoder.sample(condition), encoder.prompt(negative))
+        return PreparedSampling(clip, first, encoder.sample(condition), encoder.prompt(negative), windows, prompt)
 
 
 def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out: Path, loras: list[Path],
@@ -271,12 +277,8 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
                       device=backend.device)
     _attach_extra_loras(backend, scfg, edit_lora=opts.mode in TRAINING_MODES)
     backend.set_progress(opts.progress)
-    cond = prepared.condition
     with out_of_memory_advice("sampling the edit", _memory_advice(run, opts)):
-        video = backend.generate(cond.condition, prepared.first_frame, cond.text, prepared.negative, cond.image,
-                                 steps=scfg.steps, guidance=scfg.guidance, guidance_2=scfg.guidance_2,
-                                 shift=scfg.shift, seed=scfg.seed, sampler=scfg.sampler,
-                                 first_block_cache_threshold=scfg.first_block_cache)
+        video = sample_windows(backend, prepared, opts, scfg)
     if scfg.paste_background:
         video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks, scfg.paste_feather)
     log = Path(loras[0]).with_name("train_log.json") if loras else None
@@ -287,6 +289,33 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
     if scfg.first_block_cache:  # how much the approximation skipped, beside its threshold
         settings["first_block_cache_skipped"] = round(backend.last_block_counter.skipped_fraction, 3)
     write_outputs(Path(out), video, prepared.clip, settings, log)
+    return video
+
+
+def sample_windows(backend: Backend, prepared: PreparedSampling, opts: RunOptions, scfg: SampleConfig) -> torch.Tensor:
+    """The sampler over the prepared windows: one call for a clip that fits the model, else one per window,
+    each given the last frames generated so far (`long_video`). Later windows keep the first window's text and
+    CLIP embeddings (the edited first frame's: an anchor against drift) and encode only their condition (VAE).
+    """
+    clip, windows = prepared.clip, prepared.windows
+    encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view) if len(windows) > 1 else None
+    video = prepared.first_frame[None]
+    for i, window in enumerate(windows):
+        given = video[window.start:window.start + window.given]
+        if i == 0:
+            encoded = prepared.condition
+        else:
+            if scfg.window_colour_match:
+                given = long_video.match_colour(given, clip.masks[window.start:window.start + window.given],
+                                                prepared.first_frame, clip.masks[0])
+            sample = long_video.window_condition(opts.mode, clip.video, clip.masks, window, given, prepared.prompt)
+            encoded = replace(prepared.condition, condition=encoder.condition(sample))
+            print(f"loraedit: window {i + 1}/{len(windows)}: frames {window.start}-{window.stop - 1}", file=sys.stderr)
+        out = backend.generate(encoded.condition, given[0], encoded.text, prepared.negative, encoded.image,
+                               steps=scfg.steps, guidance=scfg.guidance, guidance_2=scfg.guidance_2, shift=scfg.shift,
+                               seed=scfg.seed + i, sampler=scfg.sampler,
+                               first_block_cache_threshold=scfg.first_block_cache)
+        video = out if i == 0 else torch.cat([video[:window.start + window.given], out[window.given:]])
     return video
 
 
@@ -381,7 +410,7 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
     """What a report shows about how a result was made."""
     settings = {"model": str(run.model.path), "kind": run.model.kind, "mode": opts.mode, "frames": run.frames,
                 "size": f"{run.size[0]}x{run.size[1]}", "prompt": compose_prompt(opts.concept_token, opts.prompt),
-                "clip_view": opts.clip_view}
+                "clip_view": opts.clip_view, "window": run.window}
     if cfg is not None:
         train_prompt = opts.train_prompt if opts.train_prompt is not None else opts.prompt
         settings |= {"train_prompt": compose_prompt(opts.concept_token, train_prompt),
@@ -394,6 +423,8 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
                      "seed": scfg.seed,
                      "paste_background": scfg.paste_background, "paste_feather": scfg.paste_feather,
                      "first_block_cache": scfg.first_block_cache}
+        if run.frames > run.window:
+            settings |= {"window_overlap": scfg.window_overlap, "window_colour_match": scfg.window_colour_match}
     return settings
 
 

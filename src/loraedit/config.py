@@ -75,6 +75,8 @@ class SampleConfig:
     paste_feather: int = 3  # pixels outside the mask over which the pasted input fades in
     first_block_cache: float = 0.0  # > 0: reuse later blocks across steps (faster, approximate; 0 = exact)
     extra_loras: tuple[ExtraLora, ...] = ()  # attached beside the edit LoRA for sampling, each at its weight
+    window_overlap: int = 1  # frames a window of a long clip is given from the one before (long_video)
+    window_colour_match: bool = False  # match those frames' edit region to the edited first frame's colours
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class RunOptions:
     mode: str = "mask-aware"
     low_cost: bool = False
     low_cost_clip_frames: int = 13
+    window: int | None = None  # frames sampled at once; None = the model's window (Wan 81); longer clips chain
     mask_mode: str = "maxpool"  # or "nearest" (the authors')
     clip_view: str = "squash"  # how CLIP sees a non-square frame: "squash" (Wan's code, the authors') or "crop"
     prompt: str = ""  # caption of the edited first frame (inference)

@@ -86,6 +86,25 @@ def edit_metrics(output: torch.Tensor, source: torch.Tensor, ground_truth: torch
     }
 
 
+def edit_colour_error(output: torch.Tensor, ground_truth: torch.Tensor, edit_masks: torch.Tensor) -> float:
+    """Colour drift: how far the mean colour inside the edit region is from the truth's, in 0-255 units
+    (Euclidean over RGB), averaged over the frames whose mask is not empty.
+
+    PSNR cannot tell an object of the wrong colour in the right place from a blur of the right colour; this
+    can: it sees only the region's average colour, the quantity that drifts when windows are chained and that
+    a memorising LoRA pulls back to the original.
+    """
+    errors = []
+    for out, gt, m in zip(output, ground_truth, edit_masks.float()):
+        area = m.sum()
+        if area == 0:
+            continue
+        mean_out = (out * m).flatten(1).sum(1) / area
+        mean_gt = (gt * m).flatten(1).sum(1) / area
+        errors.append(float(torch.linalg.vector_norm(mean_out - mean_gt)) * 127.5)
+    return sum(errors) / len(errors) if errors else float("nan")
+
+
 def scored_frames(frame_set: str, frames: int) -> list[int]:
     """Frame indices a score covers: "after-first" (frame 0 is the user's edit, given whole) or "all"."""
     return list(range(1 if frame_set == "after-first" else 0, frames))

@@ -72,6 +72,7 @@ class CheckedRun:
     frames: int
     size: tuple[int, int]  # (width, height)
     clip: Clip
+    window: int  # frames sampled at once (the model's window or --window); frames > window: chained windows
     edited_first_frame: torch.Tensor | None  # [3, H, W] fitted; None when not sampling
     edited_frames: tuple[FittedEditedFrame, ...]
     notes: tuple[str, ...]  # how inputs were fitted, for the user to read
@@ -115,6 +116,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     folder = found.attempt(read_model_folder, resolve_model_dir(model))
     # 3. Frame count and size against the model's constraints.
     frames, size = _check_geometry(found, inputs, folder)
+    window = _check_window(found, opts, scfg, folder, frames)
     # 4. The clip: video, masks, their match, enough frames, masks that leave something to edit and keep.
     source, clip = _check_clip(found, inputs, frames, size)
     # 5. Edited images: the first frame (sampling) and later frames (stage 2 of training).
@@ -139,11 +141,11 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
             train_dir=train_dir if params else None, lora_params=params, video_out=video_out))
     # 8. GPU memory: the modelled peak of this run against the GPU's free memory (nothing on a CPU).
     if not found.problems and opts.memory_check:
-        shape = plan.shape_for(folder, command, frames, size, opts, cfg, scfg, len(edited))
+        shape = plan.shape_for(folder, command, min(frames, window), size, opts, cfg, scfg, len(edited))
         found.problems.extend(plan.gpu_memory_problems(folder, shape, opts.performance.memory_mode, opts.device))
     if found.problems:
         raise InputError(*found.problems)
-    return CheckedRun(folder, frames, size, clip, first, edited, tuple(found.notes))
+    return CheckedRun(folder, frames, size, clip, window, first, edited, tuple(found.notes))
 
 
 # ---- 1. options ---------------------------------------------------------------------------------------
@@ -254,6 +256,25 @@ def _check_geometry(found: _Findings, inputs: ClipInputs,
                               f"factor x transformer patch): use e.g. {fix}")
         size = None
     return frames, size
+
+
+def _check_window(found: _Findings, opts: RunOptions, scfg: SampleConfig | None, folder: ModelFolder | None,
+                  frames: int | None) -> int | None:
+    """The frames sampled at once: --window or the model's; a longer clip is edited window by window."""
+    window = opts.window if opts.window is not None else (folder.window_frames if folder else None)
+    if window is not None and (window < 5 or (window - 1) % 4):
+        found.problems.append(f"--window {window} is not 4k+1 and at least 5: use e.g. "
+                              f"{folder.window_frames if folder else 81}")
+        return None
+    if frames is None or window is None or frames <= window:
+        return window
+    overlap = scfg.window_overlap if scfg is not None else 1
+    if not 1 <= overlap <= window - 4:
+        found.problems.append(f"--window-overlap {overlap} is invalid: give 1..{window - 4} frames (each window "
+                              "must generate at least one latent frame)")
+    found.notes.append(f"{frames} frames in windows of {window}: one LoRA over overlapping windows, then each "
+                       f"window sampled from the last {overlap} frame(s) of the one before")
+    return window
 
 
 # ---- 4. the clip --------------------------------------------------------------------------------------

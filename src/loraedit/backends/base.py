@@ -152,6 +152,7 @@ class ModelFolder(Protocol):
     experts: tuple[str, ...]  # transformers with a LoRA of their own
     working_size: tuple[int, int]  # (width, height)
     default_frames: int
+    window_frames: int  # frames sampled at once; a longer clip is edited window by window (long_video)
     spatial_factor: int  # pixels per latent cell
     temporal_factor: int  # frames per latent frame (after frame 0)
     latent_channels: int

@@ -32,6 +32,7 @@ class FolderInfo:
     frames: int | None
     negative_prompt: str | None
     guidance: float | None
+    window: int | None = None  # frames the model samples at once; a longer clip is edited window by window
 
 
 def read_json(path: Path, problems: list[str]) -> dict:
@@ -91,9 +92,24 @@ def check_info(info: dict, info_path: Path, default_size: tuple[int, int], defau
     if guidance is not None and not (isinstance(guidance, int | float) and not isinstance(guidance, bool)
                                      and math.isfinite(guidance) and guidance >= 0):
         problems.append(f"{info_path} has guidance {guidance!r}: give a number >= 0, or leave the key out")
+    window = info.get("window")
+    if window is not None and not (isinstance(window, int) and not isinstance(window, bool) and window >= 5
+                                   and (window - 1) % 4 == 0):
+        problems.append(f"{info_path} has window {window!r}: give the frames the model samples at once (4k+1, "
+                        "at least 5), or leave the key out")
+        window = None
     return FolderInfo((int(size[0]), int(size[1])) if sized else None, int(frames) if sized else None,
                       negative if isinstance(negative, str) else None,
-                      float(guidance) if isinstance(guidance, int | float) and not isinstance(guidance, bool) else None)
+                      float(guidance) if isinstance(guidance, int | float) and not isinstance(guidance, bool) else None,
+                      window)
+
+
+def window_frames(declared: FolderInfo, native: int) -> int:
+    """The frames a model samples at once: the folder's `window`, else the family's native clip length, never
+    fewer than its default frames (a clip up to this long is one window; a longer one is chained)."""
+    if declared.window is not None:
+        return declared.window
+    return max(native, declared.frames or 0)
 
 
 def linear_lora_shapes(model, rank: int, targets: str) -> dict[str, tuple[int, int]]:

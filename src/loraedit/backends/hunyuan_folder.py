@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from .base import model_fingerprint
-from .folder_checks import check_info, component_problems, components, linear_lora_shapes, read_info_json, read_json
+from .folder_checks import (check_info, component_problems, components, linear_lora_shapes, read_info_json, read_json,
+                            window_frames)
 from .hunyuan_lora import incomplete_fused_layers
 
 REQUIRED_FILES = ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
@@ -30,6 +31,7 @@ KINDS = (KIND,)
 WEIGHT_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
 DEFAULT_WORKING_SIZE = (624, 368)  # (width, height): the paper's HunyuanVideo-I2V results (Sec. 4.4)
 DEFAULT_FRAMES = 49  # the paper's clip length, as for Wan
+WINDOW_FRAMES = 129  # HunyuanVideo-I2V's native clip length: one sampling window
 #: The variant that works, named in the refusal of the other one.
 LATENT_CONCAT_RELEASE = "hunyuanvideo-community/HunyuanVideo-I2V-33ch"
 #: Every Linear of every dual- and single-stream block, as diffusion-pipe (the authors' framework) adapts
@@ -52,6 +54,7 @@ class HunyuanFolder:
     experts: tuple[str, ...]
     working_size: tuple[int, int]  # (width, height) from loraedit_model.json, else the paper's 624x368
     default_frames: int
+    window_frames: int  # frames sampled at once; a longer clip is edited window by window (long_video)
     spatial_factor: int
     temporal_factor: int
     patch_size: int  # spatial patch over latents
@@ -117,7 +120,8 @@ def read_hunyuan_folder(model_dir: Path) -> HunyuanFolder:
 
     return HunyuanFolder(
         path=model_dir, kind=KIND, experts=("transformer",), working_size=declared.working_size,
-        default_frames=declared.frames, spatial_factor=int(vae.get("spatial_compression_ratio", 8)),
+        default_frames=declared.frames, window_frames=window_frames(declared, WINDOW_FRAMES),
+        spatial_factor=int(vae.get("spatial_compression_ratio", 8)),
         temporal_factor=int(vae.get("temporal_compression_ratio", 4)),
         patch_size=int(transformer.get("patch_size", 2)), latent_channels=int(vae.get("latent_channels", 16)),
         fingerprint=model_fingerprint(model_dir), transformer_config=transformer,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from .base import model_fingerprint
-from .folder_checks import check_info, component_problems, components, linear_lora_shapes, read_info_json, read_json
+from .folder_checks import (check_info, component_problems, components, linear_lora_shapes, read_info_json, read_json,
+                            window_frames)
 
 REQUIRED_FILES = ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
                   "scheduler/scheduler_config.json")
@@ -37,6 +38,7 @@ DEFAULT_WORKING_SIZE = (832, 480)  # (width, height) of Wan 480P
 #: Wan's published resolutions, recognised in a folder's name (the official repositories name theirs).
 NAMED_SIZES = {"480p": (832, 480), "720p": (1280, 720)}
 DEFAULT_FRAMES = 49
+WINDOW_FRAMES = 81  # Wan2.1/2.2 I2V's native clip length: one sampling window
 I2V_IN_CHANNELS = 36  # 16 noisy latents + 4 mask channels + 16 condition latents
 #: LoRA targets of the authors: every Linear of every block (self- and cross-attention q/k/v/o, both FFN
 #: layers) except the CLIP image key/value projections (add_k_proj / add_v_proj). A peft regex, matched
@@ -53,6 +55,7 @@ class WanFolder:
     experts: tuple[str, ...]  # pipeline attributes holding a transformer with its own LoRA
     working_size: tuple[int, int]  # (width, height) from loraedit_model.json, else Wan 480P's
     default_frames: int
+    window_frames: int  # frames sampled at once; a longer clip is edited window by window (long_video)
     spatial_factor: int  # VAE pixels per latent cell
     temporal_factor: int  # VAE frames per latent frame (after frame 0)
     patch_size: tuple[int, int, int]  # transformer patch (t, h, w) over latents
@@ -137,7 +140,7 @@ def read_wan_folder(model_dir: Path) -> WanFolder:
         path=model_dir, kind="wan2.2-i2v" if "transformer_2" in parts else "wan2.1-i2v",
         experts=("transformer", "transformer_2") if two_experts else ("transformer",),
         working_size=declared.working_size, default_frames=declared.frames,
-        spatial_factor=int(vae.get("scale_factor_spatial", 8)),
+        window_frames=window_frames(declared, WINDOW_FRAMES), spatial_factor=int(vae.get("scale_factor_spatial", 8)),
         temporal_factor=int(vae.get("scale_factor_temporal", 4)),
         patch_size=tuple(int(v) for v in transformer.get("patch_size", (1, 2, 2))),
         latent_channels=int(vae.get("z_dim", 16)), fingerprint=model_fingerprint(model_dir),

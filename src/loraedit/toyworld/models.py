@@ -100,7 +100,7 @@ def write_model_folder(path: Path, variant: str = "wan2.1", seed: int = 0) -> Pa
     parts = build_components(variant, seed)
     boundary = 0.9 if variant == "wan2.2" else None
     pipe = MaskAwareWanImageToVideoPipeline(**parts, boundary_ratio=boundary)
-    return _save_model_folder(path, pipe, {"working_size": list(TOY_SIZE), "frames": TOY_FRAMES,
+    return _save_model_folder(path, pipe, {"working_size": list(TOY_SIZE), "frames": TOY_FRAMES, "window": TOY_FRAMES,
                                            "note": "random weights, mechanics only"})
 
 
@@ -205,6 +205,7 @@ def write_world_folder(path: Path, parts: dict, manifest: dict) -> Path:
             param.data = param.data.to(torch.float16)
     pipe = MaskAwareWanImageToVideoPipeline(**parts)
     return _save_model_folder(Path(path), pipe, {"working_size": list(WORLD_SIZE), "frames": WORLD_FRAMES,
+                                                 "window": WORLD_FRAMES,  # 17 at once; longer clips chain
                                                  "negative_prompt": "",  # caption dropout's empty caption
                                                  "guidance": WORLD_GUIDANCE,
                                                  "note": "toy world, pretrained"}, manifest)
