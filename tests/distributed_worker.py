@@ -1,0 +1,39 @@
+"""One rank of tests/test_distributed.py's two-process (gloo) training: started by torch.multiprocessing.spawn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from loraedit.backends.base import EncodedSample
+
+
+def load_samples(path: Path) -> list[EncodedSample]:
+    """The encoded samples the parent wrote (so the ranks train on exactly its tensors, encoders unused)."""
+    tensors, samples, i = load_file(path), [], 0
+    while f"{i}.target" in tensors:
+        samples.append(EncodedSample(f"s{i}", tensors[f"{i}.condition"], tensors[f"{i}.text"],
+                                     tensors.get(f"{i}.image"), tensors[f"{i}.target"]))
+        i += 1
+    return samples
+
+
+def train_rank(rank: int, world: int, port: int, model_dir: str, samples: str, num_motion: int, cfg, out_dir: str):
+    from loraedit import distributed
+    from loraedit.backends.wan import load_wan
+    from loraedit.train import train_lora
+
+    torch.set_num_threads(1)
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    parallel = distributed.from_torchrun("cpu")
+    try:
+        encoded = load_samples(Path(samples))
+        backend = load_wan(Path(model_dir))
+        train_lora(backend, encoded[:num_motion], encoded[num_motion:], cfg, Path(out_dir), progress=False,
+                   parallel=parallel)
+    finally:
+        distributed.leave()
