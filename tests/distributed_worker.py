@@ -22,8 +22,10 @@ def load_samples(path: Path) -> list[EncodedSample]:
 
 
 def train_rank(rank: int, world: int, port: int, model_dir: str, samples: str, num_motion: int, cfg, out_dir: str):
+    """Train as rank `rank`, with gradient checkpointing on every block (FSDP2 re-gathers a block to recompute)."""
     from loraedit import distributed
     from loraedit.backends.wan import load_wan
+    from loraedit.performance import ALL_BLOCKS, PerformanceConfig
     from loraedit.train import train_lora
 
     torch.set_num_threads(1)
@@ -32,7 +34,7 @@ def train_rank(rank: int, world: int, port: int, model_dir: str, samples: str, n
     parallel = distributed.from_torchrun("cpu")
     try:
         encoded = load_samples(Path(samples))
-        backend = load_wan(Path(model_dir))
+        backend = load_wan(Path(model_dir), perf=PerformanceConfig(checkpoint_blocks=ALL_BLOCKS))
         train_lora(backend, encoded[:num_motion], encoded[num_motion:], cfg, Path(out_dir), progress=False,
                    parallel=parallel)
     finally:

@@ -39,7 +39,8 @@ def _save_samples(samples, path: Path) -> None:
 def test_two_sharded_processes_learn_the_single_process_lora(wan21_dir, toy_clip, tmp_path):
     """2 ranks x 1 draw each, gradients summed = 1 process x 2 draws: equal in math, so equal within rounding.
 
-    Stage 1 and stage 2, with a checkpoint every 2 steps (rank 0 writes them), on the tiny Wan2.1.
+    Stage 1 and stage 2, with a checkpoint every 2 steps (rank 0 writes them), on the tiny Wan2.1; the ranks
+    checkpoint every block (the GPU default), the single process none (the CPU default): that changes nothing.
     """
     import torch.multiprocessing as mp
 

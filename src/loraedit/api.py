@@ -67,6 +67,8 @@ def detach_loras(backend: Backend) -> None:
 
 
 def _print_notes(run: CheckedRun) -> None:
+    if not distributed.active().writes:  # every rank of a torchrun job checks the same inputs: rank 0 says so
+        return
     for note in run.notes:
         print(f"loraedit: note: {note}", file=sys.stderr)
 

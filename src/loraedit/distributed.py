@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -62,6 +63,9 @@ class Parallel:
 
         from .performance import transformer_blocks
 
+        # FSDP2 warns that the model returns a view (an in-place op on it would skip a hook): the trainer
+        # only ever reads the prediction (`flow_matching_loss`), so the warning would only alarm the user.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         mesh = init_device_mesh(self.device_type, (self.world,))
         lora = {p for p in transformer.parameters() if p.requires_grad}
         for block in transformer_blocks(transformer):
