@@ -40,6 +40,8 @@ class Link:
     latency_s: float  # per collective call
 
 
+#: Share of a GPU's memory kept back when saying whether a run fits (as `plan.HEADROOM`).
+HEADROOM = 0.05
 NVLINK = Link("NVLink", 360e9, None, 20e-6)
 PCIE = Link("PCIe 4.0", 25e9, 50e9, 60e-6)
 
@@ -121,7 +123,8 @@ def scaling_table(device: Device, frames: tuple[int, ...] = (49, 81), gpus: tupl
         for n in gpus:
             mem = fsdp_train_memory(dims, clip, n)["peak"]
             row = {"frames": count, "tokens": clip.tokens, "gpus": n, "train_gib_per_gpu": mem,
-                   "train_memory_ratio": mem / one_mem, "fits_gib": device.memory_gib,
+                   "train_memory_ratio": mem / one_mem, "gpu": device.name,
+                   "train_fits": mem <= device.memory_gib * (1 - HEADROOM),
                    "sample_gib_per_gpu": sample_step_memory(dims, clip)["peak"]}
             for link in (NVLINK, PCIE):
                 key = "nvlink" if link is NVLINK else "pcie"
@@ -138,12 +141,11 @@ def format_scaling(rows: list[dict]) -> str:
     def ratio(value: float | None) -> str:
         return "  -  " if value is None else f"{value:5.2f}x"
 
-    lines = [f"Wan2.1-I2V-14B, 832x480, modelled on GPUs of {rows[0]['fits_gib']:.0f} GiB (ratios to one GPU; "
-             "links assumed: NVLink 360 GB/s, PCIe 4.0 25 GB/s per GPU, 50 GB/s shared)",
+    lines = [f"Wan2.1-I2V-14B, 832x480, modelled on {rows[0]['gpu']} cards (ratios to one GPU; links assumed: NVLink 360 GB/s, PCIe 4.0 25 GB/s per GPU, 50 GB/s shared)",
              "frames GPUs | train --fsdp: GiB/GPU  memory  draws/s NVLink  PCIe | sample --context-parallel: "
              "ulysses NVLink  PCIe | ring NVLink  PCIe"]
     for r in rows:
-        fits = "" if r["train_gib_per_gpu"] <= r["fits_gib"] else " (training does not fit)"
+        fits = "" if r["train_fits"] else f" (training does not fit: {HEADROOM:.0%} kept back)"
         lines.append(f"{r['frames']:6d} {r['gpus']:4d} | {r['train_gib_per_gpu']:19.1f}  {ratio(r['train_memory_ratio'])}"
                      f"  {ratio(r['train_draws_nvlink']):>14}  {ratio(r['train_draws_pcie'])} | "
                      f"{ratio(r['sample_ulysses_nvlink']):>34}  {ratio(r['sample_ulysses_pcie'])} | "
