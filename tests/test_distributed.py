@@ -56,7 +56,8 @@ def test_two_sharded_processes_learn_the_single_process_lora(wan21_dir, toy_clip
     mp.spawn(train_rank, args=(2, _free_port(), str(wan21_dir), str(tmp_path / "samples.safetensors"), 1, cfg,
                                str(tmp_path / "fsdp")), nprocs=2, join=True)
 
-    want, got = lora_io.read_lora(single["transformer"])[0], lora_io.read_lora(tmp_path / "fsdp" / "lora.safetensors")[0]
+    want = lora_io.read_lora(single["transformer"])[0]
+    got = lora_io.read_lora(tmp_path / "fsdp" / "lora.safetensors")[0]
     assert want.keys() == got.keys() and any(t.abs().max() > 0 for k, t in want.items() if "lora_B" in k)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)

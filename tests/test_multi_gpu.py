@@ -31,8 +31,8 @@ def test_sharding_divides_the_base_but_not_the_activations():
 def test_sharded_training_scales_at_most_linearly_and_nvlink_never_loses():
     clip = _clip(49)
     for n in (1, 2, 4, 8):
-        nv, pc = (fsdp_step(DIMS, clip, n, H100, link)["draws_per_s"] / fsdp_step(DIMS, clip, 1, H100, link)["draws_per_s"]
-                  for link in (NVLINK, PCIE))
+        nv, pc = (fsdp_step(DIMS, clip, n, H100, link)["draws_per_s"]
+                  / fsdp_step(DIMS, clip, 1, H100, link)["draws_per_s"] for link in (NVLINK, PCIE))
         assert 0 < pc <= nv <= n + 1e-9
 
 
@@ -54,8 +54,8 @@ def test_sequence_parallel_sampling_speedups_are_sane():
             assert speed["ulysses", "NVLink"] > previous  # on NVLink every doubling pays
             previous = speed["ulysses", "NVLink"]
     assert context_parallel_step(DIMS, _clip(49), 3, H100, NVLINK, "ulysses") is None  # 3 does not divide 40 heads
-    longer = [context_parallel_step(DIMS, _clip(f), 1, H100, PCIE) / context_parallel_step(DIMS, _clip(f), 4, H100, PCIE)
-              for f in (49, 81)]
+    longer = [context_parallel_step(DIMS, _clip(f), 1, H100, PCIE)
+              / context_parallel_step(DIMS, _clip(f), 4, H100, PCIE) for f in (49, 81)]
     assert longer[1] > longer[0]  # attention grows faster than the exchanged slices: longer clips split better
 
 
@@ -94,3 +94,15 @@ def test_the_torchrun_options_refuse_in_one_line_on_a_cpu(tmp_path, capsys, monk
     assert main(["train", *clip, "--fsdp"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--fsdp needs one process per GPU started by torchrun" in err and "\n" not in err
+
+
+def test_draws_per_step_is_checked_with_the_other_inputs(clip_files, capsys, monkeypatch):
+    from loraedit import distributed
+
+    clip = ["train", "--model", "toy", "--video", str(clip_files["video"]), "--mask", str(clip_files["mask"]),
+            "--dry-run"]
+    assert main([*clip, "--draws-per-step", "0"]) == 2
+    assert "--draws-per-step 0 is invalid: give a value at least 1" in capsys.readouterr().err
+    monkeypatch.setattr(distributed, "_active", distributed.Parallel(rank=0, world=2))  # as under torchrun
+    assert main([*clip, "--draws-per-step", "3"]) == 2
+    assert "--draws-per-step 3 does not split over the 2 processes of this job" in capsys.readouterr().err

@@ -49,5 +49,5 @@ def enable(transformer: torch.nn.Module, kind: str, world: int) -> None:
     """Split the transformer's video tokens over the job's `world` GPUs (after its attention backend is set)."""
     from diffusers import ContextParallelConfig
 
-    config = ContextParallelConfig(ulysses_degree=world) if kind == "ulysses" else ContextParallelConfig(ring_degree=world)
-    transformer.enable_parallelism(config=config)
+    degree = {"ulysses_degree": world} if kind == "ulysses" else {"ring_degree": world}
+    transformer.enable_parallelism(config=ContextParallelConfig(**degree))

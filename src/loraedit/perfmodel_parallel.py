@@ -141,12 +141,14 @@ def format_scaling(rows: list[dict]) -> str:
     def ratio(value: float | None) -> str:
         return "  -  " if value is None else f"{value:5.2f}x"
 
-    lines = [f"Wan2.1-I2V-14B, 832x480, modelled on {rows[0]['gpu']} cards (ratios to one GPU; links assumed: NVLink 360 GB/s, PCIe 4.0 25 GB/s per GPU, 50 GB/s shared)",
+    lines = [f"Wan2.1-I2V-14B, 832x480, modelled on {rows[0]['gpu']} cards (ratios to one GPU; links assumed: "
+             "NVLink 360 GB/s, PCIe 4.0 25 GB/s per GPU, 50 GB/s shared)",
              "frames GPUs | train --fsdp: GiB/GPU  memory  draws/s NVLink  PCIe | sample --context-parallel: "
              "ulysses NVLink  PCIe | ring NVLink  PCIe"]
     for r in rows:
         fits = "" if r["train_fits"] else f" (training does not fit: {HEADROOM:.0%} kept back)"
-        lines.append(f"{r['frames']:6d} {r['gpus']:4d} | {r['train_gib_per_gpu']:19.1f}  {ratio(r['train_memory_ratio'])}"
+        lines.append(f"{r['frames']:6d} {r['gpus']:4d} | {r['train_gib_per_gpu']:19.1f}  "
+                     f"{ratio(r['train_memory_ratio'])}"
                      f"  {ratio(r['train_draws_nvlink']):>14}  {ratio(r['train_draws_pcie'])} | "
                      f"{ratio(r['sample_ulysses_nvlink']):>34}  {ratio(r['sample_ulysses_pcie'])} | "
                      f"{ratio(r['sample_ring_nvlink']):>11}  {ratio(r['sample_ring_pcie'])}{fits}")

@@ -55,9 +55,6 @@ def job(args: argparse.Namespace) -> Iterator:
 
     fsdp, split = getattr(args, "fsdp", False), getattr(args, "context_parallel", None)
     if not (fsdp or split):
-        draws = getattr(args, "draws_per_step", None)
-        if draws is not None and draws < 1:
-            raise InputError(f"--draws-per-step {draws} is below 1: give 1 (the paper's) or more")
         yield distributed.SINGLE
         return
     if split:
@@ -76,7 +73,8 @@ def job(args: argparse.Namespace) -> Iterator:
             if args.memory_mode != "full":
                 raise InputError(f"--fsdp shards the bf16 base itself and --memory-mode {args.memory_mode} would "
                                  "store or move it too: drop --memory-mode (FSDP2 already divides it by the GPUs)")
-            args.draws_per_step = args.draws_per_step or parallel.world
+            if args.draws_per_step is None:
+                args.draws_per_step = parallel.world
             args.no_memory_check = True  # the one-GPU memory check does not know the base is sharded: plan-gpus does
         args.quiet = args.quiet or not parallel.writes
         yield parallel

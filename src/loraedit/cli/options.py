@@ -250,7 +250,8 @@ def configs(args: argparse.Namespace):
         timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift,
         appearance_augment=args.appearance_augment, appearance_region=args.appearance_region,
         checkpoint_every=args.checkpoint_every,
-        seed=args.train_seed, draws_per_step=args.draws_per_step or 1) if hasattr(args, "rank") else None
+        seed=args.train_seed,
+        draws_per_step=1 if args.draws_per_step is None else args.draws_per_step) if hasattr(args, "rank") else None
     scfg = SampleConfig(
         steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift,
         sampler=args.sampler, seed=args.seed,
