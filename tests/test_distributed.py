@@ -53,8 +53,10 @@ def test_two_sharded_processes_learn_the_single_process_lora(wan21_dir, toy_clip
     samples = load_samples(tmp_path / "samples.safetensors")  # the very tensors the ranks read
     single = train_lora(backend, samples[:1], samples[1:], cfg, tmp_path / "single", progress=False)
 
-    mp.spawn(train_rank, args=(2, _free_port(), str(wan21_dir), str(tmp_path / "samples.safetensors"), 1, cfg,
-                               str(tmp_path / "fsdp")), nprocs=2, join=True)
+    # Forked, not spawned: the ranks inherit the imported torch and diffusers (importing them twice more would
+    # take most of this test's time on a small machine); the parent has started no threads that fork would break.
+    mp.start_processes(train_rank, args=(2, _free_port(), str(wan21_dir), str(tmp_path / "samples.safetensors"), 1,
+                                         cfg, str(tmp_path / "fsdp")), nprocs=2, join=True, start_method="fork")
 
     want = lora_io.read_lora(single["transformer"])[0]
     got = lora_io.read_lora(tmp_path / "fsdp" / "lora.safetensors")[0]
