@@ -46,3 +46,37 @@ def train_rank(rank: int, world: int, port: int, model_dir: str, samples: str, n
         assert all(torch.allclose(v, trained[k], atol=1e-7) for k, v in lora_io.lora_state(transformer).items())
     finally:
         distributed.leave()
+
+
+def sample_rank(rank: int, world: int, port: int, model_dir: str, inputs: str, out: str):
+    """Sample as rank `rank` of a `--context-parallel ulysses` job on the CPU, through `configure_transformer`.
+
+    diffusers 0.42.1 picks a rank's device as `rank % torch.accelerator.device_count()` (0 on a CPU), and
+    loraedit refuses the option without CUDA for that reason; both are patched here, in this process only, so
+    that the split itself (tokens over ranks, Ulysses all-to-alls over gloo) runs and can be compared.
+    """
+    from safetensors.torch import save_file
+
+    from loraedit import context_parallel, distributed
+    from loraedit.backends.wan import load_wan
+    from loraedit.performance import PerformanceConfig
+
+    torch.set_num_threads(1)
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.accelerator.device_count = lambda: 1
+    refuse = context_parallel.problem
+    context_parallel.problem = lambda kind, device_type, *rest: refuse(kind, "cuda", *rest)
+    distributed.from_torchrun("cpu")
+    try:
+        backend = load_wan(Path(model_dir), perf=PerformanceConfig(context_parallel="ulysses"))
+        tokens = []
+        backend.transformer("transformer").blocks[1].register_forward_pre_hook(
+            lambda module, args, kwargs: tokens.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+            with_kwargs=True)
+        t = load_file(inputs)
+        video = backend.generate(t["condition"], t["first_frame"], t["text"], t["negative"], t.get("image"),
+                                 steps=2, guidance=5.0, shift=5.0, seed=0)
+        save_file({"video": video.contiguous(), "tokens": torch.tensor(tokens)}, f"{out}.{rank}.safetensors")
+    finally:
+        distributed.leave()

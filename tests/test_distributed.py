@@ -70,6 +70,31 @@ def test_two_sharded_processes_learn_the_single_process_lora(wan21_dir, toy_clip
     assert not (tmp_path / "fsdp" / "checkpoints").exists()  # rank 0 removed them after the final files
 
 
+def test_ulysses_sampling_on_two_processes_gives_the_one_process_video(wan21_dir, toy_clip, tmp_path):
+    """`--context-parallel ulysses` over two gloo processes (diffusers' device lookup patched, see the worker):
+    each rank's blocks see half the tokens, and every rank's video is the one-process video, CFG included."""
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    from distributed_worker import sample_rank
+
+    backend = load_wan(wan21_dir)
+    motion, _ = _encoded(backend, toy_clip, edited=False)
+    inputs = {"condition": motion[0].condition, "text": motion[0].text, "negative": torch.zeros_like(motion[0].text),
+              "first_frame": toy_clip.video[0]} | ({"image": motion[0].image} if motion[0].image is not None else {})
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(tmp_path / "inputs.safetensors"))
+    want = backend.generate(inputs["condition"], inputs["first_frame"], inputs["text"], inputs["negative"],
+                            inputs.get("image"), steps=2, guidance=5.0, shift=5.0, seed=0)
+
+    mp.start_processes(sample_rank, args=(2, _free_port(), str(wan21_dir), str(tmp_path / "inputs.safetensors"),
+                                          str(tmp_path / "video")), nprocs=2, join=True, start_method="fork")
+    tokens = motion[0].condition[0].numel() // 4  # latent cells over the 1x2x2 patch
+    for rank in range(2):
+        got = load_file(tmp_path / f"video.{rank}.safetensors")
+        assert set(got["tokens"].tolist()) == {tokens // 2}  # the split ran: half the video tokens a rank
+        torch.testing.assert_close(got["video"], want, rtol=1e-4, atol=1e-4)
+
+
 def test_one_draw_per_step_keeps_the_keys_of_earlier_runs():
     """draws_per_step 1 (the default) draws what the trainer drew before draws existed (draw 0 keeps the
     step's generator; test_train's resume tests pin the draws), so its keys must not change either."""

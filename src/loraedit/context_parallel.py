@@ -12,6 +12,8 @@ writes it. What it buys, modelled: `perfmodel_parallel`.
 Why not on a CPU: diffusers builds its device mesh on `torch.accelerator` and picks the rank's device as
 `rank % torch.accelerator.device_count()`, which is a division by zero without one (checked in 0.42.1's
 `ModelMixin._resolve_parallel_config`); so this path is GPU-only and refused here in one line instead.
+(With that lookup patched, Ulysses runs over gloo on CPUs: tests/test_distributed.py checks that two processes
+sample the one-process video that way. It would buy nothing on a CPU, so the option stays refused there.)
 """
 
 from __future__ import annotations
