@@ -43,6 +43,11 @@ class Parallel:
     device_type: str = "cpu"
 
     @property
+    def device(self) -> str:
+        """This rank's device: its own GPU (the one `from_torchrun` selected), or the CPU."""
+        return f"cuda:{torch.cuda.current_device()}" if self.device_type == "cuda" else "cpu"
+
+    @property
     def writes(self) -> bool:
         """Whether this rank writes files (rank 0 only, so no two processes ever write the same path)."""
         return self.rank == 0

@@ -6,10 +6,13 @@ frames + the motion samples) continuing from the stage-1 LoRA with a fresh optim
 experts each get their own LoRA trained on their own noise range.
 
 Every random draw of step `s` (sample order, noise, sigma) comes from a generator seeded by
-(seed, stage, expert, step), so a run resumed from a checkpoint draws exactly what the uninterrupted run
-drew: a checkpoint needs only the LoRA, the optimiser and the step, no RNG state. Nor do the draws depend
-on whether a stage 2 follows, so a finished stage 1 is reusable (`Stage1Cache`): a run on the same clip,
-model and stage-1 settings that only adds or changes edited later frames starts from it.
+(seed, stage, expert, step, and the draw's index when a step averages several: `draws_per_step`), so a run
+resumed from a checkpoint draws exactly what the uninterrupted run drew: a checkpoint needs only the
+LoRA, the optimiser and the step, no RNG state. For the same reason a step's draws can be computed by
+different processes (`distributed`: the base sharded over GPUs), giving the LoRA one process gives. Nor
+do the draws depend on whether a stage 2 follows, so a finished stage 1 is reusable (`Stage1Cache`): a
+run on the same clip, model and stage-1 settings that only adds or changes edited later frames starts
+from it.
 
 Crash safety: a checkpoint folder appears by one rename and is never modified after, so a process
 killed at any instant leaves the previous checkpoint whole; the final LoRA files are written atomically
@@ -177,7 +180,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
               f"{device.type} by default: add --checkpoint-blocks all to use it", file=sys.stderr)
 
     # 2. Resume (from a checkpoint, or a finished run's LoRA files) or start fresh.
-    backend.place_transformers()  # (already placed in one process)
+    backend.place_transformers()  # sharded: now, over the shards (one process: done above, a no-op)
     ckpt_dir = out_dir / "checkpoints"
     save_checkpoint = checkpoints.save_checkpoint if parallel.writes else (lambda *args: None)
     if parallel.writes:
@@ -280,10 +283,12 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         if phase_index + 1 < len(phases):
             save_checkpoint(ckpt_dir, backend, state, None, run_key)
     bar.close()
-    with parallel.writer_first():  # the others return once rank 0's files are in place
-        paths = _write_results(out_dir, backend, settings, phase_info, state, cfg, run_key, ckpt_dir) \
-            if parallel.writes else _result_paths(out_dir, backend)
-    return paths
+
+    # 6. Final LoRA files (ComfyUI keys) and the loss log, by rank 0 of a job (the others wait for them).
+    with parallel.writer_first():
+        if parallel.writes:
+            _write_results(out_dir, backend, settings, phase_info, state, cfg, run_key, ckpt_dir)
+    return _result_paths(out_dir, backend)
 
 
 def _result_paths(out_dir: Path, backend) -> dict[str, Path]:
@@ -293,9 +298,8 @@ def _result_paths(out_dir: Path, backend) -> dict[str, Path]:
 
 
 def _write_results(out_dir: Path, backend, settings: lora_io.LoraSettings, phase_info: tuple[dict, ...],
-                   state: checkpoints.TrainState, cfg: TrainConfig, run_key: str, ckpt_dir: Path) -> dict[str, Path]:
-
-    # 6. Final LoRA files (ComfyUI keys) and the loss log.
+                   state: checkpoints.TrainState, cfg: TrainConfig, run_key: str, ckpt_dir: Path) -> None:
+    """The LoRA files, then `train_log.json` (atomically), then the checkpoints removed (renamed first)."""
     paths = _result_paths(out_dir, backend)
     for expert in backend.experts:
         lora_io.save_lora(paths[expert.name], backend.transformer(expert.name), settings,
@@ -309,7 +313,6 @@ def _write_results(out_dir: Path, backend, settings: lora_io.LoraSettings, phase
         shutil.rmtree(trash, ignore_errors=True)
         ckpt_dir.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
-    return paths
 
 
 def _draw(cfg: TrainConfig, phase: Phase, seeds: str, step: int, draw: int, samples: list[EncodedSample],

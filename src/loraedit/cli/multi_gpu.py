@@ -68,6 +68,7 @@ def job(args: argparse.Namespace) -> Iterator:
         if why:
             raise InputError(why)
     parallel = distributed.from_torchrun(args.device)
+    args.device = parallel.device  # this rank's own GPU, whatever --device said (one process per GPU)
     try:
         if fsdp:
             if args.memory_mode != "full":
