@@ -5,8 +5,9 @@ environment torchrun sets). What each rank does, and why:
 
 - **The base is sharded** (`torch.distributed.fsdp.fully_shard`, one unit per transformer block and one
   for the rest): each GPU stores 1/N of the frozen bf16 weights and all-gathers one block at a time, so
-  a 14B base that needs 26 GiB on one GPU needs 26/N GiB + one block on each (perfmodel_parallel).
-- **The LoRA is not sharded** (`ignored_params`): it is 0.4 % of the weights (rank 16), and kept whole
+  Wan 14B's 30.5 GiB base takes 30.5/N GiB plus two blocks (one in use, one prefetched) on each GPU
+  (`perfmodel_parallel`; the activations of a draw are not divided).
+- **The LoRA is not sharded** (`ignored_params`): it is under 0.5 % of the weights (rank 16), and kept whole
   and identical on every rank it leaves the optimiser, gradient clipping, checkpoints, resume and the
   LoRA files exactly the single-process code. Its gradients are summed by one all-reduce per step.
 - **Data parallel over the draws of a step**, not the same draw on every rank: a step averages the
