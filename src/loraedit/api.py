@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import conditioning, long_video, media, report
+from . import conditioning, distributed, long_video, media, report
 from .backends import Backend, EncodedSample
 from .backends import load_backend as _load_backend
 from .cache import TensorCache, content_key
@@ -67,6 +67,8 @@ def detach_loras(backend: Backend) -> None:
 
 
 def _print_notes(run: CheckedRun) -> None:
+    if not distributed.active().writes:  # every rank of a torchrun job checks the same inputs: rank 0 says so
+        return
     for note in run.notes:
         print(f"loraedit: note: {note}", file=sys.stderr)
 
@@ -213,7 +215,8 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
     finally:
         if resident:
             detach_loras(backend)
-    report.write_training_report(out_dir, _settings(run, opts, cfg))
+    if distributed.active().writes:  # under torchrun (--fsdp) rank 0 alone writes
+        report.write_training_report(out_dir, _settings(run, opts, cfg))
     return paths
 
 
@@ -221,7 +224,8 @@ def _train(backend: Backend, run: CheckedRun, out_dir: Path, opts: RunOptions, c
            on_step: Callable[[TrainProgress], None] | None = None, resident: bool = False) -> dict[str, Path]:
     motion, edited = training_samples(run, opts)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
-    with out_of_memory_advice("encoding the training samples", _memory_advice(run, opts)):
+    with out_of_memory_advice("encoding the training samples", _memory_advice(run, opts)), \
+            distributed.active().writer_first():  # the other ranks of a job read rank 0's cache entries
         encoded_motion = [encoder.sample(s) for s in motion]
         encoded_edited = [encoder.sample(s) for s in edited]
         variants = encode_appearance_variants(encoder, motion, cfg)
@@ -232,11 +236,13 @@ def _train(backend: Backend, run: CheckedRun, out_dir: Path, opts: RunOptions, c
         paths = train_lora(backend, encoded_motion, encoded_edited, cfg, out_dir, resume=opts.resume,
                            progress=opts.progress, on_step=on_step, motion_variants=variants,
                            stage1_cache=opts.cache_dir / "stage1" if opts.cache_dir is not None else None)
-    _write_json(out_dir / "train_info.json", {
-        "model": str(run.model.path), "kind": backend.kind, "mode": opts.mode, "frames": run.frames,
-        "size": list(run.size), "low_cost": opts.low_cost, "edited_frames": [ef.index for ef in run.edited_frames],
-        "seconds": round(time.perf_counter() - started, 2), "cache_hits": encoder.cache.hits,
-        "cache_misses": encoder.cache.misses, "train_config": asdict(cfg), "performance": asdict(opts.performance)})
+    if distributed.active().writes:
+        _write_json(out_dir / "train_info.json", {
+            "model": str(run.model.path), "kind": backend.kind, "mode": opts.mode, "frames": run.frames,
+            "size": list(run.size), "low_cost": opts.low_cost, "edited_frames": [ef.index for ef in run.edited_frames],
+            "seconds": round(time.perf_counter() - started, 2), "cache_hits": encoder.cache.hits,
+            "cache_misses": encoder.cache.misses, "train_config": asdict(cfg), "performance": asdict(opts.performance),
+            "processes": distributed.active().world})
     return paths
 
 
@@ -259,7 +265,8 @@ def prepare_sampling(backend: Backend, run: CheckedRun, opts: RunOptions, scfg: 
     windows = long_video.plan_windows(run.frames, run.window, scfg.window_overlap)
     condition = long_video.window_condition(opts.mode, clip.video, clip.masks, windows[0], first[None], prompt)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
-    with out_of_memory_advice("encoding the inference condition", _memory_advice(run, opts)):
+    with out_of_memory_advice("encoding the inference condition", _memory_advice(run, opts)), \
+            distributed.active().writer_first():
         negative = backend.default_negative_prompt if scfg.negative_prompt is None else scfg.negative_prompt
         return PreparedSampling(clip, first, encoder.sample(condition), encoder.prompt(negative), windows, prompt)
 
@@ -288,7 +295,8 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
                                    for e in scfg.extra_loras]
     if scfg.first_block_cache:  # how much the approximation skipped, beside its threshold
         settings["first_block_cache_skipped"] = round(backend.last_block_counter.skipped_fraction, 3)
-    write_outputs(Path(out), video, prepared.clip, settings, log)
+    if distributed.active().writes:  # every rank of a context-parallel job holds the same video
+        write_outputs(Path(out), video, prepared.clip, settings, log)
     return video
 
 

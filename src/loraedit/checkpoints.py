@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +67,7 @@ class Stage1Cache:
 
     def __init__(self, root: Path, cfg: TrainConfig, model_key: str, motion: list[EncodedSample]):
         self.root = Path(root)
-        settings = {k: v for k, v in asdict(cfg).items() if k not in self._NOT_STAGE1}
+        settings = {k: v for k, v in cfg.key_fields().items() if k not in self._NOT_STAGE1}
         self.key = content_key("stage1", json.dumps(settings, sort_keys=True), model_key,
                                *[t for s in motion for t in (s.target, s.condition, s.text, s.image)])
 

@@ -7,7 +7,7 @@ comment says otherwise; the toy world's bench overrides a few (`quality.TOY_WORL
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .backends.base import CLIP_VIEWS, SAMPLERS
@@ -122,3 +122,12 @@ class TrainConfig:
     appearance_region: str = "path"  # where the variants are recoloured: the edit region's path, or "frame"
     checkpoint_every: int = 25
     seed: int = 0
+    draws_per_step: int = 1  # (sample, noise, sigma) draws whose gradients a step averages (the paper's: 1)
+
+    def key_fields(self) -> dict:
+        """The settings as run and cache keys hash them: `draws_per_step` only when not 1, so the keys of runs
+        and cached stage-1 LoRAs made before it existed still match (their results are unchanged)."""
+        fields = asdict(self)
+        if fields["draws_per_step"] == 1:
+            del fields["draws_per_step"]
+        return fields

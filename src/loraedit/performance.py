@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
+from .errors import InputError
+
 #: --memory-mode -> (fp8 base weights, offload base weights to CPU)
 MEMORY_MODES = {"full": (False, False), "fp8": (True, False), "offload": (False, True), "fp8+offload": (True, True)}
 ATTENTION_CHOICES = ("auto", "native", "flash", "_flash_3", "_native_cudnn", "_native_flash", "_native_efficient",
@@ -75,6 +77,7 @@ class PerformanceConfig:
     batched_cfg: bool = True  # cond + uncond in one forward while sampling
     vae_tiling: bool = False  # spatially tiled VAE decoding
     offload_stream: bool = True  # overlap offload transfers with compute on a CUDA stream (GPU only)
+    context_parallel: str | None = None  # sampling under torchrun: ulysses | ring over the job's GPUs (context_parallel)
 
     @property
     def fp8_base(self) -> bool:
@@ -153,7 +156,16 @@ def configure_transformer(transformer: torch.nn.Module, perf: PerformanceConfig,
                                          record_stream=use_stream, low_cpu_mem_usage=False)
     else:
         transformer.to(device)
-    set_attention(transformer, perf, device, training=False)
+    attention = set_attention(transformer, perf, device, training=False)
+    if perf.context_parallel:  # after the attention backend: diffusers checks that it can run split
+        from . import context_parallel
+
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        heads = getattr(getattr(transformer, "config", None), "num_attention_heads", None)
+        why = context_parallel.problem(perf.context_parallel, device.type, world, heads, attention)
+        if why:
+            raise InputError(why)
+        context_parallel.enable(transformer, perf.context_parallel, world)
     if perf.compile:
         transformer.compile_repeated_blocks(**COMPILE_KWARGS)
 

@@ -6,10 +6,13 @@ frames + the motion samples) continuing from the stage-1 LoRA with a fresh optim
 experts each get their own LoRA trained on their own noise range.
 
 Every random draw of step `s` (sample order, noise, sigma) comes from a generator seeded by
-(seed, stage, expert, step), so a run resumed from a checkpoint draws exactly what the uninterrupted run
-drew: a checkpoint needs only the LoRA, the optimiser and the step, no RNG state. Nor do the draws depend
-on whether a stage 2 follows, so a finished stage 1 is reusable (`Stage1Cache`): a run on the same clip,
-model and stage-1 settings that only adds or changes edited later frames starts from it.
+(seed, stage, expert, step, and the draw's index when a step averages several: `draws_per_step`), so a run
+resumed from a checkpoint draws exactly what the uninterrupted run drew: a checkpoint needs only the
+LoRA, the optimiser and the step, no RNG state. For the same reason a step's draws can be computed by
+different processes (`distributed`: the base sharded over GPUs), giving the LoRA one process gives. Nor
+do the draws depend on whether a stage 2 follows, so a finished stage 1 is reusable (`Stage1Cache`): a
+run on the same clip, model and stage-1 settings that only adds or changes edited later frames starts
+from it.
 
 Crash safety: a checkpoint folder appears by one rename and is never modified after, so a process
 killed at any instant leaves the previous checkpoint whole; the final LoRA files are written atomically
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoints, lora_io
+from . import checkpoints, distributed, lora_io
 from .backends.base import EncodedSample, Expert
 from .cache import content_key
 from .conditioning import stage2_schedule
@@ -127,7 +130,8 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                out_dir: Path, *, resume: bool = False, progress: bool = True,
                stage1_cache: Path | None = None,
                on_step: Callable[[TrainProgress], None] | None = None,
-               motion_variants: list[list[EncodedSample]] | None = None) -> dict[str, Path]:
+               motion_variants: list[list[EncodedSample]] | None = None,
+               parallel: distributed.Parallel | None = None) -> dict[str, Path]:
     """Train the LoRA(s) and write `lora.safetensors` (and `lora_2.safetensors` for a second expert).
 
     Returns {expert name: LoRA path}. `out_dir/checkpoints/` holds the resumable state; `stage1_cache`, a
@@ -138,6 +142,9 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     `motion_variants` (with `cfg.appearance_augment` > 0): for each motion sample, that many recoloured
     versions (`conditioning.appearance_variants`, encoded); a step that picks a motion sample trains on
     one of its variants, drawn from the step's generator, never on the original appearance.
+    `parallel` (default: the job this process joined, `distributed.active()`): with several processes the
+    base is sharded over them, each computes its share of a step's `cfg.draws_per_step` draws, the LoRA
+    gradients are summed over them, and rank 0 alone writes files (`distributed` says why).
     """
     out_dir = Path(out_dir)
     if cfg.targets is None:  # the model's own default, resolved before it enters the run's key
@@ -146,20 +153,25 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     variants = _check_variants(motion, motion_variants, cfg)
     phases = plan_phases(backend.experts, len(motion), len(edited), cfg)
     phase_info = tuple({"stage": p.stage, "expert": p.expert.name, "steps": p.steps} for p in phases)
-    run_key = content_key(json.dumps(asdict(cfg), sort_keys=True), backend.fingerprint(),
+    parallel = parallel or distributed.active()
+    run_key = content_key(json.dumps(cfg.key_fields(), sort_keys=True), backend.fingerprint(),
                           *[t for s in samples for t in (s.target, s.condition, s.text)])
     settings = lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, backend.fingerprint(), backend.kind)
     stage1 = checkpoints.Stage1Cache(stage1_cache, cfg, backend.fingerprint(), motion) if stage1_cache is not None else None
 
     # 1. Attach a LoRA to every expert (its random init drawn from the seed, not the global RNG). The LoRA
     #    weights train in fp32 on the compute device whatever the base's storage (bf16, fp8, offloaded).
-    backend.place_transformers()
+    #    Sharded over several processes, the base is placed after its LoRA is attached (FSDP2 must know which
+    #    parameters to leave whole) and each rank moves only its shard to its GPU.
+    if parallel.world == 1:
+        backend.place_transformers()
     device = backend.device
     for i, expert in enumerate(backend.experts):
         transformer = backend.transformer(expert.name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_step_seed(cfg.seed, -1, i))
             lora_io.add_lora(transformer, settings, dtype=torch.float32, device=device)
+        parallel.shard(transformer)
         checkpointed = set_gradient_checkpointing(transformer, checkpointed_blocks(backend.perf, device),
                                                   backend.perf.keep_attention)
         set_attention(transformer, backend.perf, device, training=True)
@@ -168,8 +180,11 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
               f"{device.type} by default: add --checkpoint-blocks all to use it", file=sys.stderr)
 
     # 2. Resume (from a checkpoint, or a finished run's LoRA files) or start fresh.
+    backend.place_transformers()  # sharded: now, over the shards (one process: done above, a no-op)
     ckpt_dir = out_dir / "checkpoints"
-    checkpoints.remove_leftovers(out_dir, ckpt_dir)
+    save_checkpoint = checkpoints.save_checkpoint if parallel.writes else (lambda *args: None)
+    if parallel.writes:
+        checkpoints.remove_leftovers(out_dir, ckpt_dir)
     state = checkpoints.TrainState(losses=[[] for _ in phases])
     latest = checkpoints.latest_checkpoint(ckpt_dir)
     finished = checkpoints.finished_lora_files(out_dir, backend, run_key) if resume and latest is None else None
@@ -190,7 +205,8 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     total = sum(p.steps for p in phases)
     done_before = sum(p.steps for p in phases[: state.phase]) + state.step
-    bar = tqdm(total=total, initial=done_before, desc="training LoRA", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=done_before, desc="training LoRA", disable=not (progress and parallel.writes),
+               dynamic_ncols=True)
 
     def report() -> None:
         if on_step is not None:
@@ -219,33 +235,27 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
 
         try:
             for step in range(state.step, phase.steps):
-                # 3. Everything random about this step comes from (seed, phase, step).
-                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, seeds, step))
-                epoch, position = divmod(step, len(phase.schedule))
-                order = torch.randperm(len(phase.schedule),
-                                       generator=torch.Generator().manual_seed(_step_seed(cfg.seed, seeds, -1 - epoch)))
-                index = int(phase.schedule[order[position]])
-                sample = samples[index]
-                if variants and index < len(motion):  # appearance augmentation: a random variant, not the original
-                    sample = variants[index][int(torch.randint(len(variants[index]), (1,), generator=gen))]
-                x0 = sample.target[None].to(device)  # [1, C, T', h, w]
-                noise = torch.randn(x0.shape, generator=gen).to(device)
-                sigma = sample_sigma(gen, phase.expert.sigma_low, phase.expert.sigma_high,
-                                     cfg.timestep_sampling, cfg.timestep_shift).to(device)
-
-                # 4. Flow matching: x_sigma = (1 - sigma) x0 + sigma noise; predict v = noise - x0.
-                noisy = (1 - sigma) * x0 + sigma * noise
-                with autocast:
-                    pred = backend.predict(
-                        transformer, noisy.to(backend.dtype), sample.condition[None].to(device, backend.dtype),
-                        (sigma * 1000).to(device), sample.text[None].to(device, backend.dtype),
-                        None if sample.image is None else sample.image[None].to(device, backend.dtype))
-                loss = flow_matching_loss(pred, x0, noise)
+                # 3-4. This rank's draws of the step (all of them in one process), each a flow-matching loss
+                #      on its own sample, noise and noise level; the step's loss is their mean.
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.zeros((), device=device)
+                for draw in parallel.draws(cfg.draws_per_step):
+                    sample, noise, sigma = _draw(cfg, phase, seeds, step, draw, samples, variants, len(motion))
+                    x0, noise, sigma = sample.target[None].to(device), noise.to(device), sigma.to(device)
+                    noisy = (1 - sigma) * x0 + sigma * noise  # x_sigma = (1 - sigma) x0 + sigma noise; v = noise - x0
+                    with autocast:
+                        pred = backend.predict(
+                            transformer, noisy.to(backend.dtype), sample.condition[None].to(device, backend.dtype),
+                            (sigma * 1000).to(device), sample.text[None].to(device, backend.dtype),
+                            None if sample.image is None else sample.image[None].to(device, backend.dtype))
+                    draw_loss = flow_matching_loss(pred, x0, noise) / cfg.draws_per_step
+                    draw_loss.backward()
+                    loss += draw_loss.detach()
+                loss = parallel.sum(loss)
                 _stop_if_diverged("loss", loss, state.losses[phase_index], done_before + 1, phase, ckpt_dir, cfg)
 
                 # 5. Update the LoRA only (never with a non-finite gradient: it would poison every checkpoint).
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                parallel.sum_gradients(params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 _stop_if_diverged("gradient norm", grad_norm, [], done_before + 1, phase, ckpt_dir, cfg)
                 optimizer.step()
@@ -257,30 +267,43 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 report()
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < phase.steps:
-                    checkpoints.save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+                    save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
         except Cancelled:  # a progress callback asked to stop (the web app's Cancel): resumable like Ctrl-C
-            checkpoints.save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+            save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
             raise Cancelled(f"cancelled at step {done_before}; saved a checkpoint in {ckpt_dir}: the same run "
                             "with resume continues it") from None
         except KeyboardInterrupt:
-            checkpoints.save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
+            save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
             raise Interrupted(f"interrupted at step {done_before}; saved a checkpoint in {ckpt_dir}: "
                               "run the same command with --resume to continue") from None
         transformer.eval()
-        if stage1 is not None and phase.stage == 1 and reused is None:
+        if stage1 is not None and phase.stage == 1 and reused is None and parallel.writes:
             stage1.store(phase.expert, transformer, state.losses[phase_index])
         state.phase, state.step = phase_index + 1, 0
         if phase_index + 1 < len(phases):
-            checkpoints.save_checkpoint(ckpt_dir, backend, state, None, run_key)
+            save_checkpoint(ckpt_dir, backend, state, None, run_key)
     bar.close()
 
-    # 6. Final LoRA files (ComfyUI keys) and the loss log.
-    paths = {}
-    for i, expert in enumerate(backend.experts):
-        path = out_dir / ("lora.safetensors" if i == 0 else f"lora_{i + 1}.safetensors")
-        lora_io.save_lora(path, backend.transformer(expert.name), settings,
+    # 6. Final LoRA files (ComfyUI keys) and the loss log, by rank 0 of a job (the others wait for them).
+    with parallel.writer_first():
+        if parallel.writes:
+            _write_results(out_dir, backend, settings, phase_info, state, cfg, run_key, ckpt_dir)
+    return _result_paths(out_dir, backend)
+
+
+def _result_paths(out_dir: Path, backend) -> dict[str, Path]:
+    """{expert name: its LoRA file}: `lora.safetensors`, then `lora_2.safetensors` for a second expert."""
+    return {expert.name: out_dir / ("lora.safetensors" if i == 0 else f"lora_{i + 1}.safetensors")
+            for i, expert in enumerate(backend.experts)}
+
+
+def _write_results(out_dir: Path, backend, settings: lora_io.LoraSettings, phase_info: tuple[dict, ...],
+                   state: checkpoints.TrainState, cfg: TrainConfig, run_key: str, ckpt_dir: Path) -> None:
+    """The LoRA files, then `train_log.json` (atomically), then the checkpoints removed (renamed first)."""
+    paths = _result_paths(out_dir, backend)
+    for expert in backend.experts:
+        lora_io.save_lora(paths[expert.name], backend.transformer(expert.name), settings,
                           extra={"expert": expert.name, "sigma_range": [expert.sigma_low, expert.sigma_high]})
-        paths[expert.name] = path
     log = {"phases": list(phase_info), "losses": state.losses, "config": asdict(cfg), "run_key": run_key,
            "lora_files": {name: path.name for name, path in paths.items()}}
     with atomic_path(out_dir / "train_log.json") as tmp:
@@ -290,7 +313,27 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         shutil.rmtree(trash, ignore_errors=True)
         ckpt_dir.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
-    return paths
+
+
+def _draw(cfg: TrainConfig, phase: Phase, seeds: str, step: int, draw: int, samples: list[EncodedSample],
+          variants: list[list[EncodedSample]] | None, num_motion: int):
+    """Draw `draw` of step `step`: (sample, noise, sigma), a function of (seed, phase, step, draw) alone.
+
+    The samples run through one shuffled epoch after another, `draws_per_step` a step; draw 0 uses the
+    generator a step has always used, so one draw a step is the original recipe, bit for bit.
+    """
+    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, seeds if draw == 0 else f"{seeds}:draw{draw}", step))
+    epoch, position = divmod(step * cfg.draws_per_step + draw, len(phase.schedule))
+    order = torch.randperm(len(phase.schedule),
+                           generator=torch.Generator().manual_seed(_step_seed(cfg.seed, seeds, -1 - epoch)))
+    index = int(phase.schedule[order[position]])
+    sample = samples[index]
+    if variants and index < num_motion:  # appearance augmentation: a random variant, not the original
+        sample = variants[index][int(torch.randint(len(variants[index]), (1,), generator=gen))]
+    noise = torch.randn(sample.target[None].shape, generator=gen)
+    sigma = sample_sigma(gen, phase.expert.sigma_low, phase.expert.sigma_high, cfg.timestep_sampling,
+                         cfg.timestep_shift)
+    return sample, noise, sigma
 
 
 def _check_variants(motion: list[EncodedSample], variants: list[list[EncodedSample]] | None,

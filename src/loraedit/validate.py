@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import torch
 
-from . import diskspace, lora_io, media, plan
+from . import diskspace, distributed, lora_io, media, plan
 from .backends import ModelFolder, read_model_folder, resolve_model_dir
 from .checkpoints import latest_checkpoint
 from .config import (APPEARANCE_REGIONS, CLIP_VIEWS, MASK_MODES, MODES, SAMPLERS, TIMESTEP_SAMPLING,
@@ -212,10 +212,15 @@ def _check_train_config(found: _Findings, cfg: TrainConfig, opts: RunOptions) ->
             ("--stage2-repeats", cfg.stage2_repeats, cfg.stage2_repeats >= 1, "at least 1 (default 9)"),
             ("--appearance-augment", cfg.appearance_augment, cfg.appearance_augment >= 0, ">= 0 (0 = off)"),
             ("--checkpoint-every", cfg.checkpoint_every, cfg.checkpoint_every >= 0, ">= 0 (0 = never)"),
+            ("--draws-per-step", cfg.draws_per_step, cfg.draws_per_step >= 1, "at least 1 (--fsdp: the GPUs)"),
             ("--timestep-shift", cfg.timestep_shift, math.isfinite(cfg.timestep_shift) and cfg.timestep_shift > 0,
              "> 0 (default 3; 1 = no shift)")):
         if not ok:
             add(f"{name} {value} is invalid: give a value {need}")
+    world = distributed.active().world
+    if cfg.draws_per_step >= 1 and cfg.draws_per_step % world:
+        add(f"--draws-per-step {cfg.draws_per_step} does not split over the {world} processes of this job: give a "
+            f"multiple of {world}")
     if cfg.appearance_region not in APPEARANCE_REGIONS:
         add(f"--appearance-region {cfg.appearance_region!r} is unknown: choose {', '.join(APPEARANCE_REGIONS)}")
     if cfg.timestep_sampling not in TIMESTEP_SAMPLING:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError, LoraEditError, error_text
-from . import commands
+from . import commands, multi_gpu
 from .options import add_clip_options, add_sample_options, add_train_options, configs
 
 try:
@@ -40,16 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the LoRA only (reuse it for any number of edited first frames)")
     add_clip_options(p)
     add_train_options(p)
+    multi_gpu.add_train_option(p)
     p.add_argument("--out", type=Path, default=Path("out/lora"), help="output folder for lora.safetensors")
 
     p = sub.add_parser("sample", help="generate an edit with a trained LoRA (the fast path: no retraining)")
     add_clip_options(p)
     add_sample_options(p, with_lora=True)
+    multi_gpu.add_sample_option(p)
     p.add_argument("--out", type=Path, default=Path("out/edit.mp4"), help="output mp4 (default out/edit.mp4)")
 
     for add in (commands.add_bench_parser, commands.add_mask_parser, commands.add_eval_parser,
                 commands.add_ui_parser, commands.add_doctor_parser, commands.add_plan_parser,
-                commands.add_demo_parser):
+                commands.add_demo_parser, multi_gpu.add_plan_gpus_parser):
         add(sub)
     return parser
 
@@ -102,8 +104,6 @@ def _config_path(argv: list[str]) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from .. import api
-
     if args.command == "demo":
         from ..demo import run_demo
 
@@ -126,6 +126,9 @@ def run(args: argparse.Namespace) -> None:
 
         print(plan_command(args))
         return
+    if args.command == "plan-gpus":
+        print(multi_gpu.run_plan_gpus(args))
+        return
     if args.command == "doctor":
         import json
 
@@ -134,19 +137,29 @@ def run(args: argparse.Namespace) -> None:
         rows = doctor.collect(args.device, args.cache_dir)
         print(json.dumps(doctor.as_json(rows), indent=1) if args.json else doctor.format_rows(rows))
         return
-    inputs, opts, cfg, scfg = configs(args)
-    if args.dry_run:
-        _dry_run(args, inputs, opts, cfg, scfg)
-        return
+    with multi_gpu.job(args) as parallel:
+        inputs, opts, cfg, scfg = configs(args)
+        if args.dry_run:
+            _dry_run(args, inputs, opts, cfg, scfg)
+        else:
+            _run_job(args, inputs, opts, cfg, scfg, parallel.writes)
+
+
+def _run_job(args: argparse.Namespace, inputs, opts, cfg, scfg, prints: bool) -> None:
+    """edit / train / sample; `prints`: this process says what it wrote (rank 0 of a torchrun job)."""
+    from .. import api
+
     if args.command == "edit":
         api.edit(args.model, inputs, args.edited_first_frame, args.out, opts, cfg, scfg)
         print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')} (LoRA in {api.work_dir_for(args.out)})")
     elif args.command == "train":
         paths = api.train(args.model, inputs, args.out, opts, cfg)
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        if prints:
+            print("wrote " + ", ".join(str(p) for p in paths.values()))
     elif args.command == "sample":
         api.sample(args.model, inputs, args.edited_first_frame, args.out, args.loras, opts, scfg)
-        print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')}")
+        if prints:
+            print(f"wrote {args.out} and {args.out.with_suffix('.contact.png')}")
 
 
 def _dry_run(args: argparse.Namespace, inputs, opts, cfg, scfg) -> None:

@@ -189,6 +189,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timestep-shift", type=float, default=3.0, help="shift for --timestep-sampling shifted "
                    "(default 3)")
     g.add_argument("--train-seed", type=int, default=0, help="seed of LoRA init, sample order, noise")
+    g.add_argument("--draws-per-step", type=int, metavar="N", help="average the gradients of N draws (sample, noise, "
+                   "noise level) per step (default 1, the paper's; with --fsdp: the number of GPUs, one draw each)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
 
@@ -256,7 +258,8 @@ def configs(args: argparse.Namespace):
         timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift,
         appearance_augment=args.appearance_augment, appearance_region=args.appearance_region,
         checkpoint_every=args.checkpoint_every,
-        seed=args.train_seed) if hasattr(args, "rank") else None
+        seed=args.train_seed,
+        draws_per_step=1 if args.draws_per_step is None else args.draws_per_step) if hasattr(args, "rank") else None
     scfg = SampleConfig(
         steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, shift=args.shift,
         sampler=args.sampler, seed=args.seed,
@@ -276,4 +279,5 @@ def performance(args: argparse.Namespace, config_class):
     return config_class(memory_mode=args.memory_mode, attention=args.attention, compile=args.compile,
                         checkpoint_blocks=blocks, keep_attention=getattr(args, "keep_attention", False),
                         batched_cfg=not getattr(args, "no_batched_cfg", False),
-                        vae_tiling=getattr(args, "vae_tiling", False))
+                        vae_tiling=getattr(args, "vae_tiling", False),
+                        context_parallel=getattr(args, "context_parallel", None))
