@@ -26,7 +26,7 @@ from ..train import TrainProgress
 from .history import Edit, repeat_command
 from .models import MODELS, ModelHolder
 from .session import Session, Trained, store_upload
-from .steps import AppConfig, Result, Settings, _float, _int, model_facts
+from .settings import AppConfig, Result, Settings, finite_number, model_facts, whole_number
 
 _CANCELS: dict[str, threading.Event] = {}  # by session id: set by the Cancel button, read between steps
 _CANCELS_LOCK = threading.Lock()
@@ -199,9 +199,9 @@ def _result(s: Session, inputs: ClipInputs, out: Path, loras: tuple[Path, ...], 
 def _clip_inputs(s: Session, settings: Settings) -> ClipInputs:
     size = None
     if settings.width or settings.height:
-        size = (_int(settings.width, "width", low=1), _int(settings.height, "height", low=1))
+        size = (whole_number(settings.width, "width", low=1), whole_number(settings.height, "height", low=1))
     return ClipInputs(video=s.require_clip(), mask=s.require_masks(),
-                      frames=_int(settings.frames, "frames", low=1) if settings.frames else None, size=size,
+                      frames=whole_number(settings.frames, "frames", low=1) if settings.frames else None, size=size,
                       edited_frames=tuple(f for _, f in sorted(s.edited_frames.items())))
 
 
@@ -212,18 +212,18 @@ def _run_options(cfg: AppConfig, settings: Settings) -> RunOptions:
 
 
 def _train_config(settings: Settings) -> TrainConfig:
-    return TrainConfig(rank=_int(settings.rank, "rank"), learning_rate=_float(settings.learning_rate, "learning rate"),
-                       stage1_steps=_int(settings.stage1_steps, "stage-1 steps"),
-                       stage2_steps=None if settings.stage2_steps is None else _int(settings.stage2_steps,
+    return TrainConfig(rank=whole_number(settings.rank, "rank"), learning_rate=finite_number(settings.learning_rate, "learning rate"),
+                       stage1_steps=whole_number(settings.stage1_steps, "stage-1 steps"),
+                       stage2_steps=None if settings.stage2_steps is None else whole_number(settings.stage2_steps,
                                                                                      "stage-2 steps"))
 
 
 def _sample_config(settings: Settings) -> SampleConfig:
     own = {"negative_prompt": settings.negative_prompt} if settings.negative_prompt.strip() else {}  # else the default
     if settings.guidance is not None and str(settings.guidance).strip():
-        own["guidance"] = _float(settings.guidance, "guidance")
+        own["guidance"] = finite_number(settings.guidance, "guidance")
     if settings.first_block_cache:
-        own["first_block_cache"] = _float(settings.first_block_cache, "first-block cache")
-    return SampleConfig(steps=_int(settings.steps, "sampling steps"), seed=_int(settings.seed, "seed"), **own)
+        own["first_block_cache"] = finite_number(settings.first_block_cache, "first-block cache")
+    return SampleConfig(steps=whole_number(settings.steps, "sampling steps"), seed=whole_number(settings.seed, "seed"), **own)
 
 
