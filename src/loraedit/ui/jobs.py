@@ -8,7 +8,6 @@ from it instead of starting over.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -21,7 +20,7 @@ from ..api import ClipInputs, RunOptions, SampleConfig
 from ..conditioning import TRAINING_MODES
 from ..config import TrainConfig
 from ..errors import Cancelled, InputError
-from ..report import result_paths
+from ..results import EditResult
 from ..train import TrainProgress
 from .history import Edit, repeat_command
 from .models import MODELS, ModelHolder
@@ -85,18 +84,14 @@ def train_and_edit(cfg: AppConfig, s: Session, settings: Settings,
     started, tcfg, scfg = time.perf_counter(), _train_config(settings), _sample_config(settings)
     try:
         with models.use(cfg.model, cfg.device, opts.performance) as backend:
-            api.edit(cfg.model, inputs, first, out, opts, tcfg, scfg, on_step=step, backend=backend)
+            made = api.edit(cfg.model, inputs, first, out, opts, tcfg, scfg, on_step=step, backend=backend)
     except Cancelled:
         if (api.work_dir_for(out) / "checkpoints").is_dir():
             s.cancelled = (out, plan)  # the next Train and edit with the same plan resumes
         raise
-    loras: tuple[Path, ...] = ()
     if settings.mode in TRAINING_MODES:
-        work = api.work_dir_for(out)
-        log = json.loads((work / "train_log.json").read_text())
-        loras = tuple(work / name for name in log["lora_files"].values())
-        s.trained = Trained(inputs, loras, settings.mode)
-    result = _result(s, inputs, out, loras, time.perf_counter() - started)
+        s.trained = Trained(inputs, made.loras, settings.mode)
+    result = _result(s, inputs, made, time.perf_counter() - started)
     command = repeat_command(cfg.model, inputs, first, Path(out.name), opts, scfg, tcfg)
     s.edits.append(Edit(out, "train and edit", _summary(settings, tcfg), result.metrics, result.seconds, command))
     return result
@@ -111,8 +106,8 @@ def sample_with_lora(cfg: AppConfig, s: Session, settings: Settings, models: Mod
     opts = replace(_run_options(cfg, settings), mode=s.trained.mode)
     started, out, scfg = time.perf_counter(), s.next_result(), _sample_config(settings)
     with models.use(cfg.model, cfg.device, opts.performance) as backend:
-        api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, scfg, backend=backend)
-    result = _result(s, s.trained.inputs, out, s.trained.loras, time.perf_counter() - started)
+        made = api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, scfg, backend=backend)
+    result = _result(s, s.trained.inputs, made, time.perf_counter() - started)
     command = repeat_command(cfg.model, s.trained.inputs, first, Path(out.name), opts, scfg, loras=s.trained.loras)
     s.edits.append(Edit(out, "sample with a LoRA", _summary(settings), result.metrics, result.seconds, command))
     return result
@@ -183,17 +178,16 @@ def load_lora_files(cfg: AppConfig, s: Session, received: list[str | Path], sett
             f"with this clip and masks ({mode})")
 
 
-def _result(s: Session, inputs: ClipInputs, out: Path, loras: tuple[Path, ...], seconds: float) -> Result:
-    """The files beside the output video, and the metrics `loraedit eval` gives (against the ground truth too)."""
+def _result(s: Session, inputs: ClipInputs, made: EditResult, seconds: float) -> Result:
+    """What the page shows of a run (`api`'s `EditResult`: its files, LoRAs and prompts), with the metrics
+    `loraedit eval` gives (against the ground truth too)."""
     from ..evaluate import EvalConfig, EvalInputs, evaluate
 
-    paths = result_paths(out)
-    scored = evaluate(EvalInputs(inputs.video, out, inputs.mask, s.edited_first, s.reference),
+    paths = made.files
+    scored = evaluate(EvalInputs(inputs.video, made.out, inputs.mask, s.edited_first, s.reference),
                       EvalConfig(progress=False))
-    settings = json.loads(paths["metrics"].read_text()).get("settings", {})
-    prompts = {k: settings[k] for k in ("train_prompt", "prompt") if k in settings}
-    return Result(out, paths["side_by_side"], paths["contact"], paths["report"], paths["metrics"], loras,
-                  scored["metrics"], prompts, round(seconds, 1))
+    return Result(made.out, paths["side_by_side"], paths["contact"], paths["report"], paths["metrics"], made.loras,
+                  scored["metrics"], made.prompts, round(seconds, 1))
 
 
 def _clip_inputs(s: Session, settings: Settings) -> ClipInputs:
