@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from loraedit import conditioning, lora_io, perfmodel
+from loraedit import conditioning, lora_io, perfmodel, perftables
 from loraedit.api import Encoder
 from loraedit.backends.wan import WanBackend, load_wan
 from loraedit.performance import ALL_BLOCKS, PerformanceConfig
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["load_average_at_end"] = Path("/proc/loadavg").read_text().split()[0]
         for row in train.values():
             row["fraction_of_matmul"] = row["gflop_per_step"] / row["s_per_step"] / results["matmul_gflops"]
-    results["wan14b"] = perfmodel.table_14b()
+    results["wan14b"] = perftables.table_14b()
     print(report(results))
     print(json.dumps({k: v for k, v in results.items() if k != "wan14b"}, default=float))
     if args.json:
@@ -447,9 +447,9 @@ def report(r: dict) -> str:
         lines.append(f"| {frames} | {cells[0]['tokens']} | " + " | ".join(
             f"{x['counted_mib']:.2f} ({x['modelled_mib']:.2f})" for x in cells) + " |")
     lines += ["", "Wan2.1-I2V-14B LoRA step, 832x480, rank 16: MODELLED (perfmodel), not measured; times assume "
-              f"{int(100 * perfmodel.ASSUMED_UTILISATION)}% of peak bf16 FLOP/s", perfmodel.format_table(r["wan14b"]),
+              f"{int(100 * perfmodel.ASSUMED_UTILISATION)}% of peak bf16 FLOP/s", perftables.format_table(r["wan14b"]),
               "", "one whole 49-frame edit (100 training steps, 30 sampling steps with CFG): MODELLED",
-              perfmodel.format_recipes(perfmodel.edit_recipes())]
+              perftables.format_recipes(perftables.edit_recipes())]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from loraedit import media
 from loraedit.toyworld.models import write_model_folder
-from loraedit.toyworld.scenes import moving_square
+from loraedit.toyworld.square import moving_square
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -93,7 +93,7 @@ def _sample(wan21_dir, clip_files, tmp_path, name, loras, extras=()):
     inputs = api.ClipInputs(video=clip_files["video"], mask=clip_files["mask"], frames=9, size=(64, 64))
     opts = api.RunOptions(cache_dir=tmp_path / "cache", progress=False)
     return api.sample(str(wan21_dir), inputs, clip_files["edited0"], tmp_path / f"{name}.mp4", [loras["edit"]], opts,
-                      api.SampleConfig(steps=3, extra_loras=tuple(extras)))
+                      api.SampleConfig(steps=3, extra_loras=tuple(extras))).video
 
 
 def test_weight_zero_is_the_same_video_and_weight_one_changes_it(wan21_dir, clip_files, loras, tmp_path):
@@ -161,7 +161,7 @@ def test_wan22_no_lora_mode_with_an_extra_lora_on_both_experts(wan22_dir, clip_f
         layers = [m for m in backend.transformer(expert.name).modules() if isinstance(m, LoraLayer)]
         assert layers and all(m.active_adapters == ["extra_0"] for m in layers)
     videos = [api.sample(str(wan22_dir), inputs, clip_files["edited0"], tmp_path / f"{w}.mp4", [], opts,
-                         api.SampleConfig(steps=2, extra_loras=extras))
+                         api.SampleConfig(steps=2, extra_loras=extras)).video
               for w, extras in (("none", ()), ("zero", (ExtraLora(loras["style"], 0.0),)),
                                 ("one", (ExtraLora(loras["style"], 1.0),)))]
     assert torch.equal(videos[0], videos[1]) and not torch.equal(videos[0], videos[2])

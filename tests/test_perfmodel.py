@@ -14,7 +14,7 @@ from diffusers import WanTransformer3DModel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from loraedit import lora_io, perfmodel
+from loraedit import lora_io, perfmodel, perftables
 from loraedit.backends.wan import DEFAULT_LORA_TARGETS
 from loraedit.performance import set_gradient_checkpointing
 from loraedit.perfmodel import Clip, WanDims
@@ -165,7 +165,7 @@ def test_memory_is_linear_in_frames_with_checkpointing_and_flash():
 
 
 def test_the_14b_table():
-    rows = perfmodel.table_14b()
+    rows = perftables.table_14b()
     assert {r["frames"] for r in rows} == {49, 81} and len(rows) == 16
     full_49 = next(r for r in rows if r["frames"] == 49 and r["mode"] == "full" and r["checkpointing"] == "every block")
     assert full_49["tokens"] == 20280  # WAN-NOTES: 13 latent frames x 30 x 52
@@ -173,21 +173,21 @@ def test_the_14b_table():
     small = next(r for r in rows
                  if r["frames"] == 49 and r["mode"] == "fp8+offload" and r["checkpointing"] == "every block")
     assert small["fits"]["RTX 4090 24GB"]
-    assert "| 81 | 32,760 |" in perfmodel.format_table(rows)
+    assert "| 81 | 32,760 |" in perftables.format_table(rows)
 
 
 def test_edit_recipes():
-    recipes = perfmodel.edit_recipes()
+    recipes = perftables.edit_recipes()
     rows = {(r["device"].split()[0], r["recipe"][:3], "keep" in r["mode"]): r for r in recipes}
     assert len(rows) == len(recipes)
     assert rows[("H100", "49 ", False)]["edit_min"] > rows[("H100", "low", False)]["edit_min"]
-    assert rows[("RTX", "low", False)]["peak_gib"] < perfmodel.RTX4090.memory_gib
+    assert rows[("RTX", "low", False)]["peak_gib"] < perftables.RTX4090.memory_gib
     # --keep-attention: faster, more memory; listed only where it fits (not at 49 frames on a 24 GB card).
     kept, plain = rows[("H100", "49 ", True)], rows[("H100", "49 ", False)]
     assert kept["train_s"] < plain["train_s"] and kept["peak_gib"] > plain["peak_gib"]
     assert ("RTX", "49 ", True) not in rows and ("RTX", "low", True) in rows
-    assert "the authors, measured" in perfmodel.format_recipes(recipes)
+    assert "the authors, measured" in perftables.format_recipes(recipes)
     # A first-block cache that skips 60 % of the 39 later blocks leaves 1/40 + 39/40 x 0.4 of each sampling step.
-    cached = perfmodel.edit_recipes(cache_skipped=0.6)
+    cached = perftables.edit_recipes(cache_skipped=0.6)
     assert cached[0]["sample_s"] == pytest.approx(recipes[0]["sample_s"] * (1 + 39 * 0.4) / 40)
     assert cached[0]["train_s"] == recipes[0]["train_s"] and cached[0]["edit_min"] < recipes[0]["edit_min"]

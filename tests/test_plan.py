@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loraedit import api, devices, perfmodel, plan
+from loraedit import api, devices, perfmodel, perftables, plan
 from loraedit.backends.wan_folder import read_wan_folder
 from loraedit.cli import main
 
@@ -44,7 +44,7 @@ def test_plan_for_wan21_480p_on_24_48_and_80_gb_cards(capsys):
     assert "closest that fits: --low-cost (trains on 13-frame clips), or --frames 57" in out
     assert "20,280 video tokens, 257 CLIP and 512 text tokens" in out
     # The folder's numbers give perfmodel's 14B table (which uses its copy of the config) exactly.
-    table = {(r["frames"], r["mode"]): r for r in perfmodel.table_14b() if r["checkpointing"] == "every block"}
+    table = {(r["frames"], r["mode"]): r for r in perftables.table_14b() if r["checkpointing"] == "every block"}
     full49 = rows[("49", "H100 SXM 80GB", "full")]
     assert full49[3] == f"{table[(49, 'full')]['peak_gib']:.1f}" == "49.5"
     assert full49[7] == f"{100 * table[(49, 'full')]['train_s_h100'] / 60:.1f}"

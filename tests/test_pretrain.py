@@ -9,6 +9,10 @@ import torch
 
 from loraedit.toyworld import models, pretrain
 from loraedit.toyworld.codec import fit_codec, psnr
+from loraedit.toyworld.pretrain_checkpoint import work_levels
+from loraedit.toyworld.pretrain_data import Encoded, level_of, parse_levels
+from loraedit.toyworld.pretrain_export import hours_spent
+from loraedit.toyworld.pretrain_objective import noise_levels, propagation_errors, train_step
 from loraedit.toyworld.scenes import generate
 
 
@@ -20,7 +24,7 @@ def encoded():
     data = {"videos": torch.stack([((v + 1) * 127.5).round().to(torch.uint8) for v in videos]),
             "captions": [f"scene {i}" for i in range(4)]}
     parts = models.build_world_components(seed=0)
-    return parts, pretrain.Encoded(parts, codec, data)
+    return parts, Encoded(parts, codec, data)
 
 
 def test_encoded_scenes_carry_the_standard_i2v_condition(encoded):
@@ -38,7 +42,7 @@ def test_a_training_step_lowers_the_loss_on_its_batch(encoded):
     idx = torch.arange(2)
     losses = []
     for _ in range(3):
-        loss = pretrain.train_step(transformer, enc, idx, torch.Generator().manual_seed(0), dropout=0.0)
+        loss = train_step(transformer, enc, idx, torch.Generator().manual_seed(0), dropout=0.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -48,7 +52,7 @@ def test_a_training_step_lowers_the_loss_on_its_batch(encoded):
 
 def test_propagation_errors_compare_each_latent_frame_with_predicting_zeros(encoded):
     parts, enc = encoded
-    report = pretrain.propagation_errors(parts["transformer"], enc, sigmas=(0.1, 1.0))
+    report = propagation_errors(parts["transformer"], enc, sigmas=(0.1, 1.0))
     assert set(report) == {"zero_prediction", "sigma 0.1", "sigma 1.0"}
     assert all(len(v) == 5 for v in report.values())
     # At low noise the clean latent is nearly visible: far below the latent's own energy.
@@ -57,13 +61,13 @@ def test_propagation_errors_compare_each_latent_frame_with_predicting_zeros(enco
 
 def test_hours_spent_counts_gaps_within_runs_and_one_interval_per_restart():
     log = [{"time": "2026-11-26 03:00"}, {"time": "2026-11-26 03:05"}, {"time": "2026-11-26 05:00"}]
-    assert pretrain._hours_spent(log, 5.0) == pytest.approx(15 / 60)
+    assert hours_spent(log, 5.0) == pytest.approx(15 / 60)
 
 
 def test_noise_levels_shift_towards_high_noise_and_one_is_no_shift():
-    plain = pretrain.noise_levels(1000, torch.Generator().manual_seed(0))
-    same = pretrain.noise_levels(1000, torch.Generator().manual_seed(0), shift=1.0)
-    shifted = pretrain.noise_levels(1000, torch.Generator().manual_seed(0), shift=3.0)
+    plain = noise_levels(1000, torch.Generator().manual_seed(0))
+    same = noise_levels(1000, torch.Generator().manual_seed(0), shift=1.0)
+    shifted = noise_levels(1000, torch.Generator().manual_seed(0), shift=3.0)
     assert torch.equal(plain, same)
     assert torch.all(shifted >= plain) and torch.all((shifted > 0) & (shifted < 1))
     assert (shifted > 0.8).float().mean() > 2 * (plain > 0.8).float().mean()
@@ -89,19 +93,17 @@ def test_a_balanced_codec_gives_frame_0_the_spread_of_later_frames_and_decodes_a
 def test_levels_cycle_by_seed_and_a_work_keeps_the_levels_it_started_with(tmp_path):
     import json
 
-    from loraedit.toyworld.pretrain import _work_levels, level_of, parse_levels
-
     assert [level_of(s, (1, 1, 2)) for s in range(6)] == [1, 1, 2, 1, 1, 2]
     assert parse_levels("1,1,2") == (1, 1, 2)
     for bad in ("", "1,x", "4"):
         with pytest.raises(SystemExit, match="--levels"):
             parse_levels(bad)
-    assert _work_levels(tmp_path, None) == (3,)  # a new work without --levels: the first world
+    assert work_levels(tmp_path, None) == (3,)  # a new work without --levels: the first world
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "state.json").write_text(json.dumps({"step": 5, "levels": [1, 1, 2]}))
-    assert _work_levels(tmp_path, None) == (1, 1, 2)  # resumed, exported and previewed on its own world
+    assert work_levels(tmp_path, None) == (1, 1, 2)  # resumed, exported and previewed on its own world
     with pytest.raises(SystemExit, match="trained on levels 1,1,2"):
-        _work_levels(tmp_path, "3")
+        work_levels(tmp_path, "3")
 
 
 def test_a_run_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):

@@ -12,17 +12,10 @@ import torch
 from loraedit import media
 from loraedit.toyworld import backgrounds
 from loraedit.toyworld.render import box_masks, trajectory
-from loraedit.toyworld.scenes import (
-    CAPTION_WORDS,
-    DIFFICULTY,
-    HELDOUT_SEED_BASE,
-    Scenario,
-    _thing,
-    caption_tokens,
-    generate,
-    moving_square,
-    write_scenario,
-)
+from loraedit.toyworld.scenario_files import write_scenario
+from loraedit.toyworld.scene_captions import CAPTION_WORDS, caption_tokens
+from loraedit.toyworld.scenes import DIFFICULTY, HELDOUT_SEED_BASE, Scenario, _thing, generate
+from loraedit.toyworld.square import moving_square
 
 SEEDS = range(24)
 

@@ -27,11 +27,11 @@ pytest.importorskip("gradio", reason="the web app needs the ui extra: pip instal
 from loraedit import api, lora_io, media, uploads  # noqa: E402
 from loraedit.cli import build_parser, main  # noqa: E402
 from loraedit.errors import InputError, LoraEditError  # noqa: E402
-from loraedit.ui import jobs, steps  # noqa: E402
+from loraedit.ui import jobs, prompts, steps  # noqa: E402
 from loraedit.ui.history import edits_markdown  # noqa: E402
 from loraedit.ui.models import MODELS, ModelHolder  # noqa: E402
 from loraedit.ui.session import Session, store_mask_frames, store_upload  # noqa: E402
-from loraedit.ui.steps import BOX, OBJECT, AppConfig, Settings  # noqa: E402
+from loraedit.ui.settings import BOX, OBJECT, AppConfig, Result, Settings, model_facts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,9 +57,9 @@ def _png(path: Path, image: torch.Tensor) -> Path:
 
 def _click_box(cfg: AppConfig, s: Session, frame: int, box: tuple[int, int, int, int]):
     """Two clicks, as the page reports them: in the pixels of the (enlarged) frame it shows."""
-    k = steps.display_scale(s)
-    steps.click(cfg, s, frame, box[0] * k, box[1] * k, BOX)
-    return steps.click(cfg, s, frame, box[2] * k, box[3] * k, BOX)
+    k = prompts.display_scale(s)
+    prompts.click(cfg, s, frame, box[0] * k, box[1] * k, BOX)
+    return prompts.click(cfg, s, frame, box[2] * k, box[3] * k, BOX)
 
 
 # ---- sessions and uploads -------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_an_uploaded_video_becomes_the_clip_and_resets_the_last_ones_inputs(cfg,
     clip = steps.load_video(s, clip_files["video"])
     assert clip.frames == 17 and clip.info == "17 frames at 64x64, 16 fps" and clip.video.name.startswith("input-")
     assert s.masks is None and s.reference is None and s.edited_frames == {} and not s.boxes
-    assert steps.frame_view(s, 99).shape == (64 * steps.display_scale(s), 64 * steps.display_scale(s), 3)
+    assert prompts.frame_view(s, 99).shape == (64 * prompts.display_scale(s), 64 * prompts.display_scale(s), 3)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\0\0\0\x18ftypmp42" + b"\0" * 64)  # the right first bytes, no video in it
     with pytest.raises(InputError):
@@ -124,7 +124,7 @@ def test_an_uploaded_video_becomes_the_clip_and_resets_the_last_ones_inputs(cfg,
 
 def test_the_example_fills_every_input(cfg, example):
     s, ex = example
-    facts = steps.model_facts(cfg.model)
+    facts = model_facts(cfg.model)
     assert ex.clip.frames == facts.default_frames and "frames at" in ex.clip.info
     assert len(list(s.masks.iterdir())) == facts.default_frames and ex.mask_preview.is_file()
     assert s.edited_first.is_file() and s.reference.is_file()
@@ -137,15 +137,15 @@ def test_the_example_fills_every_input(cfg, example):
 def test_boxes_drawn_on_key_frames_become_interpolated_masks(cfg, example):
     s, ex = example
     last = ex.clip.frames - 1
-    k = steps.display_scale(s)
-    steps.click(cfg, s, 0, 20 * k, 6 * k, BOX)  # any two opposite corners
-    assert "first corner of a box on frame 0" in steps.prompts_text(s)
-    view = steps.click(cfg, s, 0, 4 * k, 22 * k, BOX)
-    assert view.shape[:2] == (k * steps.model_facts(cfg.model).working_size[1],
-                              k * steps.model_facts(cfg.model).working_size[0])  # enlarged, the box drawn on it
+    k = prompts.display_scale(s)
+    prompts.click(cfg, s, 0, 20 * k, 6 * k, BOX)  # any two opposite corners
+    assert "first corner of a box on frame 0" in prompts.prompts_text(s)
+    view = prompts.click(cfg, s, 0, 4 * k, 22 * k, BOX)
+    assert view.shape[:2] == (k * model_facts(cfg.model).working_size[1],
+                              k * model_facts(cfg.model).working_size[0])  # enlarged, the box drawn on it
     _click_box(cfg, s, last, (30, 20, 50, 40))
-    assert steps.prompts_text(s) == f"--box 0:4,6,20,22\n--box {last}:30,20,50,40"
-    preview, info = steps.make_masks(cfg, s)
+    assert prompts.prompts_text(s) == f"--box 0:4,6,20,22\n--box {last}:30,20,50,40"
+    preview, info = prompts.make_masks(cfg, s)
     assert preview.is_file() and "key-frame boxes" in info
     made = media.read_masks(s.masks)
     assert made.shape[0] == ex.clip.frames
@@ -156,16 +156,16 @@ def test_boxes_drawn_on_key_frames_become_interpolated_masks(cfg, example):
 def test_bad_clicks_are_refused_with_a_message(cfg, example):
     s, _ = example
     with pytest.raises(InputError, match="--sam"):
-        steps.click(cfg, s, 0, 5, 5, OBJECT)
-    k = steps.display_scale(s)
-    steps.click(cfg, s, 0, 5 * k, 5 * k, BOX)
+        prompts.click(cfg, s, 0, 5, 5, OBJECT)
+    k = prompts.display_scale(s)
+    prompts.click(cfg, s, 0, 5 * k, 5 * k, BOX)
     with pytest.raises(InputError, match="empty"):
-        steps.click(cfg, s, 0, 5 * k, 40 * k, BOX)  # a box of no width
+        prompts.click(cfg, s, 0, 5 * k, 40 * k, BOX)  # a box of no width
     s.clear_prompts()
     with pytest.raises(InputError, match="no prompts"):
-        steps.make_masks(cfg, s)
+        prompts.make_masks(cfg, s)
     with pytest.raises(InputError, match="no clip"):
-        steps.click(cfg, Session.start(cfg.work), 0, 1, 1, BOX)
+        prompts.click(cfg, Session.start(cfg.work), 0, 1, 1, BOX)
 
 
 def test_a_click_on_the_object_is_tracked_with_sam2(cfg, example, tmp_path):
@@ -173,13 +173,13 @@ def test_a_click_on_the_object_is_tracked_with_sam2(cfg, example, tmp_path):
 
     with_sam = replace(cfg, sam=write_tiny_sam2(tmp_path / "sam2"))
     s, _ = example
-    k = steps.display_scale(s)
-    steps.click(with_sam, s, 0, 30 * k, 30 * k, OBJECT)
-    steps.click(with_sam, s, 0, 2 * k, 2 * k, "click: not the object")
-    assert steps.prompts_text(s) == "--points 0:30,30,1\n--points 0:2,2,0"
-    preview, info = steps.make_masks(with_sam, s, shape="outline")
+    k = prompts.display_scale(s)
+    prompts.click(with_sam, s, 0, 30 * k, 30 * k, OBJECT)
+    prompts.click(with_sam, s, 0, 2 * k, 2 * k, "click: not the object")
+    assert prompts.prompts_text(s) == "--points 0:30,30,1\n--points 0:2,2,0"
+    preview, info = prompts.make_masks(with_sam, s, shape="outline")
     assert "sam2 + outline" in info and preview.is_file()
-    assert media.read_masks(s.masks).shape[0] == steps.model_facts(cfg.model).default_frames
+    assert media.read_masks(s.masks).shape[0] == model_facts(cfg.model).default_frames
 
 
 def test_uploaded_masks_must_fit_the_clip(cfg, example, tmp_path):
@@ -187,13 +187,13 @@ def test_uploaded_masks_must_fit_the_clip(cfg, example, tmp_path):
     masks = media.read_masks(s.masks)
     sent = [_png(tmp_path / f"frame{t}.png", masks[t]) for t in range(masks.shape[0])]
     with pytest.raises(InputError, match="frames but the video has"):
-        steps.load_masks(s, sent[:-1])
+        prompts.load_masks(s, sent[:-1])
     assert s.masks is None  # a refused upload leaves no half-set behind
-    preview, info = steps.load_masks(s, sent)
+    preview, info = prompts.load_masks(s, sent)
     assert preview.is_file() and info == f"{ex.clip.frames} masks uploaded"
     assert torch.equal(media.read_masks(s.masks), masks)
     media.write_video(tmp_path / "masks.mp4", masks[:, None].expand(-1, 3, -1, -1) * 2 - 1)
-    steps.load_masks(s, [tmp_path / "masks.mp4"])
+    prompts.load_masks(s, [tmp_path / "masks.mp4"])
     assert s.masks.suffix == ".mp4"
 
 
@@ -385,7 +385,7 @@ def test_progress_display_and_metrics_table():
     progress = TrainProgress(3, 10, ({"stage": 1, "expert": "transformer", "steps": 10},), ((0.5, 0.4, 0.3),))
     shown = progress_html(progress, "training…")
     assert '<progress value="3" max="10">' in shown and "step 3/10, loss 0.3000" in shown and "<svg" in shown
-    result = steps.Result(Path("edit-1.mp4"), *[Path("x")] * 4, (), {"bg_psnr": 31.234, "bg_ssim": 0.9},
+    result = Result(Path("edit-1.mp4"), *[Path("x")] * 4, (), {"bg_psnr": 31.234, "bg_ssim": 0.9},
                           {"prompt": "p3rs0n, a <b>"}, 2.5)
     table = metrics_table(result)
     assert "| bg_psnr | 31.23 |" in table and "(ground truth) | none" in table and "&lt;b&gt;" in table
@@ -488,7 +488,7 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     cfg = AppConfig(model="toy", work=tmp_path / "work", cache_dir=tmp_path / "cache")
-    facts = steps.model_facts("toy")
+    facts = model_facts("toy")
     scenario = steps.example_scenario(cfg, 0)
     frames, (width, _) = facts.default_frames, facts.working_size
     later = frames // 2
@@ -721,7 +721,7 @@ def test_frames_and_masks_as_zips(cfg, example, tmp_path):
     clip = steps.load_frames_zip(cfg, s, frames_zip)
     assert clip.frames == ex.clip.frames and s.video.parent == s.folder and s.video.name.startswith("frames-")
     assert torch.equal(media.read_video(s.video)[0], frames)
-    preview, info = steps.load_masks(s, [masks_zip], cfg)
+    preview, info = prompts.load_masks(s, [masks_zip], cfg)
     assert info == f"{ex.clip.frames} masks uploaded" and torch.equal(media.read_masks(s.masks), masks)
     assert not (tmp_path / "evil.png").exists() and not list(s.folder.glob("frames-*.zip"))
 

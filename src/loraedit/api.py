@@ -29,6 +29,7 @@ from .config import (CONCEPT_TOKEN, ClipInputs, EditedFrame, ExtraLora, RunOptio
 from .errors import out_of_memory_advice
 from .lora_io import ADAPTER, inspect_lora, load_lora, remove_lora, stack_adapters
 from .performance import ALL_BLOCKS, PerformanceConfig
+from .results import EditResult
 from .train import TrainProgress, train_lora
 from .validate import CheckedRun, Clip, check_run
 
@@ -272,7 +273,7 @@ def prepare_sampling(backend: Backend, run: CheckedRun, opts: RunOptions, scfg: 
 
 
 def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out: Path, loras: list[Path],
-             opts: RunOptions, scfg: SampleConfig) -> torch.Tensor:
+             opts: RunOptions, scfg: SampleConfig) -> EditResult:
     """Attach the LoRA file(s), sample, optionally paste the background back, write the outputs."""
     if scfg.guidance is None:  # resolved here, so that the settings written with the video say the number
         scfg = replace(scfg, guidance=backend.default_guidance)
@@ -297,7 +298,7 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
         settings["first_block_cache_skipped"] = round(backend.last_block_counter.skipped_fraction, 3)
     if distributed.active().writes:  # every rank of a context-parallel job holds the same video
         write_outputs(Path(out), video, prepared.clip, settings, log)
-    return video
+    return EditResult(video, Path(out), settings, tuple(Path(p) for p in loras))
 
 
 def sample_windows(backend: Backend, prepared: PreparedSampling, opts: RunOptions, scfg: SampleConfig) -> torch.Tensor:
@@ -347,7 +348,7 @@ def _attach_extra_loras(backend: Backend, scfg: SampleConfig, edit_lora: bool) -
 
 def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, loras: list[Path] = (),
            opts: RunOptions = RunOptions(), scfg: SampleConfig = SampleConfig(),
-           backend: Backend | None = None) -> torch.Tensor:
+           backend: Backend | None = None) -> EditResult:
     """Generate the edited video from the edited first frame (with trained LoRA(s) unless no-lora modes).
 
     `backend`: an already-loaded backend of `model` to use and hand back unchanged (no LoRA left on it).
@@ -370,7 +371,7 @@ def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, 
 
 def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, opts: RunOptions = RunOptions(),
          cfg: TrainConfig = TrainConfig(), scfg: SampleConfig = SampleConfig(),
-         on_step: Callable[[TrainProgress], None] | None = None, backend: Backend | None = None) -> torch.Tensor:
+         on_step: Callable[[TrainProgress], None] | None = None, backend: Backend | None = None) -> EditResult:
     """The whole method: encode everything once, free the encoders, train the LoRA, sample the edit.
 
     `on_step` receives a `TrainProgress` before the first training step and after each (it may raise to stop

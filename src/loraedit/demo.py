@@ -50,7 +50,7 @@ def run_demo(out_dir: Path, model: str = "toy", progress: bool = True) -> Path:
                           cache_dir=out_dir / "cache")
     video = api.edit(model, inputs, inputs_dir / "edited_first_frame.png", out, opts,
                      replace(bench.train, checkpoint_every=25),
-                     api.SampleConfig(steps=bench.steps, guidance=bench.guidance, shift=bench.shift))
+                     api.SampleConfig(steps=bench.steps, guidance=bench.guidance, shift=bench.shift)).video
     scores = {k: round(v, 2) for k, v in edit_metrics(video, clip.video, clip.edited_video, clip.box_masks).items()}
     static = clip.edited_first_frame[None].expand_as(clip.edited_video)
     baseline = {k: round(v, 2) for k, v in

@@ -150,7 +150,7 @@ WORLD_GUIDANCE = 1.0
 
 def world_vocab() -> list[str]:
     """Tokenizer vocabulary of the world model: special tokens, the toy words and every caption word."""
-    from .scenes import CAPTION_WORDS
+    from .scene_captions import CAPTION_WORDS
 
     words = list(TOY_VOCAB)
     words += [w for w in CAPTION_WORDS if w not in set(words)]

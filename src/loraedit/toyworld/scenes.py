@@ -20,23 +20,19 @@ learn to carry it forward; 2 adds spin, breathing scale, a third object (occlusi
 at moderate speed; 3 is the first world (fast objects crossing half the frame), kept bit-identical:
 level 3 draws exactly the random numbers the generator drew before levels existed.
 
-``moving_square`` is the first, minimal clip (a square crossing a striped gradient); the demo and the
-test fixtures use it and it is kept as it was.
+Beside it: ``scene_captions`` (how a scene is named, the words a caption may use), ``scenario_files``
+(a scenario written as the files a user would bring) and ``square`` (the first, minimal clip).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import media
-from .backgrounds import PHRASES, sample_background
+from .backgrounds import sample_background
 from .render import (
     ACCENT_COLOURS,
     OBJECT_COLOURS,
@@ -51,16 +47,9 @@ from .render import (
     render_layer,
     visible,
 )
+from .scene_captions import scene_caption
 
 HELDOUT_SEED_BASE = 1_000_000  # seeds >= this are evaluation-only; pretraining uses seeds below it
-
-_ADJECTIVE = {"solid": "", "stripes": "striped", "dots": "dotted", "checks": "checkered"}
-_NOUNS = ("square", "rectangle", "circle", "ellipse", "triangle", "diamond", "star", "card")
-#: Every token a caption can contain (punctuation as its own token), for the toy tokenizer.
-CAPTION_WORDS: tuple[str, ...] = tuple(sorted(
-    {",", ".", "a", "an", "and", "on", "over", "turning", *OBJECT_COLOURS, *_NOUNS}
-    | {w for w in _ADJECTIVE.values() if w}
-    | {w for phrase in PHRASES for w in phrase.split()}))
 
 EDIT_KINDS = ("recolour", "repattern", "reshape")
 
@@ -216,30 +205,6 @@ def _edit(rng: np.random.Generator, thing: Thing, used: set[str]) -> tuple[Thing
     return replace(thing, shape=others[rng.integers(len(others))]), kind
 
 
-# --------------------------------------------------------------------------------------- captions
-
-
-def _phrase(thing: Thing) -> str:
-    """E.g. "a red striped square", "an orange card turning over" (front face: what frame 0 shows)."""
-    noun = thing.shape
-    if noun in ("square", "circle") and abs(thing.rx / thing.ry - 1) > 0.1:
-        noun = {"square": "rectangle", "circle": "ellipse"}[noun]
-    words = [thing.front.colour, _ADJECTIVE[thing.front.pattern], noun]
-    text = " ".join(w for w in words if w) + (" turning over" if thing.is_card else "")
-    return ("an " if text[0] in "aeiou" else "a ") + text
-
-
-def _caption(things: list[Thing], background: str) -> str:
-    phrases = [_phrase(t) for t in things]
-    objects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    return f"{objects} on {background}."
-
-
-def caption_tokens(caption: str) -> list[str]:
-    """Split a caption the way the toy tokenizer does (words, and punctuation as separate tokens)."""
-    return re.findall(r"\w+|[^\w\s]", caption)
-
-
 # ----------------------------------------------------------------------------------------- generate
 
 
@@ -324,8 +289,8 @@ def _try_scene(rng: np.random.Generator, seed: int, frames: int, width: int, hei
     # 5. Captions name the hero first, then the other objects visible in frame 0, front to back.
     shown = [i for i in reversed(range(count))
              if i != hero and visible(layers, i, 1, width, height)[0].mean() >= 0.01]
-    caption = _caption([things[hero]] + [things[i] for i in shown], where)
-    edited_caption = _caption([edited_hero] + [things[i] for i in shown], where)
+    caption = scene_caption([things[hero]] + [things[i] for i in shown], where)
+    edited_caption = scene_caption([edited_hero] + [things[i] for i in shown], where)
 
     return Scenario(seed=seed, video=torch.from_numpy(video), edited_video=torch.from_numpy(edited),
                     silhouette_masks=torch.from_numpy(silhouettes.astype(np.float32)),
@@ -350,69 +315,6 @@ def _widen(masks: np.ndarray, radius: int) -> np.ndarray:
     return maximum_filter(masks, size=(1, 2 * radius + 1, 2 * radius + 1), mode="constant", cval=0)
 
 
-def write_scenario(scenario: Scenario, folder: Path) -> None:
-    """Write a scenario as the files a user would bring (PNG frames and masks, white = edit) plus
-    the ground truth and a ``scenario.json`` describing it; every file is written atomically."""
-    folder = Path(folder)
-    for t in range(scenario.video.shape[0]):
-        media.write_image(folder / "frames" / f"{t:03d}.png", scenario.video[t])
-        media.write_image(folder / "masks" / f"{t:03d}.png", scenario.box_masks[t])
-        media.write_image(folder / "silhouettes" / f"{t:03d}.png", scenario.silhouette_masks[t])
-        media.write_image(folder / "ground_truth" / f"{t:03d}.png", scenario.edited_video[t])
-    media.write_image(folder / "edited_first_frame.png", scenario.edited_first_frame)
-    if scenario.later_frame is not None:
-        media.write_image(folder / "edited_later_frame.png", scenario.edited_later_frame)
-    info = {"seed": scenario.seed, "caption": scenario.caption, "edited_caption": scenario.edited_caption,
-            "edit_kind": scenario.edit_kind, "is_card": scenario.is_card, "later_frame": scenario.later_frame,
-            "frames": scenario.video.shape[0], "size": [scenario.video.shape[-1], scenario.video.shape[-2]]}
-    with media.atomic_path(folder / "scenario.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
 
 
-# ---------------------------------------------------------------------------- the first, minimal clip
 
-
-@dataclass
-class ToyClip:
-    video: torch.Tensor  # [T, 3, H, W] in [-1, 1]
-    masks: torch.Tensor  # [T, H, W] {0, 1}
-    edited_video: torch.Tensor  # ground truth, [T, 3, H, W]
-    caption: str
-    edited_caption: str
-
-    @property
-    def edited_first_frame(self) -> torch.Tensor:
-        return self.edited_video[0]
-
-
-COLOURS = {"red": (0.9, -0.8, -0.8), "green": (-0.8, 0.8, -0.8), "blue": (-0.8, -0.6, 0.9),
-           "yellow": (0.9, 0.8, -0.8), "purple": (0.5, -0.8, 0.7), "cyan": (-0.8, 0.8, 0.9)}
-
-
-def moving_square(seed: int = 0, frames: int = 17, size: tuple[int, int] = (64, 64)) -> ToyClip:
-    """A square crossing a striped gradient; the edit re-colours the square."""
-    g = torch.Generator().manual_seed(seed)
-    w, h = size
-    names = list(COLOURS)
-    pick = torch.randperm(len(names), generator=g)[:2].tolist()
-    colour, new_colour = names[pick[0]], names[pick[1]]
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    phase = float(torch.rand(1, generator=g)) * math.pi
-    background = torch.stack([0.5 * xs, 0.3 * torch.sin(6 * ys + phase), -0.4 * xs * ys])  # [3, H, W]
-    side = max(8, min(w, h) // 4)
-    x0, y0 = float(torch.randint(0, w // 3, (1,), generator=g)), float(torch.randint(0, h - side, (1,), generator=g))
-    dx, dy = (w - side - x0) / max(frames - 1, 1), float(torch.randn(1, generator=g)) * 0.5
-
-    video, edited, masks = [], [], []
-    for t in range(frames):
-        x, y = int(round(x0 + dx * t)), int(min(max(y0 + dy * t, 0), h - side))
-        frame, frame_edit, mask = background.clone(), background.clone(), torch.zeros(h, w)
-        for target, name in ((frame, colour), (frame_edit, new_colour)):
-            target[:, y:y + side, x:x + side] = torch.tensor(COLOURS[name])[:, None, None]
-        grow = max(1, round(side * 0.05))  # the authors' box mask: grown 10% (5% a side)
-        mask[max(y - grow, 0):y + side + grow, max(x - grow, 0):x + side + grow] = 1
-        video.append(frame)
-        edited.append(frame_edit)
-        masks.append(mask)
-    return ToyClip(torch.stack(video).clamp(-1, 1), torch.stack(masks), torch.stack(edited).clamp(-1, 1),
-                   f"a {colour} square moving right", f"a {new_colour} square moving right")

@@ -28,12 +28,12 @@ from .. import uploads  # noqa: E402
 from ..errors import Cancelled, InputError  # noqa: E402
 from .access import Access, check_access  # noqa: E402
 from ..conditioning import MODES  # noqa: E402
-from . import cleanup, jobs, steps  # noqa: E402
+from . import cleanup, jobs, prompts, steps  # noqa: E402
 from .display import progress_html, result_outputs, shown  # noqa: E402
 from .history import edits_markdown  # noqa: E402
 from .models import MODELS  # noqa: E402
 from .session import Session  # noqa: E402
-from .steps import AppConfig, Settings  # noqa: E402
+from .settings import AppConfig, Settings, check_config, default_settings  # noqa: E402
 
 #: The largest upload the page accepts (Gradio refuses bigger ones before they arrive; `uploads` checks
 #: each field's own limit while storing).
@@ -48,8 +48,8 @@ CSS = ("#train-status progress {width: 50%; height: 14px; accent-color: #f97316;
 
 def build_app(cfg: AppConfig) -> gr.Blocks:
     """The whole page for one model; each browser tab gets its own session when it loads the page."""
-    facts = steps.check_config(cfg)  # a bad model, SAM2 or Florence-2 folder stops the app before it serves
-    start = steps.default_settings(cfg)
+    facts = check_config(cfg)  # a bad model, SAM2 or Florence-2 folder stops the app before it serves
+    start = default_settings(cfg)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(cfg.work).resolve() / "gradio"))  # Gradio's copies stay here
     with gr.Blocks(title="loraedit", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
         ui = SimpleNamespace(state=gr.State(None))
@@ -98,7 +98,7 @@ def _mask_panel(ui: SimpleNamespace, cfg: AppConfig, frames: int) -> None:
         ui.mask_button = gr.Button("Make masks", variant="primary", elem_id="make-masks")
     ui.shape = gr.Radio(["box", "outline"], value="box", label="mask shape (SAM2)", visible=cfg.sam is not None)
     ui.mask_files = gr.File(label="…or upload masks: one video, one PNG per frame, or a zip of them (white = edit)",
-                            file_count="multiple", file_types=[".png", ".zip", *steps.VIDEO_SUFFIXES], elem_id="mask-files",
+                            file_count="multiple", file_types=[".png", ".zip", *prompts.VIDEO_SUFFIXES], elem_id="mask-files",
                             height=100)
     ui.mask_preview = gr.Video(label="tracked mask (overlay)", interactive=False, elem_id="mask-preview", height=260,
                                autoplay=True, loop=True)
@@ -191,7 +191,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         return state
 
     def clip_outputs(s: Session, clip: steps.Clip) -> tuple:
-        return (str(clip.video), clip.info, gr.Slider(maximum=max(clip.frames - 1, 1), value=0), steps.frame_view(s, 0))
+        return (str(clip.video), clip.info, gr.Slider(maximum=max(clip.frames - 1, 1), value=0), prompts.frame_view(s, 0))
 
     @shown
     def on_load(state):
@@ -201,7 +201,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     def on_example(state, seed_value):
         s = session(state)
         ex = steps.load_example(cfg, s, seed_value)
-        return (s, *clip_outputs(s, ex.clip), steps.prompts_text(s), str(ex.mask_preview), "the example's box masks",
+        return (s, *clip_outputs(s, ex.clip), prompts.prompts_text(s), str(ex.mask_preview), "the example's box masks",
                 str(ex.edited_first), "the example's edit (a ground truth comes with it)", ex.edited_frames,
                 *[getattr(ex.settings, f.name) for f in fields(Settings)])
 
@@ -211,7 +211,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         if received is None:
             return (s, *[gr.skip()] * 6)
         clip = steps.load_video(s, received)
-        return (s, *clip_outputs(s, clip)[1:], steps.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
+        return (s, *clip_outputs(s, clip)[1:], prompts.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
 
     @shown
     def on_frames_zip(state, received):
@@ -219,36 +219,36 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         if received is None:
             return (s, *[gr.skip()] * 6)
         clip = steps.load_frames_zip(cfg, s, received)
-        return (s, *clip_outputs(s, clip)[1:], steps.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
+        return (s, *clip_outputs(s, clip)[1:], prompts.prompts_text(s), None, steps.edited_frames_text(s.edited_frames))
 
     @shown
     def on_frame(state, index):
         s = session(state)
-        return s, steps.frame_view(s, index) if s.video is not None else None
+        return s, prompts.frame_view(s, index) if s.video is not None else None
 
     @shown
     def on_click(state, index, tool_name, evt: gr.SelectData):
         s = session(state)
         x, y = evt.index
-        return s, steps.click(cfg, s, index, x, y, tool_name), steps.prompts_text(s)
+        return s, prompts.click(cfg, s, index, x, y, tool_name), prompts.prompts_text(s)
 
     @shown
     def on_clear(state, index):
         s = session(state)
         s.clear_prompts()
-        return s, steps.frame_view(s, index) if s.video is not None else None, steps.prompts_text(s)
+        return s, prompts.frame_view(s, index) if s.video is not None else None, prompts.prompts_text(s)
 
     @shown
     def on_make_masks(state, shape_name):
         s = session(state)
-        return (s, *map(str, steps.make_masks(cfg, s, shape_name)))
+        return (s, *map(str, prompts.make_masks(cfg, s, shape_name)))
 
     @shown
     def on_mask_files(state, received):
         s = session(state)
         if not received:
             return s, gr.skip(), gr.skip()
-        return (s, *map(str, steps.load_masks(s, list(received), cfg)))
+        return (s, *map(str, prompts.load_masks(s, list(received), cfg)))
 
     @shown
     def on_edited_first(state, received):

@@ -18,7 +18,7 @@ import gradio as gr
 from ..errors import LoraEditError, error_text
 from ..report import loss_curve_svg
 from ..train import TrainProgress
-from .steps import Result
+from .settings import Result
 
 log = logging.getLogger("loraedit.ui")
 

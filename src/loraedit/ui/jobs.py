@@ -8,7 +8,6 @@ from it instead of starting over.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -21,12 +20,12 @@ from ..api import ClipInputs, RunOptions, SampleConfig
 from ..conditioning import TRAINING_MODES
 from ..config import TrainConfig
 from ..errors import Cancelled, InputError
-from ..report import result_paths
+from ..results import EditResult
 from ..train import TrainProgress
 from .history import Edit, repeat_command
 from .models import MODELS, ModelHolder
 from .session import Session, Trained, store_upload
-from .steps import AppConfig, Result, Settings, _float, _int, model_facts
+from .settings import AppConfig, Result, Settings, finite_number, model_facts, whole_number
 
 _CANCELS: dict[str, threading.Event] = {}  # by session id: set by the Cancel button, read between steps
 _CANCELS_LOCK = threading.Lock()
@@ -85,18 +84,14 @@ def train_and_edit(cfg: AppConfig, s: Session, settings: Settings,
     started, tcfg, scfg = time.perf_counter(), _train_config(settings), _sample_config(settings)
     try:
         with models.use(cfg.model, cfg.device, opts.performance) as backend:
-            api.edit(cfg.model, inputs, first, out, opts, tcfg, scfg, on_step=step, backend=backend)
+            made = api.edit(cfg.model, inputs, first, out, opts, tcfg, scfg, on_step=step, backend=backend)
     except Cancelled:
         if (api.work_dir_for(out) / "checkpoints").is_dir():
             s.cancelled = (out, plan)  # the next Train and edit with the same plan resumes
         raise
-    loras: tuple[Path, ...] = ()
     if settings.mode in TRAINING_MODES:
-        work = api.work_dir_for(out)
-        log = json.loads((work / "train_log.json").read_text())
-        loras = tuple(work / name for name in log["lora_files"].values())
-        s.trained = Trained(inputs, loras, settings.mode)
-    result = _result(s, inputs, out, loras, time.perf_counter() - started)
+        s.trained = Trained(inputs, made.loras, settings.mode)
+    result = _result(s, inputs, made, time.perf_counter() - started)
     command = repeat_command(cfg.model, inputs, first, Path(out.name), opts, scfg, tcfg)
     s.edits.append(Edit(out, "train and edit", _summary(settings, tcfg), result.metrics, result.seconds, command))
     return result
@@ -111,8 +106,8 @@ def sample_with_lora(cfg: AppConfig, s: Session, settings: Settings, models: Mod
     opts = replace(_run_options(cfg, settings), mode=s.trained.mode)
     started, out, scfg = time.perf_counter(), s.next_result(), _sample_config(settings)
     with models.use(cfg.model, cfg.device, opts.performance) as backend:
-        api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, scfg, backend=backend)
-    result = _result(s, s.trained.inputs, out, s.trained.loras, time.perf_counter() - started)
+        made = api.sample(cfg.model, s.trained.inputs, first, out, list(s.trained.loras), opts, scfg, backend=backend)
+    result = _result(s, s.trained.inputs, made, time.perf_counter() - started)
     command = repeat_command(cfg.model, s.trained.inputs, first, Path(out.name), opts, scfg, loras=s.trained.loras)
     s.edits.append(Edit(out, "sample with a LoRA", _summary(settings), result.metrics, result.seconds, command))
     return result
@@ -183,25 +178,24 @@ def load_lora_files(cfg: AppConfig, s: Session, received: list[str | Path], sett
             f"with this clip and masks ({mode})")
 
 
-def _result(s: Session, inputs: ClipInputs, out: Path, loras: tuple[Path, ...], seconds: float) -> Result:
-    """The files beside the output video, and the metrics `loraedit eval` gives (against the ground truth too)."""
+def _result(s: Session, inputs: ClipInputs, made: EditResult, seconds: float) -> Result:
+    """What the page shows of a run (`api`'s `EditResult`: its files, LoRAs and prompts), with the metrics
+    `loraedit eval` gives (against the ground truth too)."""
     from ..evaluate import EvalConfig, EvalInputs, evaluate
 
-    paths = result_paths(out)
-    scored = evaluate(EvalInputs(inputs.video, out, inputs.mask, s.edited_first, s.reference),
+    paths = made.files
+    scored = evaluate(EvalInputs(inputs.video, made.out, inputs.mask, s.edited_first, s.reference),
                       EvalConfig(progress=False))
-    settings = json.loads(paths["metrics"].read_text()).get("settings", {})
-    prompts = {k: settings[k] for k in ("train_prompt", "prompt") if k in settings}
-    return Result(out, paths["side_by_side"], paths["contact"], paths["report"], paths["metrics"], loras,
-                  scored["metrics"], prompts, round(seconds, 1))
+    return Result(made.out, paths["side_by_side"], paths["contact"], paths["report"], paths["metrics"], made.loras,
+                  scored["metrics"], made.prompts, round(seconds, 1))
 
 
 def _clip_inputs(s: Session, settings: Settings) -> ClipInputs:
     size = None
     if settings.width or settings.height:
-        size = (_int(settings.width, "width", low=1), _int(settings.height, "height", low=1))
+        size = (whole_number(settings.width, "width", low=1), whole_number(settings.height, "height", low=1))
     return ClipInputs(video=s.require_clip(), mask=s.require_masks(),
-                      frames=_int(settings.frames, "frames", low=1) if settings.frames else None, size=size,
+                      frames=whole_number(settings.frames, "frames", low=1) if settings.frames else None, size=size,
                       edited_frames=tuple(f for _, f in sorted(s.edited_frames.items())))
 
 
@@ -212,18 +206,18 @@ def _run_options(cfg: AppConfig, settings: Settings) -> RunOptions:
 
 
 def _train_config(settings: Settings) -> TrainConfig:
-    return TrainConfig(rank=_int(settings.rank, "rank"), learning_rate=_float(settings.learning_rate, "learning rate"),
-                       stage1_steps=_int(settings.stage1_steps, "stage-1 steps"),
-                       stage2_steps=None if settings.stage2_steps is None else _int(settings.stage2_steps,
+    return TrainConfig(rank=whole_number(settings.rank, "rank"), learning_rate=finite_number(settings.learning_rate, "learning rate"),
+                       stage1_steps=whole_number(settings.stage1_steps, "stage-1 steps"),
+                       stage2_steps=None if settings.stage2_steps is None else whole_number(settings.stage2_steps,
                                                                                      "stage-2 steps"))
 
 
 def _sample_config(settings: Settings) -> SampleConfig:
     own = {"negative_prompt": settings.negative_prompt} if settings.negative_prompt.strip() else {}  # else the default
     if settings.guidance is not None and str(settings.guidance).strip():
-        own["guidance"] = _float(settings.guidance, "guidance")
+        own["guidance"] = finite_number(settings.guidance, "guidance")
     if settings.first_block_cache:
-        own["first_block_cache"] = _float(settings.first_block_cache, "first-block cache")
-    return SampleConfig(steps=_int(settings.steps, "sampling steps"), seed=_int(settings.seed, "seed"), **own)
+        own["first_block_cache"] = finite_number(settings.first_block_cache, "first-block cache")
+    return SampleConfig(steps=whole_number(settings.steps, "sampling steps"), seed=whole_number(settings.seed, "seed"), **own)
 
 

@@ -1,75 +1,26 @@
-"""The web app's steps as plain functions over a `Session`: no Gradio here, so each is tested directly.
+"""The web app's input steps as plain functions over a `Session`: no Gradio here, so each is tested directly.
 
-Each step takes the session and what the user entered, does its work through the library (`api` for
-training and sampling, `masks` for tracked or key-frame masks, `evaluate` for the metrics, `captions` for
-Florence-2) and returns what the page shows. Bad input raises `InputError` with a one-line message (the page
-shows it); nothing here builds a path from a name the browser sent (see `session`).
+The clip (an uploaded video, a zip of frames, or the toy-world example with everything filled in), the edited
+first frame and later frames, a ground truth for the metrics, and Florence-2 captions. Marking the object
+(clicks, boxes, masks) is `prompts`; training and sampling are `jobs`; the values they share are `settings`.
+Each step takes the session and what the user entered, does its work through the library and returns what
+the page shows. Bad input raises `InputError` with a one-line message (the page shows it); nothing here
+builds a path from a name the browser sent (see `session`).
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from .. import masks, media
-from ..api import EditedFrame, SampleConfig
-from ..backends import ModelFolder, read_model_folder, resolve_model_dir
+from ..api import EditedFrame
 from ..errors import InputError
-from ..config import TrainConfig
-from .session import Session, store_frames_zip, store_mask_frames, store_upload
+from .settings import AppConfig, Settings, default_settings, model_facts, whole_number
+from .prompts import clip_frames
+from .session import Session, store_frames_zip, store_upload
 
 EXAMPLE_FPS = 8.0  # the toy world has no clock; 8 fps makes a 17-frame clip last two seconds
-DISPLAY_PX = 384  # a frame to click on is enlarged to about this size (whole multiples, nearest)
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv")
-
-# Prompt tools: what a click on the frame means.
-OBJECT, NOT_OBJECT, BOX = "click: on the object", "click: not the object", "box: two corners"
-
-
-@dataclass(frozen=True)
-class AppConfig:
-    """How `loraedit ui` was started: the model, where sessions live, and the optional helper models."""
-
-    model: str = "toy"
-    work: Path = Path("loraedit-ui")
-    sam: Path | None = None  # local SAM2 folder: click the object and it is tracked
-    caption: Path | None = None  # local Florence-2 folder: captions on request
-    cache_dir: Path | None = None  # encoded latents/embeddings and finished stage-1 LoRAs
-    device: str | None = None
-    concurrency: int = 1  # GPU jobs at once (each beyond the first loads its own copy of the model)
-    max_upload_mb: int | None = None  # largest upload (None: uploads.py's per-kind limits)
-    max_files: int = 1000  # most frame or mask images in one upload (PNGs, or a zip)
-    keep_hours: float = 72.0  # a session unused this long is removed (0: never)
-
-    @property
-    def tools(self) -> tuple[str, ...]:
-        """The prompt tools this app offers: clicks need the SAM2 tracker, boxes work without it."""
-        return (OBJECT, NOT_OBJECT, BOX) if self.sam is not None else (BOX,)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the user set on the page; the defaults are the library's (the authors')."""
-
-    frames: int | None = None  # None: the model's
-    width: int | None = None
-    height: int | None = None
-    mode: str = "mask-aware"
-    train_prompt: str = ""  # caption of the input's first frame ("": the caption of the edit, or Florence-2's)
-    prompt: str = ""  # caption of the edited first frame
-    stage1_steps: int = TrainConfig.stage1_steps
-    stage2_steps: int | None = TrainConfig.stage2_steps  # None (an empty field): the authors' 10 epochs
-    rank: int = TrainConfig.rank
-    learning_rate: float = TrainConfig.learning_rate
-    steps: int = SampleConfig.steps
-    guidance: float | None = SampleConfig.guidance  # None (an empty field): the model's own
-    seed: int = SampleConfig.seed
-    negative_prompt: str = ""  # "": the model's own (Wan's standard list; the empty caption for the toy world)
-    first_block_cache: float = SampleConfig.first_block_cache  # 0: exact sampling
 
 
 @dataclass(frozen=True)
@@ -92,68 +43,8 @@ class Example:
     settings: Settings
 
 
-@dataclass(frozen=True)
-class Result:
-    """One edited video and what goes with it."""
-
-    video: Path
-    side_by_side: Path  # input | output
-    contact: Path  # input, mask, output rows
-    report: Path
-    metrics_json: Path
-    loras: tuple[Path, ...]
-    metrics: dict[str, float]
-    prompts: dict[str, str] = field(default_factory=dict)  # the prompts the run used (captions included)
-    seconds: float = 0.0
-
-
-# ---- the model --------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=8)
-def model_facts(model: str) -> ModelFolder:
-    """The model folder's facts (working size, frames), read from its configs without loading it."""
-    return read_model_folder(resolve_model_dir(model))
-
-
-def check_config(cfg: AppConfig) -> ModelFolder:
-    """Every problem with how the app was started (model, SAM2 and Florence-2 folders), at once, before it serves."""
-    problems: list[str] = []
-    facts = None
-    try:
-        facts = model_facts(cfg.model)
-    except InputError as exc:
-        problems += [f"--model: {p}" for p in exc.problems]
-    if cfg.sam is not None:
-        from ..sam2_tracker import folder_problems
-
-        problems += folder_problems(cfg.sam)
-    if cfg.caption is not None:
-        from ..captions import folder_problems
-
-        problems += folder_problems(cfg.caption)
-    masks.require(problems)
-    return facts
-
-
-def default_settings(cfg: AppConfig) -> Settings:
-    """The page's starting values: the model's frames and size, the authors' training and sampling."""
-    facts = model_facts(cfg.model)
-    return Settings(frames=facts.default_frames, width=facts.working_size[0], height=facts.working_size[1])
-
-
-# ---- the clip ---------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _frames(path: str) -> np.ndarray:
-    """A stored clip's frames as uint8 [T, H, W, 3] (stored files never change: their names are new)."""
-    video, _ = media.read_video(path)
-    return media.to_uint8(video)
-
-
 def _clip(video: Path, fps: float) -> Clip:
-    count, height, width = _frames(str(video)).shape[:3]
+    count, height, width = clip_frames(str(video)).shape[:3]
     return Clip(video, count, f"{count} frames at {width}x{height}, {fps:g} fps")
 
 
@@ -180,7 +71,7 @@ def example_scenario(cfg: AppConfig, seed: int = 0):
     from ..toyworld.scenes import HELDOUT_SEED_BASE, generate
 
     facts = model_facts(cfg.model)
-    return generate(HELDOUT_SEED_BASE + _int(seed, "example seed", low=0), frames=facts.default_frames,
+    return generate(HELDOUT_SEED_BASE + whole_number(seed, "example seed", low=0), frames=facts.default_frames,
                     size=facts.working_size)
 
 
@@ -206,119 +97,6 @@ def load_example(cfg: AppConfig, s: Session, seed: int = 0) -> Example:
                    edited_frames_text(s.edited_frames), settings)
 
 
-# ---- prompts and masks ------------------------------------------------------------------------------
-
-
-def display_scale(s: Session) -> int:
-    """How many times the frame to click on is enlarged: a small clip (the toy world's 96 px) would be a
-    stamp to aim at, and the page reports clicks in the shown image's pixels, never enlarging it itself."""
-    frames = _frames(str(s.require_clip()))
-    return max(1, DISPLAY_PX // max(frames.shape[1], frames.shape[2]))
-
-
-def frame_view(s: Session, index: int) -> np.ndarray:
-    """Frame `index` of the clip, enlarged by `display_scale`, with this frame's prompts drawn on it: points,
-    the box, a box's first corner."""
-    from PIL import Image, ImageDraw
-
-    frames = _frames(str(s.require_clip()))
-    index = min(max(_int(index, "frame"), 0), frames.shape[0] - 1)
-    k = display_scale(s)
-    image = Image.fromarray(frames[index]).resize((frames.shape[2] * k, frames.shape[1] * k), Image.NEAREST)
-    draw = ImageDraw.Draw(image)
-    radius = max(3, min(image.size) // 60)
-    for frame, x, y, label in s.points:
-        if frame == index:
-            draw.ellipse((k * x - radius, k * y - radius, k * x + radius, k * y + radius), outline="white",
-                         fill=(0, 200, 0) if label else (230, 0, 0))
-    if index in s.boxes:
-        draw.rectangle(tuple(k * v for v in s.boxes[index]), outline=(255, 220, 0), width=max(2, radius // 2))
-    if s.corner is not None and s.corner[0] == index:
-        _, x, y = s.corner
-        draw.line((k * x - radius, k * y, k * x + radius, k * y), fill=(255, 220, 0), width=2)
-        draw.line((k * x, k * y - radius, k * x, k * y + radius), fill=(255, 220, 0), width=2)
-    return np.asarray(image)
-
-
-def click(cfg: AppConfig, s: Session, index: int, x: float, y: float, tool: str) -> np.ndarray:
-    """A click on the shown frame `index` at (x, y) of `frame_view`'s image: a point on (or off) the object,
-    or a box corner (two make a box); stored in the clip's own pixels."""
-    frames = _frames(str(s.require_clip()))
-    index = _int(index, "frame")
-    k = display_scale(s)
-    x, y = round(float(x) / k, 1), round(float(y) / k, 1)
-    if tool not in cfg.tools:
-        raise InputError(f"the tool {tool!r} is not available: use {' or '.join(cfg.tools)}"
-                         + ("" if cfg.sam else " (clicks on the object need the app started with --sam DIR)"))
-    if tool != BOX:
-        s.points.append((index, x, y, 1 if tool == OBJECT else 0))
-    elif s.corner is None or s.corner[0] != index:
-        s.corner = (index, x, y)
-    else:
-        _, x0, y0 = s.corner
-        box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
-        s.corner = None
-        masks.require(masks.box_problems(box, (frames.shape[2], frames.shape[1]), f"the box on frame {index}"))
-        s.boxes[index] = box
-    return frame_view(s, index)
-
-
-def prompts_text(s: Session) -> str:
-    """The prompts so far as `loraedit mask` options (what the app runs, and what a user can rerun)."""
-    parts = [f"--points {f}:{x:g},{y:g},{label}" for f, x, y, label in s.points]
-    parts += [f"--box {f}:" + ",".join(f"{v:g}" for v in box) for f, box in sorted(s.boxes.items())]
-    if s.corner is not None:
-        parts.append(f"(first corner of a box on frame {s.corner[0]}: click the opposite corner)")
-    return "\n".join(parts) or "no prompts yet: click on the frame"
-
-
-def make_masks(cfg: AppConfig, s: Session, shape: str = "box", dilate: float = 0.0) -> tuple[Path, str]:
-    """Masks from the prompts (`masks.make_masks`): tracked with SAM2, or key-frame boxes interpolated.
-
-    Returns the overlay preview and a one-line summary.
-    """
-    video = s.require_clip()
-    if not s.points and not s.boxes:
-        raise InputError("no prompts yet: " + ("click on the object, or " if cfg.sam else "") +
-                         "draw a box (two clicks: opposite corners) on one or more key frames")
-    out = s.place(f"tracked-{s.bump()}")
-    request = masks.MaskRequest(video=video, out=out, points=tuple(s.points), boxes=tuple(sorted(s.boxes.items())),
-                                sam=cfg.sam, shape=shape if cfg.sam else "box", dilate=dilate if cfg.sam else 0.0,
-                                device=cfg.device, progress=False)
-    info = masks.make_masks(request)
-    s.masks = out / "masks"
-    empty = f"; {len(info['empty_frames'])} frame(s) have an empty mask" if info["empty_frames"] else ""
-    return out / "preview.mp4", f"{info['frames']} masks ({info['method']}) in {info['seconds']} s{empty}"
-
-
-def load_masks(s: Session, received: list[str | Path], cfg: AppConfig = AppConfig()) -> tuple[Path, str]:
-    """Uploaded masks (one mask video, or one PNG per frame) become the session's; returns the preview."""
-    video = s.require_clip()
-    if not received:
-        raise InputError("no mask files: upload one mask video or one PNG per frame (white = edit)")
-    if len(received) > cfg.max_files:
-        raise InputError(f"{len(received)} mask files: this app takes at most {cfg.max_files} in one upload "
-                         "(give one mask video instead)")
-    s.masks = None
-    if len(received) == 1 and Path(received[0]).suffix.lower() in VIDEO_SUFFIXES:
-        path = store_upload(s, received[0], "masks", "mask")
-    elif len(received) == 1 and Path(received[0]).suffix.lower() == ".zip":
-        path = store_frames_zip(s, received[0], "mask-frame", cfg.max_files)
-    else:
-        path = store_mask_frames(s, received)
-    frames, fps = media.read_video(video)
-    found = media.read_masks(path)
-    media.check_masks_match(found, frames, path.name)
-    preview = s.place(f"mask-preview-{s.bump()}.mp4")
-    size = (frames.shape[-1], frames.shape[-2])
-    masks.write_preview(preview, frames, media.cover_crop(found, size, mode="nearest"), fps)
-    s.masks = path
-    return preview, f"{found.shape[0]} masks uploaded"
-
-
-# ---- edited frames, ground truth, captions ----------------------------------------------------------
-
-
 def load_edited_first(s: Session, received: str | Path) -> tuple[Path, str]:
     """The user's edit of the first frame. A ground truth from the example belongs to the example's edit, so
     it is dropped (the metrics against it would mean nothing); returns the stored image and a note."""
@@ -341,8 +119,8 @@ def load_reference(s: Session, received: str | Path) -> str:
 def add_edited_frame(s: Session, index: int, received_image: str | Path,
                      received_mask: str | Path | None = None) -> str:
     """An edited later frame (source frame `index`, optionally its own mask) for stage 2 of training."""
-    frames = _frames(str(s.require_clip())).shape[0]
-    index = _int(index, "edited frame index")
+    frames = clip_frames(str(s.require_clip())).shape[0]
+    index = whole_number(index, "edited frame index")
     if index == 0:
         raise InputError("frame 0 is the edited first frame: give a later frame's index (1 or more)")
     masks.require(masks.frame_problems(index, frames, f"edited frame {index}"))
@@ -379,29 +157,3 @@ def captions(cfg: AppConfig, s: Session) -> tuple[str, str]:
     edited = captioner.caption(media.read_image(s.edited_first)) if s.edited_first is not None else ""
     captioner.free()
     return train, edited
-
-
-def _int(value, what: str, low: int | None = None) -> int:
-    """A whole number from a form field (Gradio sends floats, or None for an empty field)."""
-    try:
-        number = float(value)
-        whole = number.is_integer()
-    except (TypeError, ValueError):
-        whole = False
-    if not whole:
-        raise InputError(f"{what} {value!r} is not a whole number: give one")
-    number = int(number)
-    if low is not None and number < low:
-        raise InputError(f"{what} {number} is too small: give {low} or more")
-    return number
-
-
-def _float(value, what: str) -> float:
-    """A finite number from a form field."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not math.isfinite(number):
-        raise InputError(f"{what} {value!r} is not a number: give one")
-    return number

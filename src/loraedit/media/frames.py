@@ -1,0 +1,111 @@
+"""Which frames of a clip are used (4k+1 of them, spread evenly) and the geometry every input shares.
+
+`cover_crop` resizes to cover the working size and centre-crops, the same way for videos, images and masks,
+so a mask stays aligned with its video; `check_masks_match` refuses masks that could not align.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from loraedit.errors import InputError
+
+
+def largest_valid_frame_count(n: int) -> int:
+    """Largest 4k+1 <= n: the I2V model's VAE compresses time by 4, so clips must be 4k+1 long."""
+    if n < 1:
+        raise InputError(f"a clip needs at least 1 frame, got {n}: give a longer video")
+    return (n - 1) // 4 * 4 + 1
+
+
+def uniform_frame_indices(num_source: int, num_target: int) -> list[int]:
+    """``num_target`` indices spread evenly over 0..num_source-1, first and last frame kept.
+
+    Never up-samples (duplicated frames would teach the model stutter); asks for 4k+1 frames.
+    """
+    if num_target < 1 or (num_target - 1) % 4:
+        low = largest_valid_frame_count(max(num_target, 1))
+        options = f"{low} or {low + 4}" if num_target > 1 else "1 or 5"
+        raise InputError(f"--frames {num_target} is not of the form 4k+1: ask for {options}")
+    if num_source < 1:
+        raise InputError("the video has no frames: give a video with at least one frame")
+    if num_target > num_source:
+        raise InputError(f"the video has {num_source} frames, fewer than the {num_target} asked: "
+                         f"ask for --frames {largest_valid_frame_count(num_source)}")
+    if num_target == 1:
+        return [0]
+    span, steps = num_source - 1, num_target - 1
+    # Integer round-half-up of i * span / steps: exact, and strictly increasing since span >= steps.
+    return [(2 * i * span + steps) // (2 * steps) for i in range(num_target)]
+
+
+
+
+def cover_crop(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize so the input covers ``size`` = (width, height), then centre-crop to it exactly.
+
+    Covering (not letterboxing) keeps every output pixel real content, and it is the same geometry
+    for images and masks, so a mask cropped with ``mode="nearest"`` stays aligned with its video.
+    Works on any tensor whose last two dims are H, W: every leading channel is resized on its own.
+    ``"nearest"`` is done as torch's ``"nearest-exact"`` (pixel-centre sampling like bilinear with
+    align_corners=False); plain torch ``"nearest"`` shifts content by up to a pixel.
+    """
+    width, height = (int(s) for s in size)
+    if width < 1 or height < 1:
+        raise InputError(f"size {width}x{height} is not positive: give a width and height >= 1")
+    if frames.dim() < 2 or frames.shape[-1] < 1 or frames.shape[-2] < 1:
+        raise ValueError(f"cover_crop needs [..., H, W] with H, W >= 1, got {tuple(frames.shape)}")
+    src_h, src_w = frames.shape[-2:]
+    new_w, new_h = cover_size((src_w, src_h), (width, height))
+    out = frames if frames.is_floating_point() else frames.to(torch.float32)
+    if (new_h, new_w) != (src_h, src_w):
+        lead = out.shape[:-2]
+        flat = out.reshape(-1, 1, src_h, src_w)
+        if mode == "nearest":
+            flat = F.interpolate(flat, size=(new_h, new_w), mode="nearest-exact")
+        else:
+            flat = F.interpolate(flat, size=(new_h, new_w), mode=mode, align_corners=False,
+                                 antialias=mode in ("bilinear", "bicubic"))
+        out = flat.reshape(*lead, new_h, new_w)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    out = out[..., top:top + height, left:left + width]
+    if mode != "nearest":
+        out = out.clamp(-1.0, 1.0)  # bicubic overshoots; keeps images in range
+    return out.contiguous()
+
+
+def cover_size(source: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) ``source`` is resized to by ``cover_crop`` before the centre crop to ``size``."""
+    (src_w, src_h), (width, height) = source, size
+    scale = max(width / src_w, height / src_h)
+    return max(width, round(src_w * scale)), max(height, round(src_h * scale))
+
+
+def prepare_video(frames: torch.Tensor, num_frames: int, size: tuple[int, int]) -> torch.Tensor:
+    """Pick ``num_frames`` uniform frames of [T, 3, H, W] and cover-crop them to (width, height)."""
+    return cover_crop(frames[uniform_frame_indices(frames.shape[0], num_frames)], size)
+
+
+def prepare_masks(masks: torch.Tensor, num_frames: int, size: tuple[int, int]) -> torch.Tensor:
+    """Same frame choice and geometry as ``prepare_video``, nearest so masks stay binary."""
+    return cover_crop(masks[uniform_frame_indices(masks.shape[0], num_frames)], size, mode="nearest")
+
+
+def check_masks_match(masks: torch.Tensor, frames: torch.Tensor, mask_path: str | os.PathLike) -> None:
+    """Raise InputError unless the masks have one frame per video frame and the video's shape.
+
+    A different resolution is fine when the aspect ratio matches within 1% (cover_crop then maps
+    both onto the same pixels); a different aspect ratio would silently misplace the edit region.
+    """
+    n_mask, n_video = masks.shape[0], frames.shape[0]
+    mh, mw = masks.shape[-2:]
+    vh, vw = frames.shape[-2:]
+    if n_mask != n_video:
+        raise InputError(f"mask {mask_path} has {n_mask} frames but the video has {n_video} frames: "
+                         "give one mask per frame")
+    if abs((mw / mh) / (vw / vh) - 1.0) > 0.01:
+        raise InputError(f"mask {mask_path} is {mw}x{mh} but the video is {vw}x{vh}: "
+                         f"give masks with the video's aspect ratio (e.g. {vw}x{vh})")
