@@ -20,10 +20,9 @@ from loraedit.cli import main
 from loraedit.cli.batch import read_jobs
 from loraedit.errors import InputError
 
-ray = pytest.importorskip("ray")
-from loraedit.ray_batch import Item, ray_session, run_tasks  # noqa: E402
+from loraedit.ray_batch import Item, ray_session, run_tasks
 
-from batch_tasks import record  # noqa: E402
+from batch_tasks import record
 
 #: The toy world's model at the tests' tiny settings (a few seconds a job on one CPU thread).
 TINY = '''model = "toy"
@@ -165,6 +164,7 @@ frames = 10
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """One local Ray instance for the module: 2 CPUs (so groups can be seen to wait), no dashboard."""
+    ray = pytest.importorskip("ray")
     kill_dir = tmp_path_factory.mktemp("kill")
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", batch.KILL_DIR_ENV, "OMP_NUM_THREADS")}
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), saved["PYTHONPATH"]]))

@@ -1,8 +1,8 @@
 """Ray for `loraedit batch`: the session, and running tasks with stage-1 groups, retries and a progress bar.
 
 Each task gets one GPU (`num_gpus=1`), or one CPU on a cluster without GPUs (the toy world, the tests).
-Ray runs a GPU task in a fresh worker process by default (`max_calls=1`), so one job's GPU memory never
-stays behind for the next.
+A GPU task runs in a fresh worker process (`max_calls=1`), so one job's GPU memory never stays behind for
+the next.
 
 Retries are counted here, not by Ray's `max_retries`: a task whose worker died (killed, out of memory,
 node lost) and a task that returned a retryable failure are both tried again, up to `retries` more
@@ -94,8 +94,10 @@ def run_tasks(items: list[Item], fn: Callable[[object], dict], session: Session,
     import ray
     from tqdm import tqdm
 
-    resources = {"num_gpus": 1} if session.gpus >= 1 else {"num_cpus": 1}
-    task = ray.remote(fn).options(max_retries=0, retry_exceptions=False, **resources)
+    # A GPU task in a fresh worker each time (max_calls=1; Ray's default only for ray.remote(num_gpus=...), not
+    # for .options()); CPU workers are reused (the toy world's jobs would each pay torch's import again).
+    resources = {"num_gpus": 1, "max_calls": 1} if session.gpus >= 1 else {"num_cpus": 1}
+    task = ray.remote(max_retries=0, retry_exceptions=False, **resources)(fn)
     followers: dict[str, list[Item]] = defaultdict(list)
     first: list[Item] = []
     for item in items:
@@ -126,9 +128,9 @@ def run_tasks(items: list[Item], fn: Callable[[object], dict], session: Session,
             if item.group is not None:
                 for follower in followers.pop(item.group, []):
                     submit(follower, 1)
-            bar.update(1)
             bar.set_postfix(done=sum(r["status"] == "done" for r in results.values()),
-                            failed=sum(r["status"] != "done" for r in results.values()))
+                            failed=sum(r["status"] != "done" for r in results.values()), refresh=False)
+            bar.update(1)
             if on_result is not None:
                 on_result(item, result)
     finally:

@@ -11,6 +11,7 @@ be read becomes a `BadJob` with its one-line error; the others still run.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def read_job(path: Path, index: int, table: dict, actions: dict[str, argparse.Ac
         base = path.resolve().parent
         namespace = {a.dest: a.default for a in actions.values()} | {k: _anchored(v, base) for k, v in values.items()}
         if (base / namespace["model"]).exists():  # a folder beside the batch file; otherwise a name or a path
-            namespace["model"] = str(base / namespace["model"])
+            namespace["model"] = os.path.normpath(base / namespace["model"])
         args = argparse.Namespace(**namespace)
         inputs, opts, cfg, scfg = configs(args)
     except InputError as exc:
@@ -130,7 +131,7 @@ def _anchored(value, base: Path):
     """Relative paths (also inside edited frames and extra LoRAs, and in lists) made relative to `base`."""
     if isinstance(value, Path):
         value = value.expanduser()
-        return value if value.is_absolute() else base / value
+        return value if value.is_absolute() else Path(os.path.normpath(base / value))  # no "dir/../" in messages
     if isinstance(value, EditedFrame):
         return replace(value, image=_anchored(value.image, base),
                        mask=None if value.mask is None else _anchored(value.mask, base))
