@@ -258,6 +258,8 @@ mask = "no-such-masks"
     assert "2 done, 1 invalid" in printed.out and "1 of 3 jobs were refused" in printed.err
 
     (tmp_path / "out" / "second.batch.json").unlink()  # as if the batch died before 'second' was recorded
+    assert main(["batch", str(jobs), "--dry-run"]) == 2
+    assert "1 done before, 1 would run, 1 invalid; dry run: nothing ran" in capsys.readouterr().out
     assert main(["batch", str(jobs), "--quiet"]) == 2
     again = {r["job"]: r["status"] for r in json.loads((tmp_path / "jobs.summary.json").read_text())["jobs"]}
     assert again == {"first": "done before", "second": "done", "bad": "invalid"}

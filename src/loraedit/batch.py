@@ -321,15 +321,19 @@ def write_summary(path: Path, rows: list[dict], info: dict) -> None:
 
 
 def run_batch(jobs: list[Job | BadJob], summary: Path, *, address: str | None = None, retries: int = 1,
-              num_cpus: int | None = None, progress: bool = True, source: str = "") -> list[dict]:
+              num_cpus: int | None = None, progress: bool = True, source: str = "",
+              dry_run: bool = False) -> list[dict]:
     """Check and plan every job, run the rest on Ray (`ray_batch`), keep `summary` (JSON) current as each job
-    ends; the summary rows in batch-file order. Ray is not started when nothing is left to run."""
+    ends; the summary rows in batch-file order. Ray is not started when nothing is left to run. `dry_run`:
+    only check and plan (the rows say "would run"; nothing is written)."""
     from .ray_batch import Item, ray_session, run_tasks
 
     started = time.perf_counter()
     planned, rows = plan_jobs(jobs)
     for p in planned:
-        rows[p.index] = row(p.job.name, "pending", out=p.job.out)
+        rows[p.index] = row(p.job.name, "would run" if dry_run else "pending", out=p.job.out)
+    if dry_run:
+        return [rows[i] for i in sorted(rows)]
     info = {"batch": source, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "retries": retries, "ray": None}
 
     def save() -> None:

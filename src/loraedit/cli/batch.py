@@ -43,6 +43,8 @@ def add_batch_parser(sub) -> None:
                    "died) up to N more times, from its last checkpoint (default 1; input errors are not retried)")
     p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the local Ray instance (default: all); on a "
                    "machine without a GPU that is how many jobs run at once")
+    p.add_argument("--dry-run", action="store_true", help="check every job and show which would run, which are "
+                   "done and which are refused; nothing runs and Ray is not started")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -51,15 +53,17 @@ def run_batch_command(args: argparse.Namespace) -> None:
     """Read, check and run the batch; print the summary table; exit 1 if a job failed, 2 if one was refused."""
     if args.retries < 0:
         raise InputError(f"--retries {args.retries} is invalid: give 0 or more")
-    if args.num_cpus is not None and args.num_cpus < 1:
-        raise InputError(f"--num-cpus {args.num_cpus} is invalid: give at least 1")
+    if args.num_cpus is not None and (args.num_cpus < 1 or args.address):
+        raise InputError(f"--num-cpus {args.num_cpus} is invalid: give at least 1" if args.num_cpus < 1 else
+                         "--num-cpus sizes the local Ray instance: drop it with --address (the cluster has its own)")
     jobs = read_jobs(args.jobs)
     summary = summary_path(args.jobs)
     rows = run_batch(jobs, summary, address=args.address, retries=args.retries, num_cpus=args.num_cpus,
-                     progress=not args.quiet, source=str(args.jobs))
+                     progress=not args.quiet, source=str(args.jobs), dry_run=args.dry_run)
     print(format_table(rows))
     seen = counts(rows)
-    print(", ".join(f"{n} {status}" for status, n in seen.items()) + f"; wrote {summary}")
+    print(", ".join(f"{n} {status}" for status, n in seen.items()) +
+          ("; dry run: nothing ran (drop --dry-run to run)" if args.dry_run else f"; wrote {summary}"))
     failed, invalid = seen.get("failed", 0), seen.get("invalid", 0)
     if failed:
         raise LoraEditError(f"{failed} of {len(rows)} jobs failed: see their errors above, fix them and run the same "
