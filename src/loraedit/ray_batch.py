@@ -72,7 +72,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                 raise InputError(f"--address {address}: cannot connect to Ray ({' '.join(str(exc).split())[:300]}): "
                                  "check the address (ray://HEAD:10001) and that the cluster is up") from None
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+            # address="local": a new instance even where `ray start` left one running (plain ray.init() would
+            # join that one, and refuse num_cpus)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
     try:
         resources = ray.cluster_resources()
