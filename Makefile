@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,ui]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,ui,batch]'
 	touch $(STAMP)
 
 install: $(STAMP)

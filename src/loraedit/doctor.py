@@ -136,7 +136,8 @@ def _extras_rows() -> list[Row]:
     gradio, ray = _version("gradio"), _version("ray")
     return [Row("ui extra", f"gradio {gradio}" if gradio else "not installed",
                 "`loraedit ui` works" if gradio else "`loraedit ui` needs it: pip install 'loraedit[ui]'"),
-            Row("ray", ray or "not installed", "not used by this version of loraedit (runs are single-GPU)")]
+            Row("ray", ray or "not installed", "`loraedit batch` works" if ray else
+                "`loraedit batch` needs it: pip install 'loraedit[batch]'")]
 
 
 def collect(device: str | None = None, cache_dir=None) -> list[Row]:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError, LoraEditError, error_text
-from . import commands, multi_gpu
-from .options import add_clip_options, add_sample_options, add_train_options, configs
+from . import batch, commands, multi_gpu
+from .options import (add_clip_options, add_edit_options, add_sample_options, add_train_options, configs,
+                      toml_option_values)
 
 try:
     import tomllib
@@ -30,12 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loraedit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("edit", help="train the LoRA on the clip, then generate the edit (the whole method)")
-    add_clip_options(p)
-    add_train_options(p)
-    add_sample_options(p, with_lora=False)
-    p.add_argument("--out", type=Path, default=Path("out/edit.mp4"), help="output mp4 (default out/edit.mp4); the "
-                   "contact sheet goes beside it, the LoRA and logs into <stem>.work/")
+    add_edit_options(sub.add_parser("edit", help="train the LoRA on the clip, then generate the edit (the whole "
+                                    "method)"))
 
     p = sub.add_parser("train", help="train the LoRA only (reuse it for any number of edited first frames)")
     add_clip_options(p)
@@ -51,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in (commands.add_bench_parser, commands.add_mask_parser, commands.add_eval_parser,
                 commands.add_ui_parser, commands.add_doctor_parser, commands.add_plan_parser,
-                commands.add_demo_parser, multi_gpu.add_plan_gpus_parser):
+                commands.add_demo_parser, multi_gpu.add_plan_gpus_parser, batch.add_batch_parser):
         add(sub)
     return parser
 
@@ -71,25 +68,9 @@ def _apply_toml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
         raise InputError(f"config file {path} is not valid TOML ({exc}): fix its syntax") from None
     sub = subparsers[command]
     actions = {a.dest: a for a in sub._actions}  # noqa: SLF001
-    defaults = {}
-    for key, value in values.items():
-        dest = key.replace("-", "_")
-        dest = {"edited_frame": "edited_frames", "lora": "loras", "extra_lora": "extra_loras"}.get(dest, dest)
-        action = actions.get(dest)
-        if action is None or dest in ("help", "config"):
-            raise InputError(f"config file {path} sets unknown option {key!r}: valid keys are the long options of "
-                             f"`loraedit {command} --help`")
-        convert = action.type if action.type is not None else (lambda v: v)
-        try:
-            if isinstance(value, list):
-                defaults[dest] = [convert(str(v)) if action.type else v for v in value]
-            elif isinstance(value, str) and action.type is not None:
-                defaults[dest] = convert(value)
-            else:
-                defaults[dest] = value
-        except (argparse.ArgumentTypeError, ValueError) as exc:
-            raise InputError(f"config file {path}: {key} = {value!r} is invalid ({exc})") from None
-        action.required = False
+    defaults = toml_option_values(actions, values, f"config file {path}", command)
+    for dest in defaults:
+        actions[dest].required = False
     sub.set_defaults(**defaults)
     return parser.parse_args(argv)
 
@@ -108,6 +89,9 @@ def run(args: argparse.Namespace) -> None:
         from ..demo import run_demo
 
         run_demo(args.out, model=args.model, progress=not args.quiet)
+        return
+    if args.command == "batch":
+        batch.run_batch_command(args)
         return
     if args.command == "bench":
         commands.run_bench_quality(args)

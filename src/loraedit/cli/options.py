@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..cache import default_cache_dir
+from ..errors import InputError
 from ..config import APPEARANCE_REGIONS, CLIP_VIEWS, MASK_MODES, MODES, SAMPLERS, TIMESTEP_SAMPLING
 from ..performance import MEMORY_MODES
 
@@ -233,6 +234,15 @@ def add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
                    "for large frames)")
 
 
+def add_edit_options(p: argparse.ArgumentParser) -> None:
+    """`loraedit edit`'s options (also the keys of a batch job, `cli/batch.py`)."""
+    add_clip_options(p)
+    add_train_options(p)
+    add_sample_options(p, with_lora=False)
+    p.add_argument("--out", type=Path, default=Path("out/edit.mp4"), help="output mp4 (default out/edit.mp4); the "
+                   "contact sheet goes beside it, the LoRA and logs into <stem>.work/")
+
+
 def configs(args: argparse.Namespace):
     from ..api import ClipInputs, RunOptions, SampleConfig
     from ..performance import PerformanceConfig
@@ -281,3 +291,48 @@ def performance(args: argparse.Namespace, config_class):
                         batched_cfg=not getattr(args, "no_batched_cfg", False),
                         vae_tiling=getattr(args, "vae_tiling", False),
                         context_parallel=getattr(args, "context_parallel", None))
+
+
+#: TOML keys that name an option by its flag where the option's destination is plural.
+TOML_ALIASES = {"edited_frame": "edited_frames", "lora": "loras", "extra_lora": "extra_loras"}
+
+
+def toml_option_values(actions: dict[str, argparse.Action], table: dict, where: str, command: str) -> dict:
+    """A TOML table of option values (keys: long option names, dashes or underscores) -> {dest: value},
+    converted by each option's own parser, so `--config` files and batch jobs read exactly like the
+    command line. `where` names the table in messages (e.g. "config file edit.toml"); one InputError on the
+    first bad key or value, naming it and the fix."""
+    values = {}
+    for key, value in table.items():
+        dest = key.replace("-", "_")
+        dest = TOML_ALIASES.get(dest, dest)
+        action = actions.get(dest)
+        if action is None or dest in ("help", "config"):
+            raise InputError(f"{where} sets unknown option {key!r}: valid keys are the long options of "
+                             f"`loraedit {command} --help`")
+        values[dest] = _toml_value(action, key, value, where)
+    return values
+
+
+def _toml_value(action: argparse.Action, key: str, value, where: str):
+    """One TOML value through its option's parser (strings, and each string of a list), type-checked."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # noqa: SLF001
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: {key} = {value!r} is invalid: give true or false")
+        return value
+    convert = action.type
+    try:
+        if isinstance(value, list):
+            return [convert(str(v)) if convert else v for v in value]
+        if isinstance(value, str) and convert is not None:
+            value = convert(value)
+        elif convert in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or (convert is int and isinstance(value, float))):
+            raise ValueError(f"needs {'a whole number' if convert is int else 'a number'}")
+        elif convert is float:
+            value = float(value)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise InputError(f"{where}: {key} = {value!r} is invalid ({exc})") from None
+    if action.choices is not None and value not in action.choices:
+        raise InputError(f"{where}: {key} = {value!r} is invalid: choose one of {', '.join(map(str, action.choices))}")
+    return value
