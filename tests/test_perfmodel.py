@@ -8,6 +8,9 @@ on shapes other than the ones the coefficients were counted on; within 2 %.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -191,3 +194,20 @@ def test_edit_recipes():
     cached = perftables.edit_recipes(cache_skipped=0.6)
     assert cached[0]["sample_s"] == pytest.approx(recipes[0]["sample_s"] * (1 + 39 * 0.4) / 40)
     assert cached[0]["train_s"] == recipes[0]["train_s"] and cached[0]["edit_min"] < recipes[0]["edit_min"]
+
+
+def test_load_time_of_wan_14b_from_its_parts():
+    folder = Path(__file__).parent / "fixtures" / "models" / "Wan2.1-I2V-14B-480P-Diffusers"
+    t5 = json.loads((folder / "text_encoder" / "config.json").read_text())
+    d, inner = t5["d_model"], t5["num_heads"] * t5["d_kv"]
+    layer = 4 * d * inner + 3 * d * t5["d_ff"] + 2 * d + t5["relative_attention_num_buckets"] * t5["num_heads"]
+    assert perftables.WAN21_I2V_14B_PARTS["text_encoder"][0] == t5["vocab_size"] * d + t5["num_layers"] * layer + d
+    clip = json.loads((folder / "image_encoder" / "config.json").read_text())
+    w, mlp, p = clip["hidden_size"], clip["intermediate_size"], clip["patch_size"]
+    layer = 4 * (w * w + w) + 2 * w * mlp + mlp + w + 4 * w
+    embed = 3 * p * p * w + w + ((clip["image_size"] // p) ** 2 + 1) * w
+    assert perftables.WAN21_I2V_14B_PARTS["image_encoder"][0] == embed + 2 * w + clip["num_hidden_layers"] * layer + 2 * w
+    nvme = perftables.load_seconds_14b(2e9)
+    assert round(nvme["disk_gb"], 1) == 91.3 and round(nvme["gpu_gb"], 1) == 45.9  # float32 files, bf16 on the GPU
+    assert nvme["total_s"] == pytest.approx(91.33 / 2 + 45.92 / 20, abs=0.1)
+    assert perftables.load_seconds_14b(2e9, as_loaded=True)["read_s"] == pytest.approx(nvme["read_s"] / 2, rel=0.01)

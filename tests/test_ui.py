@@ -234,6 +234,7 @@ def test_train_and_edit_then_sample_with_the_lora_on_one_loaded_model(cfg, examp
     assert result.video.is_file() and result.side_by_side.is_file() and result.report.is_file()
     assert {"bg_psnr", "bg_ssim", "ref_psnr", "ref_ssim", "ref_edit_psnr"} <= set(result.metrics)
     assert [p.name for p in result.loras] == ["lora.safetensors"] and s.trained.loras == result.loras
+    _check_report_zip(result.bundle.read_bytes(), tmp_path / "report")
 
     steps.load_edited_first(s, _png(tmp_path / "other.png", media.read_image(s.edited_first).flip(0)))
     again = jobs.sample_with_lora(cfg, s, replace(settings, first_block_cache=0.5), models=models)
@@ -559,6 +560,10 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
             assert video.shape == (frames, 3, facts.working_size[1], width)
             state, settings = lora_io.read_lora(ui.download("download-lora", tmp_path / "download.safetensors"))
             assert state and settings.rank == 16 and settings.base_kind == facts.kind
+            links = page.eval_on_selector_all("#result-files a", "as => as.map(a => a.href)")
+            [bundle] = [link for link in links if link.endswith("/edit-1.zip")]  # the report with what it shows
+            assert all("/gradio_api/file=" + str(tmp_path / "gradio") in link for link in links), links
+            _check_report_zip(page.request.get(bundle).body(), tmp_path / "report")
 
             started = time.perf_counter()
             page.locator("#edited-first input[type=file]").set_input_files(str(new_edit))
@@ -600,6 +605,73 @@ def test_a_whole_edit_in_a_real_browser(tmp_path, monkeypatch):
     assert outside == []  # the page fetched nothing from outside the app
     assert (tmp_path / "ui.png").stat().st_size > 10_000
     print("browser test seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()))
+
+
+def _check_report_zip(data: bytes, to: Path) -> None:
+    """The result's zip, unpacked: the report page with every file it links."""
+    import io
+    import zipfile
+
+    zipfile.ZipFile(io.BytesIO(data)).extractall(to)
+    [report] = to.glob("*.report.html")
+    linked = re.findall(r'(?:src|href)="([^"#:]+)"', report.read_text())
+    assert len(linked) >= 2 and all((to / name).is_file() for name in linked), linked
+
+
+def _urls(value) -> list[str]:
+    """The file addresses in an output the API client returned (files not downloaded)."""
+    if isinstance(value, dict):
+        found = [value["url"]] if isinstance(value.get("url"), str) else []
+        return found + [u for v in value.values() for u in _urls(v)]
+    if isinstance(value, (list, tuple)):
+        return [u for v in value for u in _urls(v)]
+    return []
+
+
+def test_only_files_the_app_returned_are_served(tmp_path, monkeypatch):
+    """Over HTTP, without a browser: a file the app handed to this session is served; any other file under
+    --work (a planted one, another session's result, this session's own files by their server path) is not."""
+    import tempfile
+
+    import httpx
+    from gradio_client import Client
+
+    from loraedit.ui.app import serve
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    elsewhere = tmp_path / "system-temp"  # --work outside the system temp folder and the working folder, as on a
+    elsewhere.mkdir()  # server: Gradio then refuses to copy a returned file itself unless it is allowed
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    cfg = AppConfig(model="toy", work=tmp_path / "work", cache_dir=tmp_path / "cache")
+    secret = cfg.work / "other-session" / "secret.txt"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("not yours")
+    other = Session.start(cfg.work)
+    (other.folder / "results").mkdir()
+    (other.folder / "results" / "edit-1.mp4").write_bytes(b"another session's result")
+
+    app = serve(cfg, host="127.0.0.1", port=_free_port(), block=False)
+    try:
+        client = Client(app.local_url, download_files=False, verbose=False)
+        outputs = client.predict(0, api_name="/on_example")
+        urls = _urls(outputs)
+        assert len(urls) == 4, outputs  # the input video, the frame to click on, the mask overlay, the edited frame
+        mine = [p for p in (cfg.work / "sessions").iterdir() if p.name != other.id]
+        assert len(mine) == 1
+        own_files = {p.read_bytes(): p for p in mine[0].rglob("*") if p.is_file()}
+        with httpx.Client(timeout=30) as http:
+            served = [http.get(url) for url in urls]
+            assert all(got.status_code == 200 for got in served)
+            copies = [got.content for got in served if got.content in own_files]  # the frame view is Gradio's PNG
+            assert len(copies) == 3 and all("/gradio_api/file=" + str(tmp_path / "gradio") in url for url in urls)
+            refused = [secret, other.folder / "results" / "edit-1.mp4", *own_files.values()]
+            for path in refused:
+                got = http.get(f"{app.local_url}gradio_api/file={path}")
+                assert 400 <= got.status_code < 500 and b"not yours" not in got.content, path
+            assert http.get(f"{app.local_url}gradio_api/file={tmp_path / 'gradio'}/../work/other-session/"
+                            "secret.txt").status_code >= 400
+    finally:
+        app.close()
 
 
 def _log_in(page, url: str, user: str, password: str) -> None:

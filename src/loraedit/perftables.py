@@ -124,3 +124,32 @@ def format_table(rows: list[dict]) -> str:
                      f"| {r['peak_gib']:.1f} | {r['host_gib']:.1f} | {fits} | {r['train_s_h100']:.1f} | "
                      f"{r['train_s_4090']:.1f} | {r['sample_peak_gib']:.1f} | {r['sample_s_h100']:.2f} |")
     return "\n".join(lines)
+
+
+# ---- loading the model ----------------------------------------------------------------------------------------
+
+#: Wan2.1-I2V-14B-480P-Diffusers, part by part: parameters, bytes per parameter on disk (the repository is float32:
+#: 14 transformer and 5 text-encoder shards of <= 5 GB, tests/fixtures/models) and on the GPU (bf16, the VAE float32,
+#: as backends/wan.py loads them). Parameters: the transformer's from `parameter_counts`; the umT5-XXL encoder's and
+#: the CLIP ViT-H/14 vision tower's counted from their configs (fixtures); the VAE's from its 508 MB float32 file.
+WAN21_I2V_14B_PARTS = {"text_encoder": (5_680_910_336, 4, 2), "image_encoder": (630_766_080, 4, 2),
+                       "vae": (127_000_000, 4, 4)}
+#: Typical sequential read speeds (an assumption, not measured) and a PCIe 4.0 x16 host-to-GPU copy.
+DISK_BYTES_PER_S = {"NVMe 3 GB/s": 3e9, "NVMe 2 GB/s": 2e9, "SATA SSD 0.5 GB/s": 0.5e9}
+PCIE4_BYTES_PER_S = 20e9
+
+
+def load_seconds_14b(disk_bytes_per_s: float, host_bytes_per_s: float = PCIE4_BYTES_PER_S,
+                     as_loaded: bool = False) -> dict[str, float]:
+    """Modelled seconds to load Wan2.1-I2V-14B (transformer, umT5-XXL, CLIP, VAE) from a cold disk onto the GPU:
+    every weight file read once, then the bf16 weights copied over the host link, one after the other. What
+    a resident model saves on each job after the first. A lower bound: the float32 -> bf16 conversion on the
+    CPU and the Python set-up are left out; a warm page cache removes the read.
+    `as_loaded`: a folder re-saved in the dtypes it is loaded in (bf16), half the bytes to read."""
+    transformer = parameter_counts(WanDims.from_config(WAN21_I2V_14B))["total"]
+    parts = {"transformer": (transformer, 4, 2), **WAN21_I2V_14B_PARTS}
+    disk = sum(n * (on_gpu if as_loaded else on_disk) for n, on_disk, on_gpu in parts.values())
+    gpu = sum(n * on_gpu for n, _, on_gpu in parts.values())
+    read_s, copy_s = disk / disk_bytes_per_s, gpu / host_bytes_per_s
+    return {"disk_gb": disk / 1e9, "gpu_gb": gpu / 1e9, "read_s": read_s, "copy_s": copy_s,
+            "total_s": read_s + copy_s}

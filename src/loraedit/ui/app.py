@@ -8,6 +8,9 @@ loss curve as it comes; Sample with the trained LoRA for a new edited first fram
 result (input | output, contact sheet, metrics, downloads of the mp4 and the LoRA).
 
 Nothing leaves the machine: analytics off, no share link, no run history, no footer links, fonts local.
+Every file the page gets is a copy in Gradio's cache (`display.offered`), and Gradio serves files from that
+cache only (no `allowed_paths`): a browser session can fetch what it was given, never a file under --work by
+its path (another session's results or LoRA, its own session folder).
 Every event handler is wrapped by `display.shown` (errors as one-line messages). The GPU jobs (`jobs`) run
 on the process's resident model, at most `concurrency` at a time; the others wait in Gradio's queue, which
 shows each its position, and Cancel stops a running training between steps or a waiting job before it runs.
@@ -29,7 +32,7 @@ from ..errors import Cancelled, InputError  # noqa: E402
 from .access import Access, check_access  # noqa: E402
 from ..conditioning import MODES  # noqa: E402
 from . import cleanup, jobs, prompts, steps  # noqa: E402
-from .display import progress_html, result_outputs, shown  # noqa: E402
+from .display import offered, progress_html, result_outputs, shown  # noqa: E402
 from .history import edits_markdown  # noqa: E402
 from .models import MODELS  # noqa: E402
 from .session import Session  # noqa: E402
@@ -182,6 +185,10 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     settings_in = [getattr(ui, f.name) for f in fields(Settings)]  # the components are named like the fields
     result_panel = [ui.side_by_side, ui.contact, ui.metrics, ui.download_video, ui.download_lora, ui.all_files,
                     ui.my_edits]
+    cache = demo.GRADIO_CACHE  # every file the page gets is a copy here (`offered`), the only folder served
+
+    def offer(path) -> str | None:
+        return offered(path, cache)
 
     def session(state: Session | None) -> Session:
         if not isinstance(state, Session):  # a new tab: old sessions are swept first
@@ -191,7 +198,8 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
         return state
 
     def clip_outputs(s: Session, clip: steps.Clip) -> tuple:
-        return (str(clip.video), clip.info, gr.Slider(maximum=max(clip.frames - 1, 1), value=0), prompts.frame_view(s, 0))
+        return (offer(clip.video), clip.info, gr.Slider(maximum=max(clip.frames - 1, 1), value=0),
+                prompts.frame_view(s, 0))
 
     @shown
     def on_load(state):
@@ -201,8 +209,9 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     def on_example(state, seed_value):
         s = session(state)
         ex = steps.load_example(cfg, s, seed_value)
-        return (s, *clip_outputs(s, ex.clip), prompts.prompts_text(s), str(ex.mask_preview), "the example's box masks",
-                str(ex.edited_first), "the example's edit (a ground truth comes with it)", ex.edited_frames,
+        return (s, *clip_outputs(s, ex.clip), prompts.prompts_text(s), offer(ex.mask_preview),
+                "the example's box masks", offer(ex.edited_first), "the example's edit (a ground truth comes with it)",
+                ex.edited_frames,
                 *[getattr(ex.settings, f.name) for f in fields(Settings)])
 
     @shown
@@ -241,14 +250,16 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
     @shown
     def on_make_masks(state, shape_name):
         s = session(state)
-        return (s, *map(str, prompts.make_masks(cfg, s, shape_name)))
+        preview, info = prompts.make_masks(cfg, s, shape_name)
+        return s, offer(preview), info
 
     @shown
     def on_mask_files(state, received):
         s = session(state)
         if not received:
             return s, gr.skip(), gr.skip()
-        return (s, *map(str, prompts.load_masks(s, list(received), cfg)))
+        preview, info = prompts.load_masks(s, list(received), cfg)
+        return s, offer(preview), info
 
     @shown
     def on_edited_first(state, received):
@@ -312,7 +323,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
             return
         if "error" in outcome:
             raise outcome["error"]
-        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"]), edits_markdown(s.edits),
+        yield (s, progress_html(last, "done"), *result_outputs(outcome["result"], cache), edits_markdown(s.edits),
                MODELS.memory_text())
 
     @shown
@@ -323,7 +334,7 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
                 result = jobs.sample_with_lora(cfg, s, Settings(*values))
         except Cancelled as exc:
             return (s, progress_html(None, str(exc)), *[gr.skip()] * len(result_panel), gr.skip())
-        return (s, gr.skip(), *result_outputs(result), edits_markdown(s.edits), MODELS.memory_text())
+        return (s, gr.skip(), *result_outputs(result, cache), edits_markdown(s.edits), MODELS.memory_text())
 
     state = ui.state
     demo.load(on_load, [state], [state, ui.memory])
@@ -360,7 +371,8 @@ def _wire(ui: SimpleNamespace, cfg: AppConfig, demo: gr.Blocks) -> None:
 def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
           access: Access | None = None) -> gr.Blocks:
     """Start the app: local only unless `host` says otherwise (then with a login, see `access`), no share link,
-    nothing sent anywhere; at most `cfg.concurrency` GPU jobs at once, the rest queued."""
+    nothing sent anywhere; at most `cfg.concurrency` GPU jobs at once, the rest queued; files served only from
+    Gradio's cache, where the handlers put what they return (`display.offered`)."""
     access = access or Access(host)
     check_access(replace(access, host=host))
     if cfg.concurrency < 1:
@@ -370,7 +382,7 @@ def serve(cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, bloc
     demo.queue(default_concurrency_limit=1)
     max_bytes = MAX_UPLOAD if cfg.max_upload_mb is None else min(MAX_UPLOAD, cfg.max_upload_mb << 20)
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-                allowed_paths=[str(Path(cfg.work).resolve())], max_file_size=max_bytes, footer_links=[],
+                max_file_size=max_bytes, footer_links=[],
                 run_history=False, ssr_mode=False, pwa=False, mcp_server=False, show_error=False, quiet=not block,
                 theme=gr.themes.Default(), css=CSS, auth=list(access.logins) or None,
                 auth_message="loraedit: log in with the user and password you were given")

@@ -12,6 +12,7 @@ import html
 import inspect
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
 
@@ -95,11 +96,25 @@ def metrics_table(result: Result) -> str:
     return "\n".join(rows + [f"\n{result.video.name}: made in {result.seconds} s"] + used)
 
 
-def result_outputs(result: Result) -> tuple:
-    """Values for the result panel: input|output video, contact sheet, metrics, the two downloads, all files."""
+def offered(path: str | Path | None, cache: str | Path) -> str | None:
+    """`path` as the page may have it: a copy in Gradio's cache `cache`, in a folder named by a keyed hash of its
+    bytes (Gradio's own `save_file_to_cache`, the copy Gradio itself makes of a returned file). The app serves
+    files from that cache only (`serve` gives Gradio no `allowed_paths`), so a browser session can fetch what it
+    was given and nothing else under --work, where the session folders are, not even their files by path."""
+    if path is None:
+        return None
+    from gradio.processing_utils import save_file_to_cache
+
+    return save_file_to_cache(path, str(cache))
+
+
+def result_outputs(result: Result, cache: str | Path) -> tuple:
+    """Values for the result panel: input|output video, contact sheet, metrics, the two downloads, all files
+    (the report as a zip with what it shows, then the files themselves), every file a copy in `cache`."""
     lora = result.loras[0] if result.loras else None
-    files = [str(p) for p in (result.video, *result.loras, result.report, result.metrics_json, result.side_by_side,
-                              result.contact)]
-    return (str(result.side_by_side), str(result.contact), metrics_table(result),
-            gr.DownloadButton(value=str(result.video), interactive=True),
-            gr.DownloadButton(value=str(lora) if lora else None, interactive=lora is not None), files)
+    files = [p for p in (result.bundle, result.video, *result.loras, result.metrics_json, result.side_by_side,
+                         result.contact) if p is not None]
+    return (offered(result.side_by_side, cache), offered(result.contact, cache), metrics_table(result),
+            gr.DownloadButton(value=offered(result.video, cache), interactive=True),
+            gr.DownloadButton(value=offered(lora, cache), interactive=lora is not None),
+            [offered(p, cache) for p in files])

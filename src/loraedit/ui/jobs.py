@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -187,7 +188,17 @@ def _result(s: Session, inputs: ClipInputs, made: EditResult, seconds: float) ->
     scored = evaluate(EvalInputs(inputs.video, made.out, inputs.mask, s.edited_first, s.reference),
                       EvalConfig(progress=False))
     return Result(made.out, paths["side_by_side"], paths["contact"], paths["report"], paths["metrics"], made.loras,
-                  scored["metrics"], made.prompts, round(seconds, 1))
+                  scored["metrics"], made.prompts, round(seconds, 1), _bundle(paths))
+
+
+def _bundle(paths: dict[str, Path]) -> Path:
+    """The report page with the files it links (by their bare names) in one zip, beside them: the page is served
+    as a download, never as a page, so it is read unzipped (the LoRA has its own download)."""
+    out = paths["video"].with_suffix(".zip")
+    with media.atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        for path in paths.values():
+            z.write(path, path.name)
+    return out
 
 
 def _clip_inputs(s: Session, settings: Settings) -> ClipInputs:

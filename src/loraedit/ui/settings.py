@@ -77,6 +77,7 @@ class Result:
     metrics: dict[str, float]
     prompts: dict[str, str] = field(default_factory=dict)  # the prompts the run used (captions included)
     seconds: float = 0.0
+    bundle: Path | None = None  # a zip of the report with its video, side-by-side, contact sheet and metrics
 
 
 @functools.lru_cache(maxsize=8)
