@@ -294,3 +294,28 @@ def test_level_3_is_the_default_and_level_2_has_cards():
     assert generate(HELDOUT_SEED_BASE + 3, kind="card", level=2).is_card
     with pytest.raises(ValueError, match="level"):
         generate(0, level=4)
+
+
+def test_levels_one_and_two_name_each_heading_and_level_three_names_none():
+    """At levels 1-2 the caption says where each object heads (one of 8 compass directions), so the motion can
+    be learnt from frame 0 + caption; the first world (level 3) is unchanged and says nothing."""
+    from loraedit.toyworld.scene_captions import heading_words
+
+    for level in (1, 2):
+        for seed in range(6):
+            s = generate(2_000_000 + seed, level=level)
+            assert " moving " in s.caption and " moving " in s.edited_caption
+    s = generate(2_000_000, level=1)
+    hero_words = s.caption.split(" on ")[0]
+    assert any(w in hero_words for w in ("up", "down", "left", "right"))
+    assert " moving" not in generate(2_000_000, level=3).caption
+    # the words follow the velocity (image rows grow downwards)
+    from loraedit.toyworld.render import Motion, Thing
+
+    def thing(vx, vy):
+        motion = Motion(0, 0, vx, vy, 0, 0, 0, 1, 0)
+        return Thing("star", 5, 5, None, motion)
+    assert heading_words(thing(1, 0)) == "moving right"
+    assert heading_words(thing(-math.sqrt(0.5), -math.sqrt(0.5))) == "moving up left"
+    assert heading_words(thing(0, 1)) == "moving down"
+    assert heading_words(thing(0, 0)) == ""

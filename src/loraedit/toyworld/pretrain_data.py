@@ -18,7 +18,7 @@ from .. import conditioning
 from ..backends import wan_layout
 from ..media import atomic_path
 from .codec import PatchCodec
-from .scenes import LEVELS, generate
+from .scenes import DIFFICULTY, LEVELS, generate
 
 FRAMES, SIZE = 17, (96, 96)
 #: The first world's levels, for checkpoints written before levels existed.
@@ -45,6 +45,8 @@ def parse_levels(text: str) -> tuple[int, ...]:
 def render_dataset(seeds: range, cache: Path, levels: tuple[int, ...] = FIRST_WORLD_LEVELS) -> dict[str, torch.Tensor]:
     """Videos of the given seeds as one uint8 tensor [N, T, 3, H, W] plus captions (cached on disk)."""
     tag = "" if levels == FIRST_WORLD_LEVELS else "-levels" + "".join(map(str, levels))
+    if any(DIFFICULTY[level].compass for level in levels):  # headings named in the captions (2026-12-04 on)
+        tag += "-compass"
     path = cache / f"videos-{seeds.start}-{seeds.stop}{tag}.safetensors"
     if path.is_file():
         data = load_file(str(path))

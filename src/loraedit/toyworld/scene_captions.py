@@ -6,6 +6,7 @@ use words listed here; `caption_tokens` splits a caption the way that tokenizer 
 
 from __future__ import annotations
 
+import math
 import re
 
 from .backgrounds import PHRASES
@@ -15,7 +16,8 @@ _ADJECTIVE = {"solid": "", "stripes": "striped", "dots": "dotted", "checks": "ch
 _NOUNS = ("square", "rectangle", "circle", "ellipse", "triangle", "diamond", "star", "card")
 #: Every token a caption can contain (punctuation as its own token), for the toy tokenizer.
 CAPTION_WORDS: tuple[str, ...] = tuple(sorted(
-    {",", ".", "a", "an", "and", "on", "over", "turning", *OBJECT_COLOURS, *_NOUNS}
+    {",", ".", "a", "an", "and", "on", "over", "turning", "moving", "up", "down", "left", "right", *OBJECT_COLOURS,
+     *_NOUNS}
     | {w for w in _ADJECTIVE.values() if w}
     | {w for phrase in PHRASES for w in phrase.split()}))
 
@@ -30,9 +32,21 @@ def object_phrase(thing: Thing) -> str:
     return ("an " if text[0] in "aeiou" else "a ") + text
 
 
-def scene_caption(things: list[Thing], background: str) -> str:
-    """The objects named front to back as given, then the background: "a red square and a blue star on ..."."""
-    phrases = [object_phrase(t) for t in things]
+def heading_words(thing: Thing) -> str:
+    """Where an object heads at frame 0, in the caption's words: "moving up left", "moving right"."""
+    vx, vy = thing.motion.vx, thing.motion.vy
+    speed = math.hypot(vx, vy)
+    if speed == 0:
+        return ""
+    vertical = "down" if vy > 0.3 * speed else "up" if vy < -0.3 * speed else ""  # image rows grow downwards
+    horizontal = "right" if vx > 0.3 * speed else "left" if vx < -0.3 * speed else ""
+    return " ".join(w for w in ("moving", vertical, horizontal) if w)
+
+
+def scene_caption(things: list[Thing], background: str, narrate: bool = False) -> str:
+    """The objects named front to back as given, then the background: "a red square and a blue star on ...";
+    `narrate` adds where each object heads ("a red square moving left and ..."; `Difficulty.compass`)."""
+    phrases = [object_phrase(t) + (" " + heading_words(t) if narrate and heading_words(t) else "") for t in things]
     objects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     return f"{objects} on {background}."
 

@@ -67,13 +67,17 @@ class Difficulty:
     other_card_share: float  # of the other objects that are cards
     pan_probability: float  # of backgrounds that pan
     pan_speed: tuple[float, float]  # pan speed range (rounded to whole pixels, at least 1)
+    #: 0: objects head anywhere, unnamed (the first world). N: each heads along one of N compass directions,
+    #: and the caption says which ("a red star moving up left"). From frame 0 alone a heading cannot be known,
+    #: so a model shown only frame 0 can at best blur the possible paths; named, the motion is learnable.
+    compass: int = 0
 
 
 DIFFICULTY: dict[int, Difficulty] = {
     1: Difficulty(speed=(0.005, 0.016), spin_share=0.0, spin_max=0.0, breathing_share=0.0, max_objects=2,
-                  card_share=0.0, other_card_share=0.0, pan_probability=0.25, pan_speed=(0.008, 0.012)),
+                  card_share=0.0, other_card_share=0.0, pan_probability=0.25, pan_speed=(0.008, 0.012), compass=8),
     2: Difficulty(speed=(0.008, 0.028), spin_share=0.5, spin_max=0.06, breathing_share=0.5, max_objects=3,
-                  card_share=0.3, other_card_share=0.15, pan_probability=0.35, pan_speed=(0.008, 0.012)),
+                  card_share=0.3, other_card_share=0.15, pan_probability=0.35, pan_speed=(0.008, 0.012), compass=8),
     3: Difficulty(speed=(0.01, 0.045), spin_share=0.5, spin_max=0.12, breathing_share=0.5, max_objects=3,
                   card_share=0.3, other_card_share=0.15, pan_probability=0.35, pan_speed=(0.008, 0.02)),
 }
@@ -146,6 +150,9 @@ def _motion(rng: np.random.Generator, frames: int, width: int, height: int, rx: 
             card: bool, level: Difficulty) -> Motion:
     short = min(width, height)
     speed, heading = rng.uniform(*level.speed) * short, rng.uniform(0, 2 * math.pi)
+    if level.compass:  # the same draw, snapped: the rest of the scene is what it would have been
+        step = 2 * math.pi / level.compass
+        heading = round(heading / step) % level.compass * step
     spin = 0.0 if card or rng.random() < 1 - level.spin_share else rng.uniform(-level.spin_max, level.spin_max)
     # Near upright in frame 0 whatever the shape (a square turned 45 degrees reads as a diamond, and a
     # reshape may make it one), so the caption's noun matches frame 0; spin turns it later.
@@ -289,8 +296,9 @@ def _try_scene(rng: np.random.Generator, seed: int, frames: int, width: int, hei
     # 5. Captions name the hero first, then the other objects visible in frame 0, front to back.
     shown = [i for i in reversed(range(count))
              if i != hero and visible(layers, i, 1, width, height)[0].mean() >= 0.01]
-    caption = scene_caption([things[hero]] + [things[i] for i in shown], where)
-    edited_caption = scene_caption([edited_hero] + [things[i] for i in shown], where)
+    narrate = level.compass > 0
+    caption = scene_caption([things[hero]] + [things[i] for i in shown], where, narrate)
+    edited_caption = scene_caption([edited_hero] + [things[i] for i in shown], where, narrate)
 
     return Scenario(seed=seed, video=torch.from_numpy(video), edited_video=torch.from_numpy(edited),
                     silhouette_masks=torch.from_numpy(silhouettes.astype(np.float32)),
