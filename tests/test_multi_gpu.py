@@ -6,8 +6,8 @@ import pytest
 
 from loraedit import context_parallel
 from loraedit.cli import main
-from loraedit.perfmodel import (CLIP_TOKENS_14B, H100, WAN21_I2V_14B, Clip, WanDims, train_step_memory,
-                                video_tokens)
+from loraedit.perfmodel import CLIP_TOKENS_14B, WAN21_I2V_14B, Clip, WanDims, train_step_memory, video_tokens
+from loraedit.perftables import H100
 from loraedit.perfmodel_parallel import (NVLINK, PCIE, context_parallel_bytes, context_parallel_step,
                                          format_scaling, fsdp_step, fsdp_train_memory, scaling_table)
 
