@@ -124,13 +124,18 @@ def test_an_unusable_batch_file_is_one_error(tmp_path, text, message):
         read_jobs(tmp_path / "missing.toml")
 
 
-def test_the_plan_refuses_repeated_names_and_outputs_and_groups_by_clip(clip_files, tmp_path):
-    path = _write(tmp_path / "b.toml", "[defaults]\n" + TINY + f'''
+
+def _defaults(clip_files) -> str:
+    """The [defaults] table the batch tests share: the tiny settings and the test clip, cache beside the file."""
+    return "[defaults]\n" + TINY + f'''
 video = "{clip_files['video']}"
 mask = "{clip_files['mask']}"
 edited_first_frame = "{clip_files['edited0']}"
 cache_dir = "cache"
+'''
 
+def test_the_plan_refuses_repeated_names_and_outputs_and_groups_by_clip(clip_files, tmp_path):
+    path = _write(tmp_path / "b.toml", _defaults(clip_files) + f'''
 [[job]]
 out = "a.mp4"
 [[job]]
@@ -221,12 +226,7 @@ def test_a_toy_batch_runs_reports_and_resumes(ray_cluster, clip_files, tmp_path,
     a missing input (refused; the others run). Then the same command again, as after a crash that lost the
     second job's record: only that job runs."""
     (ray_cluster / "first.kill").touch()
-    jobs = _write(tmp_path / "jobs.toml", "[defaults]\n" + TINY + f'''
-video = "{clip_files['video']}"
-mask = "{clip_files['mask']}"
-edited_first_frame = "{clip_files['edited0']}"
-cache_dir = "cache"
-
+    jobs = _write(tmp_path / "jobs.toml", _defaults(clip_files) + f'''
 [[job]]
 out = "out/first.mp4"
 
