@@ -31,7 +31,9 @@ from pathlib import Path
 import torch
 
 from loraedit import conditioning, long_video, media
-from loraedit.api import Encoder, PreparedSampling, compose_prompt, load_backend, sample_windows
+from loraedit.api import compose_prompt, load_backend
+from loraedit.encoding import Encoder
+from loraedit.sampling import PreparedSampling, sample_windows
 from loraedit.config import RunOptions, SampleConfig
 from loraedit.lora_io import remove_lora
 from loraedit.metrics import edit_colour_error, masked_psnr

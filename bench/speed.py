@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from loraedit import conditioning, lora_io, perfmodel, perftables
-from loraedit.api import Encoder
+from loraedit.encoding import Encoder
 from loraedit.backends.wan import WanBackend, load_wan
 from loraedit.performance import ALL_BLOCKS, PerformanceConfig
 from loraedit.train import TrainConfig, flow_matching_loss, sample_sigma, train_lora

@@ -54,7 +54,8 @@ GRAPH = {name: {m for m in _imports(path) if m in MODULES and m != name and not 
 FAMILY_MODULES = {m for m in MODULES if m.startswith("loraedit.backends.")} - {"loraedit.backends.base"}
 
 
-@pytest.mark.parametrize("layer", ["loraedit.train", "loraedit.api", "loraedit.quality", "loraedit.ui"])
+@pytest.mark.parametrize("layer", ["loraedit.train", "loraedit.api", "loraedit.encoding", "loraedit.sampling",
+                                   "loraedit.quality", "loraedit.ui"])
 def test_core_layers_reach_models_only_through_the_protocol(layer):
     offenders = {name: sorted(GRAPH[name] & FAMILY_MODULES) for name in MODULES
                  if (name == layer or name.startswith(layer + ".")) and GRAPH[name] & FAMILY_MODULES}
@@ -104,8 +105,9 @@ def test_the_checks_see_the_package():
 
 #: Lines a module may have: one job per module, so a reader finds a thing by its module's name (issue 14).
 MAX_LINES = 420
-#: Known to be longer, to be split when nobody else is editing them (conditioning is 405: over the issue's ~400).
-LONG_MODULES = {"loraedit.api", "loraedit.conditioning", "loraedit.validate"}
+#: Known to be longer, to be split when nobody else is editing them (conditioning is 405: over the issue's ~400;
+#: validate's option checks are its seam).
+LONG_MODULES = {"loraedit.conditioning", "loraedit.validate"}
 
 
 def test_no_module_is_longer_than_its_one_job_needs():

@@ -18,6 +18,7 @@ from loraedit.backends.wan import DEFAULT_LORA_TARGETS, load_wan
 from loraedit.backends.wan_lora import DIFFUSERS_TO_WAN
 from loraedit.cli import main
 from loraedit.cli.options import parse_extra_lora
+from loraedit.sampling import attach_extra_loras
 from loraedit.config import ExtraLora
 
 FAST = ["--frames", "9", "--size", "64x64", "--quiet", "--steps", "3"]
@@ -73,7 +74,7 @@ def test_stacked_weight_change_is_the_weighted_sum(wan21_dir, loras):
     t = backend.transformer("transformer")
     lora_io.load_lora(loras["edit"], t, backend.fingerprint())
     scfg = api.SampleConfig(extra_loras=(ExtraLora(loras["style"], 0.5), ExtraLora(loras["distill"], 1.5)))
-    api._attach_extra_loras(backend, scfg, edit_lora=True)
+    attach_extra_loras(backend, scfg, edit_lora=True)
     want: dict[str, torch.Tensor] = {}
     for path, weight in ((loras["edit"], 1.0), (loras["style"], 0.5), (loras["distill"], 1.5)):
         for module, delta in _deltas(path, weight).items():
@@ -156,7 +157,7 @@ def test_wan22_no_lora_mode_with_an_extra_lora_on_both_experts(wan22_dir, clip_f
     inputs = api.ClipInputs(video=clip_files["video"], mask=clip_files["mask"], frames=9, size=(64, 64))
     opts = api.RunOptions(mode="no-lora", cache_dir=tmp_path / "cache", progress=False)
     backend = api.load_backend(wan22_dir)
-    api._attach_extra_loras(backend, api.SampleConfig(extra_loras=(ExtraLora(loras["style"], 0.5),)), edit_lora=False)
+    attach_extra_loras(backend, api.SampleConfig(extra_loras=(ExtraLora(loras["style"], 0.5),)), edit_lora=False)
     for expert in backend.experts:
         layers = [m for m in backend.transformer(expert.name).modules() if isinstance(m, LoraLayer)]
         assert layers and all(m.active_adapters == ["extra_0"] for m in layers)

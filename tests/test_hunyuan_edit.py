@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from loraedit import api, conditioning, lora_io, media, performance
-from loraedit.api import Encoder
+from loraedit.encoding import Encoder
 from loraedit.backends import load_backend
 from loraedit.cli import main
 from loraedit.performance import PerformanceConfig

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from loraedit import api, conditioning, media
-from loraedit.api import PreparedSampling, sample_windows
+from loraedit.sampling import PreparedSampling, sample_windows
 from loraedit.backends import EncodedSample
 from loraedit.cli import main
 from loraedit.config import RunOptions, SampleConfig

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from loraedit import conditioning, performance
-from loraedit.api import Encoder
+from loraedit.encoding import Encoder
 from loraedit.backends.wan import load_wan
 from loraedit.cli import build_parser
 from loraedit.cli.options import configs as _configs

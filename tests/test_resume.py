@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from loraedit import conditioning, lora_io
-from loraedit.api import Encoder
+from loraedit.encoding import Encoder
 from loraedit.backends.wan import load_wan
 from loraedit.errors import InputError, Interrupted, LoraEditError
 from loraedit.backends.wan import Expert

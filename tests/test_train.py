@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from loraedit import conditioning, lora_io
-from loraedit.api import Encoder
+from loraedit.encoding import Encoder
 from loraedit.backends.base import Expert
 from loraedit.backends.wan import TEXT_TOKENS, load_wan
 from loraedit.errors import InputError, LoraEditError

@@ -11,25 +11,25 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from . import conditioning, distributed, long_video, media, report
-from .backends import Backend, EncodedSample
+from .backends import Backend
 from .backends import load_backend as _load_backend
-from .cache import TensorCache, content_key
+from .encoding import Encoder, encode_appearance_variants
 from .conditioning import TRAINING_MODES
 # The settings live in `config`; they are importable from here too, where the jobs that take them are.
 from .config import (CONCEPT_TOKEN, ClipInputs, EditedFrame, ExtraLora, RunOptions, SampleConfig,  # noqa: F401
                      TrainConfig)
 from .errors import out_of_memory_advice
-from .lora_io import ADAPTER, inspect_lora, load_lora, remove_lora, stack_adapters
+from .lora_io import inspect_lora, load_lora, remove_lora
 from .performance import ALL_BLOCKS, PerformanceConfig
 from .results import EditResult
+from .sampling import PreparedSampling, attach_extra_loras, sample_windows
 from .train import TrainProgress, train_lora
 from .validate import CheckedRun, Clip, check_run
 
@@ -124,65 +124,6 @@ def with_captions(run: CheckedRun, opts: RunOptions, training: bool, sampling: b
     return replace(opts, **changes)
 
 
-# ---- encoding with a cache ------------------------------------------------------------------------------
-
-
-class Encoder:
-    """Encodes samples, prompts and images once per content; later runs read them from the cache."""
-
-    def __init__(self, backend: Backend, cache_dir: Path | None, mask_mode: str, clip_view: str = "squash"):
-        self.backend = backend
-        self.cache = TensorCache(cache_dir)
-        self.model_key = backend.fingerprint()
-        self.mask_mode = mask_mode
-        self.clip_view = clip_view
-
-    def prompt(self, text: str, image: torch.Tensor | None = None) -> torch.Tensor:
-        """The prompt's embedding; `image` is the frame a Llava-style text encoder reads with it (HunyuanVideo:
-        the first frame; None = the family's unconditional image) and is ignored by prompt-only encoders."""
-        if not self.backend.prompt_sees_image:
-            return self.cache.get_or_compute("text", content_key(self.model_key, text),
-                                             lambda: self.backend.encode_prompt(text))
-        key = content_key(self.model_key, text, "no image" if image is None else image)
-        return self.cache.get_or_compute("text", key, lambda: self.backend.encode_prompt(text, image))
-
-    def image(self, image: torch.Tensor) -> torch.Tensor | None:
-        if not self.backend.uses_clip:
-            return None
-        key = content_key(self.model_key, image) if self.clip_view == "crop" else \
-            content_key(self.model_key, self.clip_view, image)
-        return self.cache.get_or_compute("clip", key, lambda: self.backend.encode_image(image, self.clip_view))
-
-    def latents(self, video: torch.Tensor) -> torch.Tensor:
-        return self.cache.get_or_compute("latents", content_key(self.model_key, video),
-                                         lambda: self.backend.encode_video(video))
-
-    def condition(self, sample: conditioning.Sample) -> torch.Tensor:
-        key = content_key(self.model_key, self.mask_mode, sample.condition_video, sample.keep_mask)
-        return self.cache.get_or_compute("condition", key,
-                                         lambda: self.backend.condition_tensor(sample, self.mask_mode))
-
-    def sample(self, sample: conditioning.Sample) -> EncodedSample:
-        return EncodedSample(
-            name=sample.name, condition=self.condition(sample), text=self.prompt(sample.prompt, sample.clip_image),
-            image=self.image(sample.clip_image),
-            target=None if sample.target is None else self.latents(sample.target))
-
-
-def encode_appearance_variants(encoder: Encoder, motion: list[conditioning.Sample],
-                               cfg: TrainConfig) -> list[list[EncodedSample]] | None:
-    """`cfg.appearance_augment` recoloured variants of each motion sample, encoded (None when it is 0).
-
-    Encoded once before training, like every sample, so the encoders can still be freed; each training
-    step then draws one variant (train.train_lora). The transforms come from the training seed.
-    """
-    if not cfg.appearance_augment:
-        return None
-    return [[encoder.sample(v) for v in conditioning.appearance_variants(
-        s, cfg.appearance_augment, seed=cfg.seed * 1000 + i, region=cfg.appearance_region)]
-        for i, s in enumerate(motion)]
-
-
 # ---- the jobs -------------------------------------------------------------------------------------------
 
 
@@ -247,18 +188,6 @@ def _train(backend: Backend, run: CheckedRun, out_dir: Path, opts: RunOptions, c
     return paths
 
 
-@dataclass
-class PreparedSampling:
-    """Everything sampling needs, encoded, so that the encoders can be freed before training or sampling."""
-
-    clip: Clip
-    first_frame: torch.Tensor  # [3, H, W]
-    condition: EncodedSample  # of the first window (the whole clip when it fits one)
-    negative: torch.Tensor  # [512, D]
-    windows: list[long_video.Window]  # one, or the chain of a clip longer than the model's window
-    prompt: str
-
-
 def prepare_sampling(backend: Backend, run: CheckedRun, opts: RunOptions, scfg: SampleConfig) -> PreparedSampling:
     """Build the mode's inference condition from the checked clip and edited first frame, and encode it."""
     clip, first = run.clip, run.edited_first_frame
@@ -283,7 +212,7 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
         for path, expert in zip(loras, backend.experts, strict=True):
             load_lora(Path(path), backend.transformer(expert.name), backend.fingerprint(), dtype=backend.dtype,
                       device=backend.device)
-    _attach_extra_loras(backend, scfg, edit_lora=opts.mode in TRAINING_MODES)
+    attach_extra_loras(backend, scfg, edit_lora=opts.mode in TRAINING_MODES)
     backend.set_progress(opts.progress)
     with out_of_memory_advice("sampling the edit", _memory_advice(run, opts)):
         video = sample_windows(backend, prepared, opts, scfg)
@@ -299,51 +228,6 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
     if distributed.active().writes:  # every rank of a context-parallel job holds the same video
         write_outputs(Path(out), video, prepared.clip, settings, log)
     return EditResult(video, Path(out), settings, tuple(Path(p) for p in loras))
-
-
-def sample_windows(backend: Backend, prepared: PreparedSampling, opts: RunOptions, scfg: SampleConfig) -> torch.Tensor:
-    """The sampler over the prepared windows: one call for a clip that fits the model, else one per window,
-    each given the last frames generated so far (`long_video`). Later windows keep the first window's text and
-    CLIP embeddings (the edited first frame's: an anchor against drift) and encode only their condition (VAE).
-    """
-    clip, windows = prepared.clip, prepared.windows
-    encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view) if len(windows) > 1 else None
-    video = prepared.first_frame[None]
-    for i, window in enumerate(windows):
-        given = video[window.start:window.start + window.given]
-        if i == 0:
-            encoded = prepared.condition
-        else:
-            if scfg.window_colour_match:
-                given = long_video.match_colour(given, clip.masks[window.start:window.start + window.given],
-                                                prepared.first_frame, clip.masks[0])
-            sample = long_video.window_condition(opts.mode, clip.video, clip.masks, window, given, prepared.prompt)
-            encoded = replace(prepared.condition, condition=encoder.condition(sample))
-            print(f"loraedit: window {i + 1}/{len(windows)}: frames {window.start}-{window.stop - 1}", file=sys.stderr)
-        out = backend.generate(encoded.condition, given[0], encoded.text, prepared.negative, encoded.image,
-                               steps=scfg.steps, guidance=scfg.guidance, guidance_2=scfg.guidance_2, shift=scfg.shift,
-                               seed=scfg.seed + i, sampler=scfg.sampler,
-                               first_block_cache_threshold=scfg.first_block_cache)
-        video = out if i == 0 else torch.cat([video[:window.start + window.given], out[window.given:]])
-    return video
-
-
-def _attach_extra_loras(backend: Backend, scfg: SampleConfig, edit_lora: bool) -> None:
-    """Stack `--extra-lora` files beside the edit LoRA on every expert, each at its weight (sampling only:
-    training never sees them). Without extras nothing changes, so a plain run stays what it was."""
-    if not scfg.extra_loras:
-        return
-    for expert in backend.experts:
-        transformer = backend.transformer(expert.name)
-        weights = {ADAPTER: 1.0} if edit_lora else {}
-        for i, extra in enumerate(scfg.extra_loras):
-            name = f"extra_{i}"
-            with warnings.catch_warnings():  # peft warns on every second adapter; stacking is the point here
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                load_lora(Path(extra.path), transformer, backend.fingerprint(), dtype=backend.dtype,
-                          device=backend.device, adapter=name)
-            weights[name] = extra.weight
-        stack_adapters(transformer, weights)
 
 
 def sample(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, loras: list[Path] = (),

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from . import conditioning, media
-from .api import Encoder, compose_prompt, encode_appearance_variants
+from .api import compose_prompt
+from .encoding import Encoder, encode_appearance_variants
 from .backends import Backend
 from .lora_io import remove_lora
 from .metrics import edit_metrics, masked_psnr
