@@ -159,7 +159,8 @@ def naive_training(backend: WanBackend, video, masks, steps: int, cfg: TrainConf
     transformer = backend.transformer("transformer")
     backend.place_transformers()
     torch.manual_seed(0)
-    lora_io.add_lora(transformer, lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets, "bench", backend.kind))
+    lora_io.add_lora(transformer, lora_io.LoraSettings(cfg.rank, cfg.alpha, cfg.targets or backend.default_lora_targets, "bench",
+                                                              backend.kind))
     lora = [p for p in transformer.parameters() if p.requires_grad]
     transformer.requires_grad_(True)  # naive: every weight gets a gradient (only the LoRA is updated)
     optimizer = torch.optim.AdamW(lora, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay,
@@ -340,7 +341,7 @@ def keep_attention_by_length(model_dir: Path, encoded, clip, rounds: int) -> lis
     backend.place_transformers()
     transformer = backend.transformer("transformer")
     torch.manual_seed(0)
-    lora_io.add_lora(transformer, lora_io.LoraSettings(clip.rank, clip.rank, TrainConfig().targets, "b", "k"),
+    lora_io.add_lora(transformer, lora_io.LoraSettings(clip.rank, clip.rank, backend.default_lora_targets, "b", "k"),
                      dtype=torch.float32)
     c, t, h, w = encoded.target.shape
     image = None if encoded.image is None else encoded.image[None]
@@ -377,8 +378,8 @@ def activation_check(model_dir: Path, dims, clip, encoded) -> dict:
         backend.place_transformers()
         transformer = backend.transformer("transformer")
         torch.manual_seed(0)
-        lora_io.add_lora(transformer, lora_io.LoraSettings(clip.rank, clip.rank, TrainConfig().targets, "b", "k"),
-                         dtype=torch.float32)
+        settings = lora_io.LoraSettings(clip.rank, clip.rank, backend.default_lora_targets, "b", "k")
+        lora_io.add_lora(transformer, settings, dtype=torch.float32)
         set_gradient_checkpointing(transformer, ckpt, keep)
         image = None if encoded.image is None else encoded.image[None].bfloat16()
         kind = "flash" if attention == "native" else "math"
