@@ -118,7 +118,7 @@ def bench_clip(backend: WanBackend):
 
         scene = generate(HELDOUT_SEED_BASE + 7, frames, (w, h))
         return scene.video, scene.box_masks, scene.edited_first_frame
-    from loraedit.toyworld.scenes import moving_square
+    from loraedit.toyworld.square import moving_square
 
     clip = moving_square(0, frames, (w, h))
     return clip.video, clip.masks, clip.edited_first_frame
@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every measurement; the fastest counts")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    if min(args.train_steps, args.naive_steps, args.sample_steps) < 4:
+        parser.error("--train-steps, --naive-steps and --sample-steps need at least 4 (2 warm-up steps, then the "
+                     "timed gaps)")
     torch.manual_seed(0)
     cfg = TrainConfig(stage1_steps=args.train_steps, checkpoint_every=0)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from loraedit import media
-from loraedit.toyworld.scenes import HELDOUT_SEED_BASE, generate, write_scenario
+from loraedit.toyworld.scenario_files import write_scenario
+from loraedit.toyworld.scenes import HELDOUT_SEED_BASE, generate
 
 HERE = Path(__file__).resolve().parent
 CLIPS = {"a": HELDOUT_SEED_BASE + 900_000, "b": HELDOUT_SEED_BASE + 900_001}  # 900_000: `loraedit demo`'s clip
