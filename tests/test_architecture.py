@@ -105,8 +105,8 @@ def test_the_checks_see_the_package():
 
 #: Lines a module may have: one job per module, so a reader finds a thing by its module's name (issue 14).
 MAX_LINES = 420
-#: Known to be longer, to be split when nobody else is editing it (405 lines: under MAX_LINES, over the issue's ~400).
-LONG_MODULES = {"loraedit.conditioning"}
+#: Known to be longer, to be split when nobody else is editing them (none today: a new long module fails).
+LONG_MODULES: set[str] = set()
 
 
 def test_no_module_is_longer_than_its_one_job_needs():

@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loraedit import appearance as A
 from loraedit import conditioning as C
 from loraedit.backends import wan_layout as L
 from loraedit.conditioning import Sample
@@ -588,14 +589,14 @@ def test_recolour_changes_only_the_edit_region_and_is_seeded():
     video = torch.rand(5, 3, 8, 8, generator=g) * 2 - 1
     masks = torch.zeros(5, 8, 8)
     masks[:, 2:6, 2:6] = 1
-    a = C.recolour_edit_region(video, masks, torch.Generator().manual_seed(1))
-    b = C.recolour_edit_region(video, masks, torch.Generator().manual_seed(1))
+    a = A.recolour_edit_region(video, masks, torch.Generator().manual_seed(1))
+    b = A.recolour_edit_region(video, masks, torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     outside = masks == 0
     assert torch.equal(a.permute(1, 0, 2, 3)[:, outside], video.permute(1, 0, 2, 3)[:, outside])
     assert not torch.allclose(a[:, :, 2:6, 2:6], video[:, :, 2:6, 2:6])
     assert a.min() >= -1 and a.max() <= 1
-    samples = C.appearance_augmented_samples(video, masks, "p", copies=2)
+    samples = A.appearance_augmented_samples(video, masks, "p", copies=2)
     assert len(samples) == 2 and not torch.equal(samples[0].target, samples[1].target)
     assert torch.equal(samples[0].keep_mask, C.keep_mask_from_edit_masks(masks))
     assert torch.equal(samples[0].condition_video[0], samples[0].target[0])  # frame 0 shows the recolour
@@ -606,10 +607,10 @@ def test_colour_transform_is_seeded_affine_and_keeps_blank_pixels_blank():
     masks = torch.zeros(5, 6, 6)
     masks[1:, 1:4, 1:4] = 1
     sample = C.motion_sample(video, masks, "p")
-    t1 = C.random_colour_transform(torch.Generator().manual_seed(3))
-    t2 = C.random_colour_transform(torch.Generator().manual_seed(3))
+    t1 = A.random_colour_transform(torch.Generator().manual_seed(3))
+    t2 = A.random_colour_transform(torch.Generator().manual_seed(3))
     assert torch.equal(t1.matrix, t2.matrix) and torch.equal(t1.offset, t2.offset)
-    out = C.recolour_sample(sample, t1, region="frame")
+    out = A.recolour_sample(sample, t1, region="frame")
     assert torch.allclose(out.target, (torch.einsum("ij,tjhw->tihw", t1.matrix, video)
                                        + t1.offset.view(3, 1, 1)).clamp(-1, 1))
     assert torch.equal(out.keep_mask, sample.keep_mask)
@@ -625,26 +626,26 @@ def test_path_recolouring_changes_only_the_edit_regions_path_the_same_in_every_f
     masks[1, 1:3, 1:3] = 1
     masks[2:, 3:5, 2:4] = 1  # the region moves: its path is the union of both boxes
     sample = C.motion_sample(video, masks, "p")
-    path = C.edit_path(sample.keep_mask)
+    path = A.edit_path(sample.keep_mask)
     assert path.sum() == 8 and torch.equal(path, masks.amax(0))
-    out = C.recolour_sample(sample, C.random_colour_transform(torch.Generator().manual_seed(0)), region="path")
+    out = A.recolour_sample(sample, A.random_colour_transform(torch.Generator().manual_seed(0)), region="path")
     changed = (out.target != video).any(dim=1)  # [T, H, W]
     assert changed.any(dim=0).logical_and(path == 0).sum() == 0  # nothing outside the path changes
     assert changed[0, 1:3, 1:3].all() and changed[0, 3:5, 2:4].all()  # frame 0 too, where the region goes later
     assert (out.condition_video.permute(1, 0, 2, 3)[:, sample.keep_mask == 0] == 0).all()
     with pytest.raises(ValueError, match="region"):
-        C.recolour_sample(sample, C.random_colour_transform(torch.Generator()), region="box")
+        A.recolour_sample(sample, A.random_colour_transform(torch.Generator()), region="box")
 
 
 def test_appearance_variants_differ_in_hue_and_keep_the_motion():
     video = distinct_video(5, 6, 6)
     masks = torch.zeros(5, 6, 6)
     masks[1:, 1:4, 1:4] = 1
-    variants = C.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
+    variants = A.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
     assert len(variants) == 8 and len({v.name for v in variants}) == 8
     means = torch.stack([v.target[:, :, 1:4, 1:4].mean(dim=(0, 2, 3)) for v in variants])  # in the region
     assert means.std(dim=0).min() > 0.05  # the colours really vary from draw to draw
-    again = C.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
+    again = A.appearance_variants(C.motion_sample(video, masks, "p"), 8, seed=0)
     assert all(torch.equal(a.target, b.target) for a, b in zip(variants, again))
 
 

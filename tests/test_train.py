@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from loraedit import conditioning, lora_io
+from loraedit import appearance, conditioning, lora_io
 from loraedit.encoding import Encoder
 from loraedit.backends.base import Expert
 from loraedit.backends.wan import TEXT_TOKENS, load_wan
@@ -198,7 +198,7 @@ def _variants(backend, toy_clip, count):
     enc = Encoder(backend, None, "maxpool")
     video, masks = toy_clip.video[:9], toy_clip.masks[:9]
     motion = conditioning.motion_sample(video, masks, "p3rs0n, a red square")
-    return [[enc.sample(v) for v in conditioning.appearance_variants(motion, count, seed=0)]]
+    return [[enc.sample(v) for v in appearance.appearance_variants(motion, count, seed=0)]]
 
 
 def test_appearance_augment_trains_on_the_variants_and_resumes_exactly(wan21_dir, toy_clip, tmp_path):

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .backends.base import CLIP_VIEWS, SAMPLERS
-from .conditioning import APPEARANCE_REGIONS, MODES, TRAINING_MODES
+from .appearance import APPEARANCE_REGIONS
+from .conditioning import MODES, TRAINING_MODES
 from .performance import PerformanceConfig
 
 __all__ = ["APPEARANCE_REGIONS", "CLIP_VIEWS", "CONCEPT_TOKEN", "ClipInputs", "EditedFrame", "ExtraLora", "MASK_MODES",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import conditioning
+from . import appearance, conditioning
 from .backends import Backend, EncodedSample
 from .cache import TensorCache, content_key
 from .config import TrainConfig
@@ -68,6 +68,6 @@ def encode_appearance_variants(encoder: Encoder, motion: list[conditioning.Sampl
     """
     if not cfg.appearance_augment:
         return None
-    return [[encoder.sample(v) for v in conditioning.appearance_variants(
+    return [[encoder.sample(v) for v in appearance.appearance_variants(
         s, cfg.appearance_augment, seed=cfg.seed * 1000 + i, region=cfg.appearance_region)]
         for i, s in enumerate(motion)]

@@ -1,7 +1,7 @@
 """Checks of a run's options that need no file: modes, choices, numbers in range, what combines with what.
 
 Step 1 of `validate.check_run`. `found` collects problems (each fatal, all reported together) and notes
-(how the run will go), as `validate._Findings` does; every message names the option and the fix.
+(how the run will go), as `findings.Findings` does; every message names the option and the fix.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import conditioning, media
+from . import appearance, conditioning, media
 from .api import compose_prompt
 from .encoding import Encoder, encode_appearance_variants
 from .backends import Backend
@@ -125,7 +125,7 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
         outputs["naive"] = trained("naive", *recipe("naive"), plain_cond,
                                    replace(cfg.train, appearance_augment=0))  # the paper's baseline, as published
     motion, _ = recipe("mask-aware")
-    motion += conditioning.appearance_augmented_samples(video, masks, train_prompt, cfg.recolour_copies)
+    motion += appearance.appearance_augmented_samples(video, masks, train_prompt, cfg.recolour_copies)
     if "mask-aware" in cfg.modes:
         outputs["mask-aware"] = trained("mask-aware", motion, [], mask_cond)
     if "mask-aware+paste" in cfg.modes and "mask-aware" in outputs:

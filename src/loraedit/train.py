@@ -140,7 +140,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
     result beyond rounding, so it is not part of the run's key and may change between a crash and --resume.
     `on_step`, if given, is called with a `TrainProgress` before the first step and after every step.
     `motion_variants` (with `cfg.appearance_augment` > 0): for each motion sample, that many recoloured
-    versions (`conditioning.appearance_variants`, encoded); a step that picks a motion sample trains on
+    versions (`appearance.appearance_variants`, encoded); a step that picks a motion sample trains on
     one of its variants, drawn from the step's generator, never on the original appearance.
     `parallel` (default: the job this process joined, `distributed.active()`): with several processes the
     base is sharded over them, each computes its share of a step's `cfg.draws_per_step` draws, the LoRA
@@ -343,7 +343,7 @@ def _check_variants(motion: list[EncodedSample], variants: list[list[EncodedSamp
         return None
     if variants is None or len(variants) != len(motion) or any(len(v) != cfg.appearance_augment for v in variants):
         raise ValueError(f"appearance_augment={cfg.appearance_augment} needs that many variants of each of the "
-                         f"{len(motion)} motion samples (conditioning.appearance_variants, encoded)")
+                         f"{len(motion)} motion samples (appearance.appearance_variants, encoded)")
     return variants
 
 

@@ -22,24 +22,20 @@ note saying exactly how; --strict refuses it instead.
 
 from __future__ import annotations
 
-import math
 import os
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
-from . import diskspace, lora_io, media, plan
+from . import diskspace, media, plan
 from .backends import ModelFolder, read_model_folder, resolve_model_dir
 from .checkpoints import latest_checkpoint
 from .config import TRAINING_MODES, ClipInputs, RunOptions, SampleConfig, TrainConfig
 from .errors import InputError
+from .findings import Findings
+from .lora_checks import check_extra_loras, check_loras, lora_params
 from .option_checks import check_options
-
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -77,28 +73,6 @@ class CheckedRun:
     notes: tuple[str, ...]  # how inputs were fitted, for the user to read
 
 
-class _Findings:
-    """Problems (each fatal, all reported together) and notes (how inputs will be fitted)."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.notes: list[str] = []
-
-    def attempt(self, fn: Callable[..., _T], *args, option: str = "") -> _T | None:
-        """`fn(*args)`, or None with its InputError's problems recorded (prefixed with the option at fault)."""
-        try:
-            return fn(*args)
-        except InputError as exc:
-            self.problems.extend(f"{option}: {p}" if option else p for p in exc.problems)
-            return None
-
-    def passes(self, check: Callable[..., None], *args, option: str = "") -> bool:
-        """Run a check that raises InputError; record its problems and say whether it passed."""
-        before = len(self.problems)
-        self.attempt(check, *args, option=option)
-        return len(self.problems) == before
-
-
 def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: RunOptions, *,
               cfg: TrainConfig | None = None, scfg: SampleConfig | None = None,
               edited_first_frame: Path | None = None, loras: tuple[Path, ...] = (),
@@ -108,7 +82,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     `cfg` is given when the run trains, `scfg` when it samples; `video_out` is the output video,
     `train_dir` the folder that receives the LoRA and checkpoints.
     """
-    found = _Findings()
+    found = Findings()
     # 1. Options that need no file.
     check_options(found, command, inputs, opts, cfg, scfg, loras)
     # 2. The model folder, from its configs.
@@ -127,11 +101,11 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     # 6. LoRA: the given files against the model (sampling), or the LoRA to train (its size, for the disk).
     params = 0
     if folder is not None and command == "sample" and opts.mode in TRAINING_MODES and loras:
-        _check_loras(found, folder, [Path(p) for p in loras])
+        check_loras(found, folder, [Path(p) for p in loras])
     if folder is not None and scfg is not None and scfg.extra_loras:
-        _check_extra_loras(found, folder, scfg)
+        check_extra_loras(found, folder, scfg)
     if folder is not None and cfg is not None and train_dir is not None and not found.problems:
-        params = _lora_params(found, folder, cfg)
+        params = lora_params(found, folder, cfg)
     # 7. Where the run writes: writable, no stale checkpoint, enough free disk.
     _check_outputs(found, command, opts, video_out, train_dir)
     if not found.problems:
@@ -150,7 +124,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
 # ---- 3. geometry --------------------------------------------------------------------------------------
 
 
-def _check_geometry(found: _Findings, inputs: ClipInputs,
+def _check_geometry(found: Findings, inputs: ClipInputs,
                     folder: ModelFolder | None) -> tuple[int | None, tuple[int, int] | None]:
     """(frames, size) to work at, or None for whichever is wrong or unknown (no model)."""
     # None means "the model's"; 0 or a negative number is a wrong value, reported below, never "unset"
@@ -175,7 +149,7 @@ def _check_geometry(found: _Findings, inputs: ClipInputs,
     return frames, size
 
 
-def _check_window(found: _Findings, opts: RunOptions, scfg: SampleConfig | None, folder: ModelFolder | None,
+def _check_window(found: Findings, opts: RunOptions, scfg: SampleConfig | None, folder: ModelFolder | None,
                   frames: int | None) -> int | None:
     """The frames sampled at once: --window or the model's; a longer clip is edited window by window."""
     window = opts.window if opts.window is not None else (folder.window_frames if folder else None)
@@ -197,7 +171,7 @@ def _check_window(found: _Findings, opts: RunOptions, scfg: SampleConfig | None,
 # ---- 4. the clip --------------------------------------------------------------------------------------
 
 
-def _check_clip(found: _Findings, inputs: ClipInputs, frames: int | None,
+def _check_clip(found: Findings, inputs: ClipInputs, frames: int | None,
                 size: tuple[int, int] | None) -> tuple[torch.Tensor | None, Clip | None]:
     """(the source video if readable, the fitted clip if everything about it is right)."""
     read = found.attempt(media.read_video, inputs.video, option="--video")
@@ -268,7 +242,7 @@ def _aspect_differs(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 # ---- 5. edited images ---------------------------------------------------------------------------------
 
 
-def _check_edited_image(found: _Findings, path: Path, what: str, source: torch.Tensor | None,
+def _check_edited_image(found: Findings, path: Path, what: str, source: torch.Tensor | None,
                         size: tuple[int, int] | None, strict: bool) -> torch.Tensor | None:
     """Read an edited image; note (or, under --strict, refuse) a fit that crops it. Returns it fitted."""
     image = found.attempt(media.read_image, path, option=what)
@@ -290,7 +264,7 @@ def _check_edited_image(found: _Findings, path: Path, what: str, source: torch.T
     return media.cover_crop(image, size) if size is not None else None
 
 
-def _check_edited_frames(found: _Findings, inputs: ClipInputs, source: torch.Tensor | None, clip: Clip | None,
+def _check_edited_frames(found: Findings, inputs: ClipInputs, source: torch.Tensor | None, clip: Clip | None,
                          size: tuple[int, int] | None) -> tuple[FittedEditedFrame, ...]:
     """Each --edited-frame: a later frame of the video, given once, a readable image, a mask with an edit."""
     fitted, seen = [], set()
@@ -324,73 +298,10 @@ def _check_edited_frames(found: _Findings, inputs: ClipInputs, source: torch.Ten
     return tuple(fitted)
 
 
-# ---- 6. LoRA files ------------------------------------------------------------------------------------
-
-
-def _check_loras(found: _Findings, folder: ModelFolder, loras: list[Path]) -> None:
-    if len(loras) != len(folder.experts):
-        names = " and ".join(["lora.safetensors", "lora_2.safetensors"][: len(folder.experts)])
-        found.problems.append(f"this {folder.kind} model has {len(folder.experts)} expert(s) and needs as many LoRA "
-                              f"files, got {len(loras)}: pass {names} with --lora, in that order")
-        return
-    for path, expert in zip(loras, folder.experts):
-        _check_lora(found, folder, path, [expert], expert)
-
-
-def _check_extra_loras(found: _Findings, folder: ModelFolder, scfg: SampleConfig) -> None:
-    """Each --extra-lora against every expert it will be attached to (from its header, like --lora)."""
-    for extra in scfg.extra_loras:
-        _check_lora(found, folder, Path(extra.path), list(folder.experts), None, option="--extra-lora")
-
-
-def _check_lora(found: _Findings, folder: ModelFolder, path: Path, experts: list[str], expert: str | None,
-                option: str = "") -> None:
-    """One LoRA file's header against the `experts` it attaches to (`expert`: the one --lora gives it for); a
-    file of another tool that fits gets a note that its base could not be verified."""
-    header = found.attempt(lora_io.inspect_lora, path, option=option or "--lora")
-    if header is None:
-        return
-    problems: list[str] = []
-    for name in experts:
-        try:
-            expected = folder.lora_shapes(name, header.settings.rank, header.settings.targets)
-        except re.error:
-            problems.append(f"LoRA file {path} has damaged target settings: train it again")
-            break
-        problems.extend(p for p in lora_io.lora_problems(header, expected, folder.fingerprint, expert)
-                        if p not in problems)
-    found.problems.extend(f"{option}: {p}" if option else p for p in problems)
-    note = lora_io.unverified_base_note(header)
-    if note and not problems:
-        found.notes.append(note)
-
-
-def lora_file_problems(folder: ModelFolder, loras: list[Path]) -> list[str]:
-    """Why these LoRA files cannot be used with the model in `folder`: `sample --lora`'s checks (one file per
-    expert, the base model's fingerprint, rank, names and shapes), from the files' headers alone."""
-    found = _Findings()
-    _check_loras(found, folder, [Path(p) for p in loras])
-    return found.problems
-
-
-def _lora_params(found: _Findings, folder: ModelFolder, cfg: TrainConfig) -> int:
-    """Number of LoRA weights training will create; a problem if --targets matches no layer (or, for a family
-    whose files fuse layers, adapts only part of one)."""
-    targets = cfg.targets or folder.default_lora_targets
-    shapes = [found.attempt(folder.lora_shapes, expert, cfg.rank, targets) for expert in folder.experts]
-    if any(s is None for s in shapes):
-        return 0
-    params = sum(math.prod(shape) for expert_shapes in shapes for shape in expert_shapes.values())
-    if not params:
-        found.problems.append(f"--targets {cfg.targets!r} matches no Linear layer of this model's transformer: "
-                              r"give a regex over module names like blocks\.\d+\.attn1\.to_q (or drop it)")
-    return params
-
-
 # ---- 7. outputs and disk ------------------------------------------------------------------------------
 
 
-def _check_outputs(found: _Findings, command: str, opts: RunOptions, video_out: Path | None,
+def _check_outputs(found: Findings, command: str, opts: RunOptions, video_out: Path | None,
                    train_dir: Path | None) -> None:
     add = found.problems.append
     if video_out is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from .. import api, media, validate
+from .. import api, lora_checks, media
 from ..api import ClipInputs, RunOptions, SampleConfig
 from ..conditioning import TRAINING_MODES
 from ..config import TrainConfig
@@ -157,13 +157,13 @@ def _latest(updates: queue.Queue) -> Iterator[TrainProgress]:
 def load_lora_files(cfg: AppConfig, s: Session, received: list[str | Path], settings: Settings) -> str:
     """LoRA file(s) from an earlier training (one per expert, in name order: lora, lora_2) become the session's,
     for *Sample* with the session's clip and masks; refused with the reason when they do not fit the model
-    (`validate.lora_file_problems`, from the headers, before any tensor is read)."""
+    (`lora_checks.lora_file_problems`, from the headers, before any tensor is read)."""
     if not received:
         raise InputError("no LoRA file: upload lora.safetensors from an earlier training (and lora_2 for Wan2.2)")
     inputs = _clip_inputs(s, settings)  # the clip and masks to sample with must be there first
     ordered = sorted((Path(p) for p in received), key=lambda p: media.natural_key(p.name))
     stored = [store_upload(s, p, "uploaded-lora", "lora") for p in ordered]
-    problems = validate.lora_file_problems(model_facts(cfg.model), stored)
+    problems = lora_checks.lora_file_problems(model_facts(cfg.model), stored)
     if problems:
         for path in stored:
             path.unlink(missing_ok=True)
