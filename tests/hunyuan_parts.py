@@ -104,3 +104,11 @@ def write_hunyuan_folder(path: Path, condition_type: str = "latent_concat", guid
     pipe.save_pretrained(path, safe_serialization=True)
     (Path(path) / "loraedit_model.json").write_text(json.dumps(info or {"working_size": [64, 64], "frames": 9}))
     return Path(path)
+
+
+def transformer_inputs(g: torch.Generator) -> dict:
+    """Seeded random inputs of one forward of the tiny transformer (latent_concat: noisy + image latents + mask)."""
+    c = LATENT_CHANNELS
+    return dict(hidden_states=torch.randn(1, 2 * c + 1, 2, 4, 4, generator=g), timestep=torch.tensor([500.0]),
+                encoder_hidden_states=torch.randn(1, 6, 16, generator=g), encoder_attention_mask=torch.ones(1, 6),
+                pooled_projections=torch.randn(1, 8, generator=g), return_dict=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from hunyuan_parts import LATENT_CHANNELS as C
-from hunyuan_parts import build_components
+from hunyuan_parts import build_components, transformer_inputs
 
 from loraedit import conditioning, lora_io
 from loraedit.backends import hunyuan_layout as L
@@ -260,9 +260,7 @@ def test_diffusers_own_loader_gives_the_in_memory_output(tmp_path):
     pipe = HunyuanVideoImageToVideoPipeline(**build_components())  # the same seeded base weights
     pipe.load_lora_weights(str(path))
     g = torch.Generator().manual_seed(0)
-    inputs = dict(hidden_states=torch.randn(1, 2 * C + 1, 2, 4, 4, generator=g), timestep=torch.tensor([500.0]),
-                  encoder_hidden_states=torch.randn(1, 6, 16, generator=g), encoder_attention_mask=torch.ones(1, 6),
-                  pooled_projections=torch.randn(1, 8, generator=g), return_dict=False)
+    inputs = transformer_inputs(g)
     with torch.no_grad():
         expected, got = ours(**inputs)[0], pipe.transformer(**inputs)[0]
         lora_io.remove_lora(ours)

@@ -18,18 +18,11 @@ from loraedit import lora_io
 from loraedit.backends.wan import DEFAULT_LORA_TARGETS, load_wan
 from loraedit.backends.wan_lora import DIFFUSERS_TO_WAN
 from loraedit.errors import InputError
+from tiny_wan import tiny_wan_forward
 
 RANK, ALPHA = 4, 8.0  # scale 2
 
 
-def _forward(transformer, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 36, 3, 8, 8, generator=g)
-    text = torch.randn(1, 512, 32, generator=g)
-    image = torch.randn(1, 17, 4, generator=g)
-    with torch.no_grad():
-        return transformer(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text,
-                           encoder_hidden_states_image=image, return_dict=False)[0]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +38,7 @@ def trained(wan21_dir, tmp_path_factory):
     lora_io.save_lora(path, backend.pipe.transformer, settings)
     deltas = {name: m.get_delta_weight(lora_io.ADAPTER).detach().clone()
               for name, m in backend.pipe.transformer.named_modules() if isinstance(m, LoraLayer)}
-    return {"path": path, "state": state, "expected": _forward(backend.pipe.transformer), "deltas": deltas}
+    return {"path": path, "state": state, "expected": tiny_wan_forward(backend.pipe.transformer), "deltas": deltas}
 
 
 def _modules(state):
@@ -120,7 +113,7 @@ def test_foreign_layout_loads_to_the_same_output(layout, trained, wan21_dir, tmp
     assert header.layout == name and header.settings.rank == RANK and header.settings.base_model == ""
     ours = load_wan(wan21_dir)
     lora_io.load_lora(path, ours.pipe.transformer, ours.fingerprint())
-    torch.testing.assert_close(_forward(ours.pipe.transformer), trained["expected"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tiny_wan_forward(ours.pipe.transformer), trained["expected"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["comfy-alpha", "musubi", "authors"])
@@ -130,7 +123,7 @@ def test_foreign_layout_matches_diffusers_own_converter(layout, trained, wan21_d
     ours, theirs = load_wan(wan21_dir), load_wan(wan21_dir)
     lora_io.load_lora(path, ours.pipe.transformer, ours.fingerprint())
     theirs.pipe.load_lora_weights(str(path))
-    torch.testing.assert_close(_forward(ours.pipe.transformer), _forward(theirs.pipe.transformer), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tiny_wan_forward(ours.pipe.transformer), tiny_wan_forward(theirs.pipe.transformer), rtol=1e-5, atol=1e-5)
 
 
 def test_authors_bf16_file_without_metadata_reads_its_own_numbers(trained, tmp_path):
@@ -267,8 +260,7 @@ def test_hunyuan_fused_lora_of_another_tool_reads_as_diffusers_converter(hunyuan
     """A dense fused `img_attn_qkv` LoRA (diffusion-pipe's HunyuanVideo layout, no metadata): lora_A whole to
     q, k and v, lora_B cut into their rows, as diffusers' converter does; same output through both loaders."""
     from diffusers import HunyuanVideoImageToVideoPipeline
-    from hunyuan_parts import LATENT_CHANNELS as C
-    from hunyuan_parts import build_components
+    from hunyuan_parts import build_components, transformer_inputs
 
     from loraedit.backends.hunyuan_folder import read_hunyuan_folder
 
@@ -287,9 +279,7 @@ def test_hunyuan_fused_lora_of_another_tool_reads_as_diffusers_converter(hunyuan
     lora_io.load_lora(path, ours, "")
     pipe = HunyuanVideoImageToVideoPipeline(**build_components())  # the same seeded base weights
     pipe.load_lora_weights(str(path))
-    inputs = dict(hidden_states=torch.randn(1, 2 * C + 1, 2, 4, 4, generator=g), timestep=torch.tensor([500.0]),
-                  encoder_hidden_states=torch.randn(1, 6, 16, generator=g), encoder_attention_mask=torch.ones(1, 6),
-                  pooled_projections=torch.randn(1, 8, generator=g), return_dict=False)
+    inputs = transformer_inputs(g)
     with torch.no_grad():
         got, theirs = ours(**inputs)[0], pipe.transformer(**inputs)[0]
         lora_io.remove_lora(ours)

@@ -9,16 +9,9 @@ from safetensors import safe_open
 from loraedit import lora_io
 from loraedit.backends.wan import DEFAULT_LORA_TARGETS, load_wan
 from loraedit.errors import InputError
+from tiny_wan import tiny_wan_forward
 
 
-def _forward(transformer, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 36, 3, 8, 8, generator=g)
-    text = torch.randn(1, 512, 32, generator=g)
-    image = torch.randn(1, 17, 4, generator=g)
-    with torch.no_grad():
-        return transformer(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text,
-                           encoder_hidden_states_image=image, return_dict=False)[0]
 
 
 def _trained_lora(backend, rank=4, alpha=8.0):
@@ -64,19 +57,19 @@ def test_saved_file_has_comfy_keys_and_alpha_folded_into_lora_b(wan21_dir, tmp_p
 def test_diffusers_load_lora_weights_matches_in_memory_adapter(wan21_dir, tmp_path):
     trained = load_wan(wan21_dir)
     settings = _trained_lora(trained, rank=4, alpha=8.0)
-    expected = _forward(trained.pipe.transformer)
+    expected = tiny_wan_forward(trained.pipe.transformer)
     path = tmp_path / "lora.safetensors"
     lora_io.save_lora(path, trained.pipe.transformer, settings)
 
     via_diffusers = load_wan(wan21_dir)
-    base = _forward(via_diffusers.pipe.transformer)
+    base = tiny_wan_forward(via_diffusers.pipe.transformer)
     via_diffusers.pipe.load_lora_weights(str(path))
     ours = load_wan(wan21_dir)
     lora_io.load_lora(path, ours.pipe.transformer, ours.fingerprint())
 
     assert (expected - base).abs().max() > 1e-3  # the LoRA does change the output
-    torch.testing.assert_close(_forward(via_diffusers.pipe.transformer), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(_forward(ours.pipe.transformer), expected, rtol=0, atol=0)
+    torch.testing.assert_close(tiny_wan_forward(via_diffusers.pipe.transformer), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tiny_wan_forward(ours.pipe.transformer), expected, rtol=0, atol=0)
 
 
 def test_lora_for_other_rank_or_model_is_refused(wan21_dir, wan22_dir, tmp_path):
