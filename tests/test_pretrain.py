@@ -10,9 +10,10 @@ import torch
 from loraedit.toyworld import models, pretrain
 from loraedit.toyworld.codec import fit_codec, psnr
 from loraedit.toyworld.pretrain_checkpoint import work_levels
-from loraedit.toyworld.pretrain_data import Encoded, level_of, parse_levels
+from loraedit.toyworld.pretrain_data import Encoded, level_of, moving_cells, parse_levels
 from loraedit.toyworld.pretrain_export import hours_spent
-from loraedit.toyworld.pretrain_objective import noise_levels, propagation_errors, train_step
+from loraedit.toyworld.pretrain_objective import (flow_errors, heldout_loss, noise_levels, propagation_errors,
+                                                  train_step)
 from loraedit.toyworld.scenes import generate
 
 
@@ -48,6 +49,38 @@ def test_a_training_step_lowers_the_loss_on_its_batch(encoded):
         opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_moving_cells_mark_where_a_square_went_and_nothing_else():
+    clip = torch.zeros(1, 3, 17, 32, 32)
+    for t in range(17):  # a bright 4-px square moving right 1 px a frame along rows 8-11
+        clip[0, :, t, 8:12, 2 + t:6 + t] = 1.0
+    cells = moving_cells(clip, spatial=4)
+    assert cells.shape == (1, 1, 5, 8, 8)
+    assert not cells[:, :, 0].any()  # latent frame 0 is given, never moving
+    assert cells[0, 0, 1:, 2].any(-1).all()  # the square's row band moved in every later latent frame
+    assert not cells[0, 0, :, :2].any() and not cells[0, 0, :, 3:].any()  # rows it never touched did not
+    assert cells[0, 0, 4, 2, 5]  # by the last latent frame it reached x = 14..21 (cells 3-5)
+
+
+def test_motion_weight_raises_the_share_of_moving_cells_and_zero_is_the_plain_mean(encoded):
+    parts, enc = encoded
+    transformer, idx = parts["transformer"], torch.arange(4)
+    with torch.no_grad():
+        plain = train_step(transformer, enc, idx, torch.Generator().manual_seed(3), dropout=0.0)
+        same = train_step(transformer, enc, idx, torch.Generator().manual_seed(3), dropout=0.0, motion_weight=0.0)
+        weighted = train_step(transformer, enc, idx, torch.Generator().manual_seed(3), dropout=0.0,
+                              motion_weight=1e6)
+        errors, moving = flow_errors(transformer, enc, idx, torch.Generator().manual_seed(3), dropout=0.0)
+    held = heldout_loss(transformer, enc)
+    assert set(held) == {"all", "moving"}
+    assert enc.moving.any() and not enc.moving.all()  # the scenes' objects move over a still background
+    assert torch.equal(plain, same)
+    assert held["moving"] != held["all"]
+    moving_mean = (errors * moving).sum() / (moving.float().sum() * errors.shape[1])
+    # With a huge weight the loss is the moving cells' mean, not the plain one.
+    assert weighted.item() == pytest.approx(moving_mean.item(), rel=1e-3)
+    assert abs(moving_mean.item() - plain.item()) > 1e-3
 
 
 def test_propagation_errors_compare_each_latent_frame_with_predicting_zeros(encoded):

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--timestep-shift", type=float, default=1.0, help="shift the training noise levels towards "
                    "high noise by this flow shift (1 = none; the held-out loss always uses none, to stay comparable)")
+    p.add_argument("--motion-weight", type=float, default=0.0, help="weight the loss on latent cells that moved "
+                   "since frame 0 by 1 + this (0 = the plain mean; the held-out losses stay unweighted)")
     p.add_argument("--device", default="cpu", help="where the transformer trains (cuda: bf16 autocast; raise --batch "
                    "and keep --lr); encoding, export, preview and diagnosis stay on the CPU")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's). 1 keeps the job steady while "
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(enc), (args.batch,), generator=gen)
-        loss = train_step(transformer, enc, idx, gen, dropout=0.1, shift=args.timestep_shift)
+        loss = train_step(transformer, enc, idx, gen, dropout=0.1, shift=args.timestep_shift,
+                          motion_weight=args.motion_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -147,9 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         if state["step"] % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr:.2e}")
         if time.perf_counter() - last_ckpt > args.checkpoint_minutes * 60:
-            save_checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift)
+            save_checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift,
+                            args.motion_weight)
             losses, last_ckpt = [], time.perf_counter()
-    save_checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift)
+    save_checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift,
+                            args.motion_weight)
     bar.close()
 
 

@@ -22,12 +22,16 @@ from .pretrain_objective import heldout_loss
 
 
 def save_checkpoint(ckpt: Path, transformer, optimizer, state: dict, losses: list[float], held_enc: Encoded,
-                    shift: float = 1.0) -> None:
+                    shift: float = 1.0, motion_weight: float = 0.0) -> None:
     """Log the run so far (mean training loss, held-out loss) in `state` and write the checkpoint atomically."""
+    held = heldout_loss(transformer, held_enc)
     entry = {"step": state["step"], "train_loss": round(sum(losses) / max(len(losses), 1), 5),
-             "heldout_loss": round(heldout_loss(transformer, held_enc), 5), "time": time.strftime("%Y-%m-%d %H:%M")}
+             "heldout_loss": round(held["all"], 5), "heldout_moving_loss": round(held["moving"], 5),
+             "time": time.strftime("%Y-%m-%d %H:%M")}
     if shift != 1.0:
         entry["timestep_shift"] = shift  # the training loss above is on the shifted levels
+    if motion_weight:
+        entry["motion_weight"] = motion_weight  # ... and weighted towards the moving cells
     state["log"].append(entry)
     print(f"checkpoint: {entry}", flush=True)
     tmp = ckpt.with_name(ckpt.name + ".tmp")

@@ -73,7 +73,7 @@ class Encoded:
     """Everything training needs, encoded once: target latents, standard-I2V conditions, text, CLIP."""
 
     def __init__(self, parts: dict, codec: PatchCodec, data: dict, batch: int = 64):
-        self.latents, self.conditions, self.images = [], [], []
+        self.latents, self.conditions, self.images, self.moving = [], [], [], []
         mean = torch.tensor(codec.config.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(codec.config.latents_std).view(1, -1, 1, 1, 1)
         keep = conditioning.first_frame_keep_mask(FRAMES, SIZE[1], SIZE[0])
@@ -84,6 +84,7 @@ class Encoded:
                 videos = to_unit(data["videos"][i:i + batch])  # [B, T, 3, H, W]
                 x = videos.permute(0, 2, 1, 3, 4)
                 self.latents.append((codec.encode(x).latent_dist.mode() - mean) / std)
+                self.moving.append(moving_cells(x, codec.config.scale_factor_spatial))
                 cond_video = torch.zeros_like(x)
                 cond_video[:, :, 0] = x[:, :, 0]
                 cond = (codec.encode(cond_video).latent_dist.mode() - mean) / std
@@ -94,6 +95,7 @@ class Encoded:
         self.latents = torch.cat(self.latents)
         self.conditions = torch.cat(self.conditions)
         self.images = torch.cat(self.images)
+        self.moving = torch.cat(self.moving)
         self.texts = encode_captions(parts, list(data["captions"]) + [""])  # last one: the empty caption
 
     def __len__(self) -> int:
@@ -101,9 +103,30 @@ class Encoded:
 
     def to(self, device: torch.device) -> Encoded:
         """Move every tensor to `device` (a GPU holds the whole encoded set: ~0.6 GB for 3,000 scenes)."""
-        for name in ("latents", "conditions", "images", "texts"):
+        for name in ("latents", "conditions", "images", "texts", "moving"):
             setattr(self, name, getattr(self, name).to(device))
         return self
+
+
+#: A pixel differing from frame 0 by more than this (on [-1, 1]) counts as moving: well above the codec's
+#: rounding, well below any object's contrast against its background.
+MOVING_THRESHOLD = 0.1
+
+
+def moving_cells(videos: torch.Tensor, spatial: int, temporal: int = 4) -> torch.Tensor:
+    """Which latent cells of clips [B, 3, T, H, W] show something that moved since frame 0: [B, 1, T', H', W'] bool.
+
+    A latent frame k >= 1 covers pixel frames 4k-3..4k (Wan's causal temporal packing); a cell counts as
+    moving when any of its pixels in those frames differs from frame 0. Latent frame 0 never moves. The
+    map is taken in pixels because frame 0's latents are normalised on their own (codec variant V1), so
+    latents of frame 0 and of later frames cannot be compared directly.
+    """
+    change = (videos[:, :, 1:] - videos[:, :, :1]).abs().amax(1) > MOVING_THRESHOLD  # [B, T-1, H, W]
+    b, t, h, w = change.shape
+    per_frame = change.view(b, t // temporal, temporal, h, w).any(2)  # [B, T'-1, H, W]
+    cells = torch.nn.functional.max_pool2d(per_frame.float(), spatial).bool()
+    first = torch.zeros(b, 1, h // spatial, w // spatial, dtype=torch.bool)
+    return torch.cat([first, cells], 1)[:, None]
 
 
 def encode_captions(parts: dict, captions: list[str]) -> torch.Tensor:

@@ -15,7 +15,7 @@ from .. import conditioning
 from . import models
 from .codec import PatchCodec, psnr
 from .pretrain_data import FIRST_WORLD_LEVELS, FRAMES, SIZE, Encoded, level_of, render_dataset
-from .pretrain_objective import propagation_errors
+from .pretrain_objective import heldout_loss, propagation_errors
 from .scenes import HELDOUT_SEED_BASE, generate
 
 
@@ -49,10 +49,13 @@ def preview(work: Path, parts: dict, codec: PatchCodec, out: Path, levels: tuple
 
 def diagnose(work: Path, parts: dict, codec: PatchCodec, levels: tuple[int, ...] = FIRST_WORLD_LEVELS,
              scenes: int = 16) -> dict:
-    """`propagation_errors` of the loaded transformer on the first held-out scenes."""
+    """`propagation_errors` of the loaded transformer on the first held-out scenes, and its held-out losses
+    on all of them (over every latent and over the moving cells)."""
     held = render_dataset(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + 64), work / "data", levels)
-    held = {"videos": held["videos"][:scenes], "captions": held["captions"][:scenes]}
-    return propagation_errors(parts["transformer"], Encoded(parts, codec, held))
+    encoded = Encoded(parts, codec, held)
+    losses = {f"heldout_loss_{k}": round(v, 5) for k, v in heldout_loss(parts["transformer"], encoded).items()}
+    first = {"videos": held["videos"][:scenes], "captions": held["captions"][:scenes]}
+    return {**losses, **propagation_errors(parts["transformer"], Encoded(parts, codec, first))}
 
 
 def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse.Namespace,
