@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from loraedit import api, conditioning, media
+from loraedit import api, conditioning, media, report
 from loraedit.backends import wan_layout
 from loraedit.backends.wan import load_wan
 from loraedit.cli import build_parser, main
+from loraedit.errors import InputError
 
 FAST = ["--frames", "9", "--size", "64x64", "--quiet"]
 FAST_TRAIN = ["--stage1-steps", "4", "--stage2-steps", "3", "--rank", "4", "--lr", "1e-3", "--checkpoint-every", "2"]
@@ -53,7 +55,8 @@ def test_edit_wan21_end_to_end(wan21_dir, clip_files, tmp_path):
 def test_edit_wan22_with_an_edited_later_frame_and_low_cost(wan22_dir, clip_files, tmp_path):
     out = tmp_path / "edit22.mp4"
     code = main(["edit", *_clip_args(wan22_dir, clip_files, tmp_path), "--edited-first-frame",
-                 str(clip_files["edited0"]), "--edited-frame", f"8:{clip_files['edited8']}", "--low-cost",
+                 str(clip_files["edited0"]), "--edited-frame", f"8:{clip_files['edited8']}",
+                 "--edited-caption", "8:a flipped square seen later", "--low-cost",
                  "--low-cost-clip-frames", "5", "--out", str(out), *FAST_TRAIN, *FAST_SAMPLE])
     assert code == 0
     work = api.work_dir_for(out)
@@ -62,6 +65,24 @@ def test_edit_wan22_with_an_edited_later_frame_and_low_cost(wan22_dir, clip_file
     assert [(p["stage"], p["expert"]) for p in log["phases"]] == [
         (1, "transformer"), (2, "transformer"), (1, "transformer_2"), (2, "transformer_2")]
     assert media.read_video(out)[0].shape == (9, 3, 64, 64)
+    settings = json.loads(report.result_paths(out)["metrics"].read_text())["settings"]
+    assert settings["edited_frame_prompts"] == {"8": "p3rs0n, a flipped square seen later"}
+
+
+def test_edited_captions_join_their_edited_frames_and_a_caption_of_no_frame_is_refused(capsys):
+    from loraedit.cli.options import parse_edited_caption, with_edited_captions
+    from loraedit.config import EditedFrame
+
+    frames = (EditedFrame(8, Path("a.png")), EditedFrame(12, Path("b.png")))
+    assert parse_edited_caption("8: a car: seen from behind") == (8, "a car: seen from behind")
+    joined = with_edited_captions(frames, [(12, "the back")])
+    assert [ef.caption for ef in joined] == [None, "the back"]
+    with pytest.raises(InputError, match=r"--edited-caption 3:\.\.\. names no --edited-frame"):
+        with_edited_captions(frames, [(3, "x")])
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error, one line
+        main(["edit", "--edited-caption", "eight:x"])
+    assert exit_.value.code == 2
+    assert "is not IDX:TEXT" in capsys.readouterr().err
 
 
 def test_one_lora_serves_many_edited_first_frames(wan21_dir, clip_files, toy_clip, tmp_path):

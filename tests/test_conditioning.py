@@ -660,6 +660,10 @@ def test_one_recipe_per_mode():
     assert torch.equal(motion[0].keep_mask, C.motion_sample(video, masks, "p").keep_mask)
     clips, _ = C.training_samples("mask-aware", video, masks, "p", low_cost_clip_frames=5)
     assert [s.name for s in clips] == ["clip0", "clip4"]
+    captioned = C.EditedFrameSample(4, video[4], first, masks[4], prompt="tok the red back")
+    motion, edited = C.training_samples("mask-aware", video, masks, "p", edited_frames=(captioned,))
+    assert motion[0].prompt == "p" and edited[0].prompt == "tok the red back"  # stage 2: each frame's own words
+    assert edited[0].name == "frame4"
     naive, none = C.training_samples("naive", video, masks, "p", edited_frames=(frame,))
     assert torch.equal(naive[0].keep_mask, C.naive_sample(video, "p").keep_mask) and none == []
     with pytest.raises(ValueError, match="trains nothing"):

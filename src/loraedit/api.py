@@ -105,8 +105,10 @@ def compose_prompt(token: str, caption: str) -> str:
 def with_captions(run: CheckedRun, opts: RunOptions, training: bool, sampling: bool) -> RunOptions:
     """Fill the prompts the user left out with Florence-2 captions (`--caption`), before the video model loads.
 
-    Training gets the caption of the input's first frame unless --train-prompt is given; sampling the
-    caption of the edited first frame unless --prompt is given (METHOD.md: c and c-tilde).
+    Training gets the caption of the input's first frame unless --train-prompt is given, and each edited
+    later frame its own caption unless one was given (the authors' stage 2); sampling the caption of the
+    edited first frame unless --prompt is given (METHOD.md: c and c-tilde). Edited later frames' captions
+    are written into `run`.
     """
     if opts.caption is None:
         return opts
@@ -117,6 +119,11 @@ def with_captions(run: CheckedRun, opts: RunOptions, training: bool, sampling: b
     if training and opts.train_prompt is None:
         changes["train_prompt"] = captioner.caption(run.clip.video[0])
         print(f"loraedit: note: caption of the input's first frame: {changes['train_prompt']!r}", file=sys.stderr)
+    if training and any(ef.caption is None for ef in run.edited_frames):
+        run.edited_frames = tuple(ef if ef.caption is not None else replace(ef, caption=captioner.caption(ef.image))
+                                  for ef in run.edited_frames)
+        for ef in run.edited_frames:
+            print(f"loraedit: note: caption of edited frame {ef.index}: {ef.caption!r}", file=sys.stderr)
     if sampling and not opts.prompt:
         changes["prompt"] = captioner.caption(run.edited_first_frame)
         print(f"loraedit: note: caption of the edited first frame: {changes['prompt']!r}", file=sys.stderr)
@@ -130,7 +137,9 @@ def with_captions(run: CheckedRun, opts: RunOptions, training: bool, sampling: b
 def training_samples(run: CheckedRun, opts: RunOptions):
     """The method's training samples for the chosen mode: (motion samples, edited-frame samples)."""
     prompt = compose_prompt(opts.concept_token, opts.train_prompt if opts.train_prompt is not None else opts.prompt)
-    edited = tuple(conditioning.EditedFrameSample(ef.index, ef.frame, ef.image, ef.mask) for ef in run.edited_frames)
+    edited = tuple(conditioning.EditedFrameSample(ef.index, ef.frame, ef.image, ef.mask,
+                                                  compose_prompt(opts.concept_token, ef.caption) if ef.caption else None)
+                   for ef in run.edited_frames)
     clip_frames = opts.low_cost_clip_frames if opts.low_cost else None
     if run.frames > run.window:  # a long clip: one LoRA over overlapping windows (long_video)
         clip_frames = min(clip_frames or run.window, run.window)
@@ -202,8 +211,10 @@ def prepare_sampling(backend: Backend, run: CheckedRun, opts: RunOptions, scfg: 
 
 
 def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out: Path, loras: list[Path],
-             opts: RunOptions, scfg: SampleConfig) -> EditResult:
-    """Attach the LoRA file(s), sample, optionally paste the background back, write the outputs."""
+             opts: RunOptions, scfg: SampleConfig, cfg: TrainConfig | None = None) -> EditResult:
+    """Attach the LoRA file(s), sample, optionally paste the background back, write the outputs.
+
+    `cfg`: how the LoRA was trained in this same run (`edit`), recorded with the result's settings."""
     if scfg.guidance is None:  # resolved here, so that the settings written with the video say the number
         scfg = replace(scfg, guidance=backend.default_guidance)
     if scfg.sampler is None:  # likewise the sampler
@@ -219,7 +230,7 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
     if scfg.paste_background:
         video = conditioning.paste_background(video, prepared.clip.video, prepared.clip.masks, scfg.paste_feather)
     log = Path(loras[0]).with_name("train_log.json") if loras else None
-    settings = _settings(run, opts, None, scfg)
+    settings = _settings(run, opts, cfg, scfg)
     if scfg.extra_loras:
         settings["extra_loras"] = [{"path": str(e.path), "weight": e.weight, "layout": inspect_lora(e.path).layout}
                                    for e in scfg.extra_loras]
@@ -277,7 +288,7 @@ def edit(model: str, inputs: ClipInputs, edited_first_frame: Path, out: Path, op
             loras = list(_train(backend, run, work_dir_for(out), opts, cfg, on_step, resident).values())
             detach_loras(backend)  # sample through the saved files, exactly what the user keeps
         _done_encoding(backend, resident)
-        return generate(backend, run, prepared, out, loras, opts, scfg)
+        return generate(backend, run, prepared, out, loras, opts, scfg, cfg if trains else None)
     finally:
         if resident:
             detach_loras(backend)
@@ -311,6 +322,10 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
                      else "the edited caption (--prompt; no caption of the input was given)", "rank": cfg.rank,
                      "lr": cfg.learning_rate, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
                      "appearance_augment": cfg.appearance_augment}
+        if run.edited_frames:  # stage 2's prompt per edited frame
+            settings["edited_frame_prompts"] = {
+                str(ef.index): compose_prompt(opts.concept_token, ef.caption) if ef.caption else "the training prompt"
+                for ef in run.edited_frames}
     if scfg is not None:
         settings |= {"steps": scfg.steps, "guidance": scfg.guidance, "shift": scfg.shift, "sampler": scfg.sampler,
                      "seed": scfg.seed,

@@ -221,12 +221,15 @@ TRAINING_MODES = ("mask-aware", "naive")
 
 @dataclass(frozen=True)
 class EditedFrameSample:
-    """An edited later frame in pixels: its index, the source frame, the user's edit and its edit mask."""
+    """An edited later frame in pixels: its index, the source frame, the user's edit and its edit mask, and
+    the prompt its stage-2 sample trains on (the authors use each edited frame's own caption; None: the
+    motion samples' prompt)."""
 
     index: int
     frame: torch.Tensor  # [3, H, W]
     edited: torch.Tensor  # [3, H, W]
     mask: torch.Tensor  # [H, W]
+    prompt: str | None = None
 
 
 def training_samples(mode: str, video: torch.Tensor, edit_masks: torch.Tensor, prompt: str, *,
@@ -242,7 +245,8 @@ def training_samples(mode: str, video: torch.Tensor, edit_masks: torch.Tensor, p
         motion = low_cost_samples(video, edit_masks, prompt, low_cost_clip_frames)
     else:
         motion = [motion_sample(video, edit_masks, prompt)]
-    edited = [appearance_sample(f.frame, f.edited, f.mask, prompt, name=f"frame{f.index}") for f in edited_frames]
+    edited = [appearance_sample(f.frame, f.edited, f.mask, f.prompt or prompt, name=f"frame{f.index}")
+              for f in edited_frames]
     return motion, edited
 
 

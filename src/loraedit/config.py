@@ -33,6 +33,9 @@ class EditedFrame:
     index: int
     image: Path
     mask: Path | None = None
+    #: What the edited frame shows, in words. Stage 2 trains the frame on its own caption, as the authors'
+    #: code does; None: a local Florence-2 writes it (--caption), else the training prompt is used.
+    caption: str | None = None
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ def check_options(found, command: str, inputs: ClipInputs, opts: RunOptions,
         found.notes.append("training on --prompt, the caption of the *edited* frame: the paper trains on a caption "
                            "of the input's first frame; give one with --train-prompt \"...\" or let a local "
                            "Florence-2 write it (--caption florence2:DIR)")
+    uncaptioned = [ef.index for ef in inputs.edited_frames if ef.caption is None]
+    if trains and opts.mode == "mask-aware" and uncaptioned and opts.caption is None:
+        found.notes.append(f"stage 2 trains edited frame(s) {', '.join(map(str, uncaptioned))} on the training "
+                           "prompt: the authors train each on its own caption; give it with --edited-caption "
+                           "IDX:\"...\" or let a local Florence-2 write it (--caption florence2:DIR)")
     found.problems.extend(performance_problems(opts.performance, trains=trains))
     if scfg is not None:
         for name, value, ok, need in (

@@ -57,6 +57,7 @@ class FittedEditedFrame:
     frame: torch.Tensor  # [3, H, W] the unedited source frame
     image: torch.Tensor  # [3, H, W] the user's edit of it
     mask: torch.Tensor  # [H, W] its edit region
+    caption: str | None = None  # what the edited frame shows (stage 2's prompt); None: the training prompt
 
 
 @dataclass
@@ -294,7 +295,8 @@ def _check_edited_frames(found: Findings, inputs: ClipInputs, source: torch.Tens
             found.problems.append(f"{option}: its mask ({whose}) marks nothing to edit, so the edited frame would "
                                   "teach nothing: give the mask of its edit region as IDX:IMAGE:MASK")
             continue
-        fitted.append(FittedEditedFrame(ef.index, media.cover_crop(source[ef.index], size), image, mask))
+        fitted.append(FittedEditedFrame(ef.index, media.cover_crop(source[ef.index], size), image, mask,
+                                        ef.caption))
     return tuple(fitted)
 
 

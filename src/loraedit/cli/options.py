@@ -4,6 +4,7 @@ that `edit`, `train` and `sample` share, and their translation into the api's fr
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..cache import default_cache_dir
@@ -38,6 +39,24 @@ def parse_edited_frame(text: str):
     if len(parts) not in (2, 3) or not parts[0].isdigit():
         raise argparse.ArgumentTypeError(f"--edited-frame {text!r} is not IDX:IMAGE[:MASK], e.g. 24:frame24_edit.png")
     return EditedFrame(int(parts[0]), Path(parts[1]), Path(parts[2]) if len(parts) == 3 else None)
+
+
+def parse_edited_caption(text: str) -> tuple[int, str]:
+    index, sep, caption = text.partition(":")
+    if not sep or not index.strip().isdigit() or not caption.strip():
+        raise argparse.ArgumentTypeError(f"--edited-caption {text!r} is not IDX:TEXT, e.g. "
+                                         "'24:a red car seen from behind'")
+    return int(index), caption.strip()
+
+
+def with_edited_captions(frames: tuple, captions: list[tuple[int, str]]) -> tuple:
+    """The --edited-frame entries with their --edited-caption texts; a caption of no edited frame is refused."""
+    by_index = dict(captions)
+    unknown = sorted(set(by_index) - {ef.index for ef in frames})
+    if unknown:
+        raise InputError(f"--edited-caption {unknown[0]}:... names no --edited-frame: give the frame with "
+                         f"--edited-frame {unknown[0]}:IMAGE, or drop the caption")
+    return tuple(replace(ef, caption=by_index.get(ef.index, ef.caption)) for ef in frames)
 
 
 def _frame_prefix(text: str, option: str, form: str) -> tuple[int | None, list[float]]:
@@ -159,6 +178,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--edited-frame", dest="edited_frames", action="append", type=parse_edited_frame, default=[],
                    metavar="IDX:IMG[:MASK]", help="an edited later frame (source frame index, image, optional mask) "
                    "for stage 2; repeatable")
+    g.add_argument("--edited-caption", dest="edited_captions", action="append", type=parse_edited_caption, default=[],
+                   metavar="IDX:TEXT", help="what edited frame IDX shows, in words: its stage-2 prompt, as in the "
+                   "authors' code (default: written by --caption's Florence-2, else the training prompt); repeatable")
     g.add_argument("--low-cost", action="store_true", help="train on overlapping short clips (less memory)")
     g.add_argument("--low-cost-clip-frames", type=int, default=13, help="clip length for --low-cost (default 13)")
     g.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
@@ -249,7 +271,9 @@ def configs(args: argparse.Namespace):
     from ..config import TrainConfig
 
     inputs = ClipInputs(video=args.video, mask=args.mask, frames=args.frames, size=args.size,
-                        edited_frames=tuple(getattr(args, "edited_frames", ()) or ()), strict=args.strict,
+                        edited_frames=with_edited_captions(tuple(getattr(args, "edited_frames", ()) or ()),
+                                                           getattr(args, "edited_captions", []) or []),
+                        strict=args.strict,
                         allow_empty_mask_frames=args.allow_empty_mask_frames,
                         allow_full_mask_frames=args.allow_full_mask_frames)
     opts = RunOptions(
@@ -294,7 +318,7 @@ def performance(args: argparse.Namespace, config_class):
 
 
 #: TOML keys that name an option by its flag where the option's destination is plural.
-TOML_ALIASES = {"edited_frame": "edited_frames", "lora": "loras", "extra_lora": "extra_loras"}
+TOML_ALIASES = {"edited_frame": "edited_frames", "edited_caption": "edited_captions", "lora": "loras", "extra_lora": "extra_loras"}
 
 
 def toml_option_values(actions: dict[str, argparse.Action], table: dict, where: str, command: str) -> dict:
