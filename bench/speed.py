@@ -38,6 +38,7 @@ import torch
 
 from loraedit import conditioning, lora_io, perfmodel, perftables
 from loraedit.encoding import Encoder
+from loraedit.step_cache import StepCache
 from loraedit.backends.wan import WanBackend, load_wan
 from loraedit.performance import ALL_BLOCKS, PerformanceConfig
 from loraedit.train import TrainConfig, flow_matching_loss, sample_sigma, train_lora
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
                     started = time.perf_counter()
                     trained.generate(cond.condition, first, cond.text, negative, cond.image,
                                      steps=args.sample_steps, guidance=5.0, shift=5.0, seed=0,
-                                     first_block_cache_threshold=threshold)
+                                     step_cache=StepCache("first-block", threshold) if threshold else None)
                     seconds = (time.perf_counter() - started) / args.sample_steps
                 _keep_fastest(sample, name, seconds, rss)
             sample[CACHED]["blocks_skipped"] = trained.last_block_counter.skipped_fraction

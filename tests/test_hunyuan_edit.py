@@ -15,6 +15,7 @@ from loraedit.encoding import Encoder
 from loraedit.backends import load_backend
 from loraedit.cli import main
 from loraedit.performance import PerformanceConfig
+from loraedit.step_cache import StepCache
 from loraedit.checkpoints import latest_checkpoint
 from loraedit.train import TrainConfig, train_lora
 
@@ -133,7 +134,7 @@ def test_first_block_cache_counts_hunyuans_blocks(hunyuan_dir, toy_clip, guidanc
     sample = conditioning.first_frame_condition(toy_clip.video[0], 9, "x")
     text = backend.encode_prompt("x", sample.clip_image)
     backend.generate(backend.condition_tensor(sample), sample.clip_image, text, backend.encode_prompt(""), None,
-                     steps=4, guidance=guidance, shift=5.0, seed=0, first_block_cache_threshold=10.0)
+                     steps=4, guidance=guidance, shift=5.0, seed=0, step_cache=StepCache("first-block", 10.0))
     counter, calls = backend.last_block_counter, 4 * (2 if guidance > 1 else 1)
     assert counter.steps == calls and counter.full == calls // 4  # a huge threshold: only the first step runs all
     assert not backend.pipe.transformer.single_transformer_blocks[-1].attn._forward_pre_hooks  # nothing left behind

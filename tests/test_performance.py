@@ -19,6 +19,7 @@ from loraedit.backends.wan import load_wan
 from loraedit.cli import build_parser
 from loraedit.cli.options import configs as _configs
 from loraedit.performance import PerformanceConfig, batched_cfg, performance_problems
+from loraedit.step_cache import StepCache, choose_step_cache
 from loraedit.train import TrainConfig, train_lora
 
 CFG = TrainConfig(rank=4, alpha=4.0, learning_rate=2e-3, stage1_steps=4, checkpoint_every=0)
@@ -190,13 +191,13 @@ def test_batched_cfg_leaves_other_calls_alone(wan21_dir):
         assert torch.allclose(call(other, "uncond"), call(other), atol=1e-5)
 
 
-def _sample_with_cache(backend, clip, threshold, steps=6):
+def _sample_with_cache(backend, clip, threshold, steps=6, cache_kind="first-block"):
     video, masks, first = clip
     enc = Encoder(backend, None, "maxpool")
     cond = enc.sample(conditioning.mask_aware_condition(video, masks, first, "p3rs0n, a square"))
     backend.pipe.set_progress_bar_config(disable=True)
     return backend.generate(cond.condition, first, cond.text, enc.prompt(""), cond.image, steps=steps, guidance=5.0,
-                            shift=5.0, seed=0, first_block_cache_threshold=threshold)
+                            shift=5.0, seed=0, step_cache=StepCache(cache_kind, threshold) if threshold else None)
 
 
 @pytest.mark.parametrize("model", ["wan21_dir", "wan22_dir"])
@@ -218,6 +219,32 @@ def test_first_block_cache_skips_blocks_and_leaves_nothing_behind(model, clip, r
         assert not getattr(t, "is_cache_enabled", False)
     torch.testing.assert_close(_sample_with_cache(backend, clip, 0.0), exact, rtol=0, atol=0)
     assert backend.last_block_counter.full == 0
+
+
+def test_taylorseer_predicts_whole_blocks_between_full_steps_and_leaves_nothing_behind(wan21_dir, clip):
+    backend = load_wan(wan21_dir)
+    exact = _sample_with_cache(backend, clip, 0.0, steps=8)
+    skipped = {}
+    for interval in (2, 4):
+        cached = _sample_with_cache(backend, clip, interval, steps=8, cache_kind="taylorseer")
+        counter = backend.last_block_counter
+        assert counter.steps == 8 and 0 < counter.full < 8  # the warm-up and refresh steps ran every block
+        skipped[interval] = counter.skipped_fraction
+        assert torch.isfinite(cached).all() and not torch.equal(cached, exact)
+        assert (cached - exact).abs().mean() < 0.5  # an approximation of the same video, not another one
+    assert skipped[4] > skipped[2]  # a longer interval predicts more steps
+    assert not getattr(backend.pipe.transformer, "is_cache_enabled", False)
+    torch.testing.assert_close(_sample_with_cache(backend, clip, 0.0, steps=8), exact, rtol=0, atol=0)
+
+
+def test_one_step_cache_at_a_time():
+    assert choose_step_cache(0.0, 0) is None
+    assert choose_step_cache(0.1, 0) == StepCache("first-block", 0.1)
+    assert str(choose_step_cache(0.0, 3)) == "taylorseer 3"
+    with pytest.raises(ValueError, match="one step cache at a time"):
+        choose_step_cache(0.1, 3)
+    with pytest.raises(ValueError, match="not one of"):
+        StepCache("magcache", 1)
 
 
 def test_vae_tiling_switch(wan21_dir):

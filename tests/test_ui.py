@@ -240,7 +240,7 @@ def test_train_and_edit_then_sample_with_the_lora_on_one_loaded_model(cfg, examp
     again = jobs.sample_with_lora(cfg, s, replace(settings, first_block_cache=0.5), models=models)
     assert again.video.name == "edit-2.mp4" and again.loras == result.loras
     recorded = json.loads(again.metrics_json.read_text())["settings"]
-    assert recorded["first_block_cache"] == 0.5 and 0 <= recorded["first_block_cache_skipped"] <= 1
+    assert recorded["first_block_cache"] == 0.5 and 0 <= recorded["step_cache_skipped"] <= 1
     assert "bg_psnr" in again.metrics and not any(k.startswith("ref_") for k in again.metrics)
 
     other = Session.start(cfg.work)  # another tab, the same loaded model

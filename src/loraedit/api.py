@@ -234,8 +234,8 @@ def generate(backend: Backend, run: CheckedRun, prepared: PreparedSampling, out:
     if scfg.extra_loras:
         settings["extra_loras"] = [{"path": str(e.path), "weight": e.weight, "layout": inspect_lora(e.path).layout}
                                    for e in scfg.extra_loras]
-    if scfg.first_block_cache:  # how much the approximation skipped, beside its threshold
-        settings["first_block_cache_skipped"] = round(backend.last_block_counter.skipped_fraction, 3)
+    if scfg.step_cache is not None:  # how much the approximation skipped, beside its setting
+        settings["step_cache_skipped"] = round(backend.last_block_counter.skipped_fraction, 3)
     if distributed.active().writes:  # every rank of a context-parallel job holds the same video
         write_outputs(Path(out), video, prepared.clip, settings, log)
     return EditResult(video, Path(out), settings, tuple(Path(p) for p in loras))
@@ -330,7 +330,7 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
         settings |= {"steps": scfg.steps, "guidance": scfg.guidance, "shift": scfg.shift, "sampler": scfg.sampler,
                      "seed": scfg.seed,
                      "paste_background": scfg.paste_background, "paste_feather": scfg.paste_feather,
-                     "first_block_cache": scfg.first_block_cache}
+                     "first_block_cache": scfg.first_block_cache, "taylorseer": scfg.taylorseer}
         if run.frames > run.window:
             settings |= {"window_overlap": scfg.window_overlap, "window_colour_match": scfg.window_colour_match}
     return settings

@@ -78,9 +78,17 @@ class SampleConfig:
     paste_background: bool = False
     paste_feather: int = 3  # pixels outside the mask over which the pasted input fades in
     first_block_cache: float = 0.0  # > 0: reuse later blocks across steps (faster, approximate; 0 = exact)
+    taylorseer: int = 0  # >= 2: run the blocks every N-th step, extrapolate between (approximate; 0 = exact)
     extra_loras: tuple[ExtraLora, ...] = ()  # attached beside the edit LoRA for sampling, each at its weight
     window_overlap: int = 1  # frames a window of a long clip is given from the one before (long_video)
     window_colour_match: bool = False  # match those frames' edit region to the edited first frame's colours
+
+    @property
+    def step_cache(self):
+        """The sampling approximation asked for (`step_cache.StepCache`), or None: exact sampling."""
+        from .step_cache import choose_step_cache
+
+        return choose_step_cache(self.first_block_cache, self.taylorseer)
 
 
 @dataclass(frozen=True)

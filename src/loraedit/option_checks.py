@@ -63,9 +63,14 @@ def check_options(found, command: str, inputs: ClipInputs, opts: RunOptions,
                  "from " + ", ".join(SAMPLERS)),
                 ("--first-block-cache", scfg.first_block_cache,
                  math.isfinite(scfg.first_block_cache) and scfg.first_block_cache >= 0, ">= 0 (0 = off)"),
+                ("--taylorseer", scfg.taylorseer, scfg.taylorseer == 0 or scfg.taylorseer >= 2,
+                 "of at least 2 steps (0 = off)"),
                 ("--paste-feather", scfg.paste_feather, scfg.paste_feather >= 0, ">= 0 (0 = a hard seam)")):
             if not ok:
                 add(f"{name} {value} is invalid: give a value {need}")
+        if scfg.first_block_cache and scfg.taylorseer:
+            add(f"--first-block-cache {scfg.first_block_cache:g} and --taylorseer {scfg.taylorseer} are two step "
+                "caches: use one of them")
 
 
 def _check_train_config(found, cfg: TrainConfig, opts: RunOptions) -> None:

@@ -34,11 +34,8 @@ measured by `make bench` (CPU) and `bench/gpu.py` (GPU), never by timed unit tes
 - VAE tiling: spatially tiled VAE decoding (memory bounded for large frames; Wan's VAE already decodes
   frame group by frame group, so its memory is linear in frames).
 
-One sampling speed-up here *does* change the result, so it is a sampling setting
-(`SampleConfig.first_block_cache`, recorded with every video), not part of `PerformanceConfig`:
-`first_block_cache` installs diffusers' First Block Cache, which runs the first block every step and
-reuses the other blocks' residual from the last full step while the first block's output has changed
-by less than the threshold (relative mean absolute change). 0 = off, exact.
+The sampling speed-ups that *do* change the result (First Block Cache, TaylorSeer) are sampling
+settings recorded with every video, in `step_cache`, not part of `PerformanceConfig`.
 """
 
 from __future__ import annotations
@@ -198,7 +195,7 @@ def transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def _self_attention(block: torch.nn.Module) -> torch.nn.Module:
+def self_attention(block: torch.nn.Module) -> torch.nn.Module:
     """A block's (joint) self-attention: Wan's `attn1`, HunyuanVideo's `attn`."""
     attention = getattr(block, "attn1", None)
     return attention if attention is not None else block.attn
@@ -226,7 +223,7 @@ def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None,
     chosen = {id(b) for b in all_blocks[:count]}
     options = {"use_reentrant": False}
     if keep_attention:
-        options["context_fn"] = _keep_self_attention_context
+        options["context_fn"] = _keepself_attention_context
     if "respect_saved_tensors_hooks" in inspect.signature(torch.utils.checkpoint.checkpoint).parameters:
         options["respect_saved_tensors_hooks"] = True  # what it keeps is seen by saved-tensor hooks (perfmodel counts)
 
@@ -239,7 +236,7 @@ def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None,
     return count
 
 
-def _is_self_attention_kernel(op, args) -> bool:
+def _isself_attention_kernel(op, args) -> bool:
     """A fused attention kernel (PyTorch SDPA's flash / memory-efficient / cuDNN, or flash-attn's) whose
     queries and keys are the same tokens. Cross-attention to the text and CLIP tokens is cheap to redo
     and its output as large as the self-attention's, so it is recomputed. Textbook attention
@@ -255,18 +252,18 @@ def _is_self_attention_kernel(op, args) -> bool:
     return query.shape[token_axis] == key.shape[token_axis]
 
 
-def _keep_self_attention_policy(ctx, op, *args, **kwargs):
+def _keepself_attention_policy(ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy
 
-    if _is_self_attention_kernel(op, args):
+    if _isself_attention_kernel(op, args):
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _keep_self_attention_context():
+def _keepself_attention_context():
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    return create_selective_checkpoint_contexts(_keep_self_attention_policy)
+    return create_selective_checkpoint_contexts(_keepself_attention_policy)
 
 
 # ---- sampling: batched classifier-free guidance ---------------------------------------------------------
@@ -338,49 +335,6 @@ def _output(sample: torch.Tensor):
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
     return Transformer2DModelOutput(sample=sample)
-
-
-class BlockCounter:
-    """Counts sampling forwards (the first block always runs) and those that ran every block."""
-
-    def __init__(self):
-        self.steps = 0
-        self.full = 0
-
-    def count_step(self, *_) -> None:  # a forward pre-hook on the first block
-        self.steps += 1
-
-    def count_full(self, *_) -> None:  # a forward pre-hook inside the last block: it ran
-        self.full += 1
-
-    @property
-    def skipped_fraction(self) -> float:
-        """Share of the blocks after the first that the cache did not run."""
-        return 1 - self.full / self.steps if self.steps else 0.0
-
-
-@contextmanager
-def first_block_cache(transformers: list[torch.nn.Module], threshold: float):
-    """diffusers' First Block Cache on each transformer for one pipeline call (module doc); yields a
-    `BlockCounter` (what the cache skipped: its speed-up, whatever the device). threshold 0: nothing installed."""
-    from diffusers.hooks import FirstBlockCacheConfig
-
-    counter = BlockCounter()
-    enabled, handles = [], []
-    try:
-        for transformer in transformers if threshold > 0 else []:
-            transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
-            enabled.append(transformer)
-            # The last block's self-attention runs only when the cache lets the tail compute.
-            blocks = transformer_blocks(transformer)
-            handles.append(blocks[0].register_forward_pre_hook(counter.count_step))
-            handles.append(_self_attention(blocks[-1]).register_forward_pre_hook(counter.count_full))
-        yield counter
-    finally:
-        for handle in handles:
-            handle.remove()
-        for transformer in enabled:
-            transformer.disable_cache()
 
 
 @contextmanager

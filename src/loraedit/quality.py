@@ -33,6 +33,7 @@ from . import appearance, conditioning, media
 from .api import compose_prompt
 from .encoding import Encoder, encode_appearance_variants
 from .backends import Backend
+from .step_cache import choose_step_cache
 from .lora_io import remove_lora
 from .metrics import edit_metrics, masked_psnr
 from .config import TrainConfig
@@ -72,6 +73,7 @@ class QualityConfig:
     sampler: str | None = None  # None: the folder's own (recorded resolved)
     sample_seed: int = 0
     first_block_cache: float = 0.0  # > 0: diffusers' First Block Cache while sampling (approximate)
+    taylorseer: int = 0  # >= 2: diffusers' TaylorSeer cache while sampling, full blocks every N steps
     paste_feather: int = 3  # the mask-aware+paste row's feather, pixels
     modes: tuple[str, ...] = ALL_MODES
 
@@ -97,12 +99,12 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
     def recipe(mode: str, **options):  # the same samples `loraedit train` builds for the mode (conditioning)
         return conditioning.training_samples(mode, video, masks, train_prompt, **options)
 
-    skipped: dict[str, float] = {}  # per sampled mode: the blocks the first-block cache did not run
+    skipped: dict[str, float] = {}  # per sampled mode: the blocks the step cache did not run
 
     def sample(encoded, mode: str) -> torch.Tensor:
         video = backend.generate(encoded.condition, first, encoded.text, negative, encoded.image, steps=cfg.steps,
                                  guidance=cfg.guidance, shift=cfg.shift, seed=cfg.sample_seed, sampler=cfg.sampler,
-                                 first_block_cache_threshold=cfg.first_block_cache)
+                                 step_cache=choose_step_cache(cfg.first_block_cache, cfg.taylorseer))
         skipped[mode] = backend.last_block_counter.skipped_fraction
         return video
 
@@ -149,7 +151,7 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
         if scenario.later_frame is not None:  # the back face: frames from the edited later frame on
             j = scenario.later_frame
             row["back_psnr"] = masked_psnr(out[j:], gt[j:], masks[j:])
-        if cfg.first_block_cache and mode in skipped:
+        if (cfg.first_block_cache or cfg.taylorseer) and mode in skipped:
             row["cache_skipped"] = skipped[mode]
         results[mode] = {"video": out, **row}
     return results

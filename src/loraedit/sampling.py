@@ -56,7 +56,7 @@ def sample_windows(backend: Backend, prepared: PreparedSampling, opts: RunOption
         out = backend.generate(encoded.condition, given[0], encoded.text, prepared.negative, encoded.image,
                                steps=scfg.steps, guidance=scfg.guidance, guidance_2=scfg.guidance_2, shift=scfg.shift,
                                seed=scfg.seed + i, sampler=scfg.sampler,
-                               first_block_cache_threshold=scfg.first_block_cache)
+                               step_cache=scfg.step_cache)
         video = out if i == 0 else torch.cat([video[:window.start + window.given], out[window.given:]])
     return video
 

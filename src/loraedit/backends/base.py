@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..conditioning import Sample
+from ..step_cache import StepCache
 
 
 #: Weight files that can run code when opened: never opened, a folder holding only these is refused.
@@ -181,7 +182,7 @@ class Backend(Protocol):
     device: torch.device
     dtype: torch.dtype
     perf: object  # performance.PerformanceConfig
-    last_block_counter: object  # what the first-block cache skipped in the last `generate`
+    last_block_counter: object  # what the step cache skipped in the last `generate` (`step_cache.BlockCounter`)
 
     # ---- identity and defaults
     @property
@@ -225,6 +226,6 @@ class Backend(Protocol):
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None,
-                 first_block_cache_threshold: float = 0.0, sampler: str | None = None) -> torch.Tensor: ...
+                 step_cache: StepCache | None = None, sampler: str | None = None) -> torch.Tensor: ...
     @property
     def default_sampler(self) -> str: ...

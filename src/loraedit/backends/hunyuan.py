@@ -24,7 +24,8 @@ from diffusers import HunyuanVideoImageToVideoPipeline
 
 from .. import media
 from ..conditioning import Sample
-from ..performance import PerformanceConfig, configure_transformer, first_block_cache, set_attention
+from ..performance import PerformanceConfig, configure_transformer, set_attention
+from ..step_cache import StepCache, step_cache as installed_step_cache
 from . import hunyuan_layout
 from .base import Expert, model_fingerprint, release_encoders, sampler_name, use_sampler
 from .hunyuan_folder import DEFAULT_FRAMES, DEFAULT_LORA_TARGETS, DEFAULT_WORKING_SIZE, KIND, read_hunyuan_folder
@@ -234,7 +235,7 @@ class HunyuanBackend:
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None,
-                 first_block_cache_threshold: float = 0.0, sampler: str | None = None) -> torch.Tensor:
+                 step_cache: StepCache | None = None, sampler: str | None = None) -> torch.Tensor:
         """Run the stock HunyuanVideo I2V sampler with the given condition. Returns [T, 3, H, W] in [-1, 1].
 
         The stock pipeline drops latent frame 0 from its output (the input image); the edit keeps every
@@ -262,8 +263,8 @@ class HunyuanBackend:
             final["latents"] = tensors["latents"]
             return {}
 
-        with first_block_cache([transformer], first_block_cache_threshold) as counter, \
-                _cache_contexts(transformer, ("cond", "uncond") if cfg else ("cond",), first_block_cache_threshold > 0):
+        with installed_step_cache([transformer], step_cache) as counter, \
+                _cache_contexts(transformer, ("cond", "uncond") if cfg else ("cond",), step_cache is not None):
             self.pipe(
                 image=((first_frame + 1) / 2).clamp(0, 1)[None].to(self.device),
                 prompt_embeds=tokens, prompt_attention_mask=mask, pooled_prompt_embeds=pooled, **negative,

@@ -15,7 +15,8 @@ from diffusers import WanImageToVideoPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..conditioning import Sample
-from ..performance import PerformanceConfig, batched_cfg, configure_transformer, first_block_cache, set_attention
+from ..performance import PerformanceConfig, batched_cfg, configure_transformer, set_attention
+from ..step_cache import StepCache, step_cache as installed_step_cache
 from . import wan_layout
 from .base import CLIP_VIEWS, EncodedSample, Expert, release_encoders, sampler_name, use_sampler
 from .wan_folder import DEFAULT_FRAMES, DEFAULT_LORA_TARGETS, DEFAULT_WORKING_SIZE, model_fingerprint, read_wan_folder
@@ -262,12 +263,11 @@ class WanBackend:
     def generate(self, condition: torch.Tensor, first_frame: torch.Tensor, text: torch.Tensor,
                  negative_text: torch.Tensor, image: torch.Tensor | None, *, steps: int, guidance: float,
                  shift: float, seed: int, guidance_2: float | None = None,
-                 first_block_cache_threshold: float = 0.0, sampler: str | None = None) -> torch.Tensor:
+                 step_cache: StepCache | None = None, sampler: str | None = None) -> torch.Tensor:
         """Run the stock Wan sampler with the given condition. Returns [T, 3, H, W] in [-1, 1].
 
-        `first_block_cache_threshold` > 0 reuses the blocks after the first across steps while the first
-        block's output barely changes (`performance.first_block_cache`; approximate). What it skipped is
-        left in `self.last_block_counter`.
+        `step_cache` reuses block outputs across steps (`step_cache`: First Block Cache or TaylorSeer;
+        approximate). What it skipped is left in `self.last_block_counter`.
 
         With `perf.batched_cfg` (and guidance > 1) each step's conditional and unconditional predictions
         come from one batched forward (`performance.BatchedCFG`); the pipeline itself is unchanged.
@@ -284,7 +284,7 @@ class WanBackend:
             set_attention(transformer, self.perf, self.device, training=False)
         batch_cfg = self.perf.batched_cfg and guidance > 1  # the pipeline's own test for running uncond
         with batched_cfg(transformers if batch_cfg else [], negative), \
-                first_block_cache(transformers, first_block_cache_threshold) as counter:
+                installed_step_cache(transformers, step_cache) as counter:
             out = self.pipe(
                 image=((first_frame + 1) / 2).clamp(0, 1)[None].to(self.device),
                 prompt_embeds=text[None].to(self.device, self.dtype),

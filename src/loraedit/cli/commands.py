@@ -55,6 +55,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, help="sampler (default: the model folder's own)")
     p.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="sample every mode with "
                    "diffusers' First Block Cache at threshold T (default 0 = off)")
+    p.add_argument("--taylorseer", type=int, default=0, metavar="N", help="sample every mode with diffusers' "
+                   "TaylorSeer cache, the blocks run every N-th step (default 0 = off)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -266,7 +268,7 @@ def run_bench_quality(args: argparse.Namespace) -> None:
         train = replace(train, appearance_region=args.appearance_region)
     cfg = QualityConfig(scenarios=args.scenarios, seed=args.seed, level=args.level, train=train, steps=args.steps,
                         guidance=args.guidance, shift=args.shift, sampler=args.sampler, recolour_copies=args.recolour_copies,
-                        first_block_cache=args.first_block_cache)
+                        first_block_cache=args.first_block_cache, taylorseer=args.taylorseer)
     if args.modes:
         cfg = replace(cfg, modes=args.modes)
     summary = run_quality(lambda: load_backend(args.model), cfg, args.out, progress=not args.quiet)

@@ -239,6 +239,9 @@ def add_sample_options(p: argparse.ArgumentParser, with_lora: bool) -> None:
     g.add_argument("--first-block-cache", type=float, default=0.0, metavar="T", help="reuse the blocks after the "
                    "first across sampling steps while the first block's output changes by less than T (diffusers' "
                    "First Block Cache; faster, approximate; 0.1 skipped about half in the toy world; default 0 = off)")
+    g.add_argument("--taylorseer", type=int, default=0, metavar="N", help="run the blocks fully every N-th sampling "
+                   "step (and the first 3) and extrapolate their outputs in between (diffusers' TaylorSeer, first "
+                   "order; faster, approximate; default 0 = off)")
     g.add_argument("--negative-prompt", help="negative prompt (default: the model's own; Wan's standard one "
                    "for Wan folders, HunyuanVideo-I2V's for its folders)")
     g.add_argument("--paste-background", action="store_true", help="copy the input's pixels back outside the mask, "
@@ -299,7 +302,7 @@ def configs(args: argparse.Namespace):
         sampler=args.sampler, seed=args.seed,
         negative_prompt=args.negative_prompt, paste_background=args.paste_background,
         paste_feather=args.paste_feather,
-        first_block_cache=args.first_block_cache,
+        first_block_cache=args.first_block_cache, taylorseer=args.taylorseer,
         extra_loras=tuple(getattr(args, "extra_loras", ()) or ()), window_overlap=args.window_overlap,
         window_colour_match=args.window_colour_match) if hasattr(args, "steps") else None
     return inputs, opts, cfg, scfg
