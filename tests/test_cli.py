@@ -85,6 +85,27 @@ def test_edited_captions_join_their_edited_frames_and_a_caption_of_no_frame_is_r
     assert "is not IDX:TEXT" in capsys.readouterr().err
 
 
+def test_train_size_trains_the_motion_smaller_and_samples_at_the_working_size(wan21_dir, clip_files, tmp_path,
+                                                                            monkeypatch):
+    seen = []
+    original = api.Encoder.sample
+
+    def record(self, sample):
+        seen.append((sample.name, tuple(sample.condition_video.shape[-2:])))
+        return original(self, sample)
+
+    monkeypatch.setattr(api.Encoder, "sample", record)
+    out = tmp_path / "small.mp4"
+    assert main(["edit", *_clip_args(wan21_dir, clip_files, tmp_path), "--edited-first-frame",
+                 str(clip_files["edited0"]), "--edited-frame", f"8:{clip_files['edited8']}", "--train-size", "32x32",
+                 "--out", str(out), *FAST_TRAIN, *FAST_SAMPLE]) == 0
+    sizes = dict(seen)
+    assert sizes["motion"] == (32, 32) and sizes["frame8"] == (64, 64)  # stage 2 keeps the working size
+    assert media.read_video(out)[0].shape == (9, 3, 64, 64)
+    settings = json.loads(report.result_paths(out)["metrics"].read_text())["settings"]
+    assert settings["train_size"] == "32x32"
+
+
 def test_one_lora_serves_many_edited_first_frames(wan21_dir, clip_files, toy_clip, tmp_path):
     lora_dir = tmp_path / "lora"
     assert main(["train", *_clip_args(wan21_dir, clip_files, tmp_path), "--out", str(lora_dir), *FAST_TRAIN]) == 0

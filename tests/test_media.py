@@ -275,3 +275,17 @@ def test_contact_sheet(tmp_path):
     assert torch.all(sheet[:, 40:, 102:] < -0.99)  # mask tile is black away from the label
     media.write_contact_sheet(tmp_path / "sheet.png", {"source": video}, num_columns=3)
     assert Image.open(tmp_path / "sheet.png").size == (3 * 32 + 2 * 2, 24)
+
+
+def test_shrunk_masks_keep_every_pixel_an_edit_region_touches():
+    masks = torch.zeros(2, 8, 8)
+    masks[0, 3, 5] = 1  # one pixel: its 2x2 cell stays editable at half size
+    small = media.shrink_masks(masks, (4, 4))
+    assert small.shape == (2, 4, 4) and small[0, 1, 2] == 1 and small.sum() == 1
+    video = torch.rand(2, 3, 8, 8) * 2 - 1
+    same = media.shrink_clip(video, masks, (8, 8))
+    assert same[0] is video and same[1] is masks  # the clip's own size: untouched
+    v, m = media.shrink_clip(video, masks, (4, 4))
+    assert v.shape == (2, 3, 4, 4) and torch.equal(m, small)
+    with pytest.raises(ValueError, match="smaller"):
+        media.shrink_masks(masks, (16, 16))

@@ -134,8 +134,10 @@ def with_captions(run: CheckedRun, opts: RunOptions, training: bool, sampling: b
 # ---- the jobs -------------------------------------------------------------------------------------------
 
 
-def training_samples(run: CheckedRun, opts: RunOptions):
-    """The method's training samples for the chosen mode: (motion samples, edited-frame samples)."""
+def training_samples(run: CheckedRun, opts: RunOptions, train_size: tuple[int, int] | None = None):
+    """The method's training samples for the chosen mode: (motion samples, edited-frame samples).
+
+    `train_size` (width, height): the clip's motion samples at that smaller size (`TrainConfig.train_size`)."""
     prompt = compose_prompt(opts.concept_token, opts.train_prompt if opts.train_prompt is not None else opts.prompt)
     edited = tuple(conditioning.EditedFrameSample(ef.index, ef.frame, ef.image, ef.mask,
                                                   compose_prompt(opts.concept_token, ef.caption) if ef.caption else None)
@@ -143,7 +145,8 @@ def training_samples(run: CheckedRun, opts: RunOptions):
     clip_frames = opts.low_cost_clip_frames if opts.low_cost else None
     if run.frames > run.window:  # a long clip: one LoRA over overlapping windows (long_video)
         clip_frames = min(clip_frames or run.window, run.window)
-    return conditioning.training_samples(opts.mode, run.clip.video, run.clip.masks, prompt, edited_frames=edited,
+    video, masks = media.shrink_clip(run.clip.video, run.clip.masks, train_size)
+    return conditioning.training_samples(opts.mode, video, masks, prompt, edited_frames=edited,
                                          low_cost_clip_frames=clip_frames)
 
 
@@ -173,7 +176,7 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
 
 def _train(backend: Backend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig,
            on_step: Callable[[TrainProgress], None] | None = None, resident: bool = False) -> dict[str, Path]:
-    motion, edited = training_samples(run, opts)
+    motion, edited = training_samples(run, opts, cfg.train_size)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
     with out_of_memory_advice("encoding the training samples", _memory_advice(run, opts)), \
             distributed.active().writer_first():  # the other ranks of a job read rank 0's cache entries
@@ -321,7 +324,8 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
                      "train_prompt_is": "the input's caption" if opts.train_prompt is not None
                      else "the edited caption (--prompt; no caption of the input was given)", "rank": cfg.rank,
                      "lr": cfg.learning_rate, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
-                     "appearance_augment": cfg.appearance_augment}
+                     "appearance_augment": cfg.appearance_augment,
+                     "train_size": "x".join(map(str, cfg.train_size)) if cfg.train_size else "the working size"}
         if run.edited_frames:  # stage 2's prompt per edited frame
             settings["edited_frame_prompts"] = {
                 str(ef.index): compose_prompt(opts.concept_token, ef.caption) if ef.caption else "the training prompt"

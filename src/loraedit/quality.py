@@ -96,8 +96,10 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
     mask_cond = enc.sample(conditioning.inference_condition("mask-aware", video, masks, first, prompt))
     plain_cond = enc.sample(conditioning.inference_condition("no-lora", video, masks, first, prompt))
 
+    motion_video, motion_masks = media.shrink_clip(video, masks, cfg.train.train_size)
+
     def recipe(mode: str, **options):  # the same samples `loraedit train` builds for the mode (conditioning)
-        return conditioning.training_samples(mode, video, masks, train_prompt, **options)
+        return conditioning.training_samples(mode, motion_video, motion_masks, train_prompt, **options)
 
     skipped: dict[str, float] = {}  # per sampled mode: the blocks the step cache did not run
 

@@ -90,6 +90,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     folder = found.attempt(read_model_folder, resolve_model_dir(model))
     # 3. Frame count and size against the model's constraints.
     frames, size = _check_geometry(found, inputs, folder)
+    _check_train_size(found, cfg, size, folder.size_multiple if folder else 16)
     window = _check_window(found, opts, scfg, folder, frames)
     # 4. The clip: video, masks, their match, enough frames, masks that leave something to edit and keep.
     source, clip = _check_clip(found, inputs, frames, size)
@@ -148,6 +149,22 @@ def _check_geometry(found: Findings, inputs: ClipInputs,
                               f"factor x transformer patch): use e.g. {fix}")
         size = None
     return frames, size
+
+
+def _check_train_size(found: Findings, cfg: TrainConfig | None, size: tuple[int, int] | None, multiple: int) -> None:
+    """--train-size: smaller than the working size on both sides, its aspect, and a multiple of the model's step."""
+    if cfg is None or cfg.train_size is None or size is None:
+        return
+    (w, h), (sw, sh) = cfg.train_size, size
+    half = f"{max(multiple, sw // 2 // multiple * multiple)}x{max(multiple, sh // 2 // multiple * multiple)}"
+    if min(w, h) <= 0 or w % multiple or h % multiple:
+        found.problems.append(f"--train-size {w}x{h} is not a multiple of {multiple} on both sides: use e.g. {half}")
+    elif w > sw or h > sh:
+        found.problems.append(f"--train-size {w}x{h} is larger than the working size {sw}x{sh}: it trains the motion "
+                              f"at a smaller size, e.g. {half}")
+    elif abs(w * sh - h * sw) > multiple * max(sw, sh):  # within one size step of the working aspect
+        found.problems.append(f"--train-size {w}x{h} has another aspect ratio than the working size {sw}x{sh}: "
+                              f"use e.g. {half}")
 
 
 def _check_window(found: Findings, opts: RunOptions, scfg: SampleConfig | None, folder: ModelFolder | None,

@@ -30,6 +30,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for JSON, table, chart, contact "
                    "sheets (default docs/results)")
     p.add_argument("--stage1-steps", type=int, default=100, help="LoRA steps on the clip (default 100)")
+    p.add_argument("--train-size", type=parse_size, metavar="WxH", help="train the motion LoRAs at this smaller "
+                   "size, sample at the world's (default: the world's 96x96)")
     p.add_argument("--stage2-steps", type=int, help="LoRA steps with the edited later frame (default: 10 epochs, "
                    "100 steps)")
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (default 1e-3, the toy world's; "
@@ -259,7 +261,7 @@ def run_bench_quality(args: argparse.Namespace) -> None:
 
     train = replace(TOY_WORLD_TRAIN, rank=args.rank, alpha=float(args.rank), learning_rate=args.lr,
                     stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
-                    timestep_sampling=args.timestep_sampling)
+                    timestep_sampling=args.timestep_sampling, train_size=args.train_size)
     if args.appearance_augment is not None:
         train = replace(train, appearance_augment=args.appearance_augment)
     if args.targets is not None:

@@ -183,6 +183,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    "authors' code (default: written by --caption's Florence-2, else the training prompt); repeatable")
     g.add_argument("--low-cost", action="store_true", help="train on overlapping short clips (less memory)")
     g.add_argument("--low-cost-clip-frames", type=int, default=13, help="clip length for --low-cost (default 13)")
+    g.add_argument("--train-size", type=parse_size, metavar="WxH", help="train the motion at this smaller size of "
+                   "the working size's aspect, sample at the working size (ours, faster: half size = 4x fewer tokens "
+                   "a step; default: the working size, the paper's)")
     g.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     g.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; scale = alpha/rank (default 16)")
     g.add_argument("--targets", help="peft regex of the Linear layers to adapt (default: every block Linear "
@@ -290,7 +293,7 @@ def configs(args: argparse.Namespace):
         memory_check=not args.no_memory_check)
     cfg = TrainConfig(
         rank=args.rank, alpha=args.alpha, targets=args.targets, learning_rate=args.lr,
-        stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, stage2_epochs=args.stage2_epochs,
+        stage1_steps=args.stage1_steps, train_size=args.train_size, stage2_steps=args.stage2_steps, stage2_epochs=args.stage2_epochs,
         stage2_repeats=args.stage2_repeats,
         timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift,
         appearance_augment=args.appearance_augment, appearance_region=args.appearance_region,

@@ -77,6 +77,25 @@ def cover_crop(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinea
     return out.contiguous()
 
 
+def shrink_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Edit masks [..., H, W] down to `size` = (width, height) of the same aspect: a pixel of the result is
+    editable when any source pixel it covers is, so the region keeps every edge of the object it marks."""
+    width, height = (int(s) for s in size)
+    if width > masks.shape[-1] or height > masks.shape[-2]:
+        raise ValueError(f"shrink_masks makes masks smaller: {masks.shape[-1]}x{masks.shape[-2]} -> {width}x{height}")
+    flat = masks.reshape(-1, 1, *masks.shape[-2:]).float()
+    return F.adaptive_max_pool2d(flat, (height, width)).reshape(*masks.shape[:-2], height, width)
+
+
+def shrink_clip(video: torch.Tensor, masks: torch.Tensor, size: tuple[int, int] | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip [T, 3, H, W] and its edit masks [T, H, W] at a smaller `size` of the same aspect (training the
+    motion at a reduced size, `TrainConfig.train_size`); None or the clip's own size: unchanged."""
+    if size is None or tuple(size) == (video.shape[-1], video.shape[-2]):
+        return video, masks
+    return cover_crop(video, size), shrink_masks(masks, size)
+
+
 def cover_size(source: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
     """(width, height) ``source`` is resized to by ``cover_crop`` before the centre crop to ``size``."""
     (src_w, src_h), (width, height) = source, size
