@@ -97,7 +97,7 @@ def test_train_size_trains_the_motion_smaller_and_samples_at_the_working_size(wa
     monkeypatch.setattr(api.Encoder, "sample", record)
     out = tmp_path / "small.mp4"
     assert main(["edit", *_clip_args(wan21_dir, clip_files, tmp_path), "--edited-first-frame",
-                 str(clip_files["edited0"]), "--edited-frame", f"8:{clip_files['edited8']}", "--train-size", "32x32",
+                 str(clip_files["edited0"]), "--edited-frame", f"8:{clip_files['edited8']}", "--train-size", "0.5",
                  "--out", str(out), *FAST_TRAIN, *FAST_SAMPLE]) == 0
     sizes = dict(seen)
     assert sizes["motion"] == (32, 32) and sizes["frame8"] == (64, 64)  # stage 2 keeps the working size

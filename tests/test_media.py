@@ -289,3 +289,9 @@ def test_shrunk_masks_keep_every_pixel_an_edit_region_touches():
     assert v.shape == (2, 3, 4, 4) and torch.equal(m, small)
     with pytest.raises(ValueError, match="smaller"):
         media.shrink_masks(masks, (16, 16))
+
+
+def test_scaled_size_rounds_each_side_to_the_model_step():
+    assert media.scaled_size((832, 480), 0.5, 16) == (416, 240)
+    assert media.scaled_size((96, 96), 0.5, 8) == (48, 48)
+    assert media.scaled_size((64, 64), 0.1, 16) == (16, 16)  # never below one step

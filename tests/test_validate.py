@@ -317,6 +317,10 @@ CATALOGUE = [
          expect="--train-size 40x40 is not a multiple of 16 on both sides: use e.g. 32x32"),
     Case("train size above the working size", "train", extra=lambda f: ["--train-size", "128x128"],
          expect="is larger than the working size 64x64"),
+    Case("train size fraction above one", "train", extra=lambda f: ["--train-size", "1.5"],
+         expect="--train-size 1.5 is not a fraction of the working size in (0, 1]: use e.g. 0.5"),
+    Case("train size neither WxH nor a fraction", "train", extra=lambda f: ["--train-size", "half"],
+         expect="is not WIDTHxHEIGHT or a fraction"),
     Case("train size of another aspect", "train", extra=lambda f: ["--train-size", "48x16"],
          expect="has another aspect ratio than the working size 64x64: use e.g. 32x32"),
     # usage: options and config files

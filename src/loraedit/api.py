@@ -176,7 +176,7 @@ def train(model: str, inputs: ClipInputs, out_dir: Path, opts: RunOptions = RunO
 
 def _train(backend: Backend, run: CheckedRun, out_dir: Path, opts: RunOptions, cfg: TrainConfig,
            on_step: Callable[[TrainProgress], None] | None = None, resident: bool = False) -> dict[str, Path]:
-    motion, edited = training_samples(run, opts, cfg.train_size)
+    motion, edited = training_samples(run, opts, run.train_size)
     encoder = Encoder(backend, opts.cache_dir, opts.mask_mode, opts.clip_view)
     with out_of_memory_advice("encoding the training samples", _memory_advice(run, opts)), \
             distributed.active().writer_first():  # the other ranks of a job read rank 0's cache entries
@@ -325,7 +325,7 @@ def _settings(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = None,
                      else "the edited caption (--prompt; no caption of the input was given)", "rank": cfg.rank,
                      "lr": cfg.learning_rate, "stage1_steps": cfg.stage1_steps, "stage2_steps": cfg.stage2_steps,
                      "appearance_augment": cfg.appearance_augment,
-                     "train_size": "x".join(map(str, cfg.train_size)) if cfg.train_size else "the working size"}
+                     "train_size": "x".join(map(str, run.train_size)) if run.train_size else "the working size"}
         if run.edited_frames:  # stage 2's prompt per edited frame
             settings["edited_frame_prompts"] = {
                 str(ef.index): compose_prompt(opts.concept_token, ef.caption) if ef.caption else "the training prompt"

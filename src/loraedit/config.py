@@ -125,10 +125,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     stage1_steps: int = 100
-    #: (width, height) smaller than the working size, same aspect: the motion samples train there and sampling
-    #: stays at the working size (*ours*, a speed lever: at half size a step has 4x fewer tokens); None: the
-    #: working size, as in the paper. Edited later frames (stage 2) keep the working size.
-    train_size: tuple[int, int] | None = None
+    #: (width, height) smaller than the working size, same aspect, or a fraction of the working size (0.5:
+    #: half each side, rounded to the model's size step): the motion samples train there and sampling stays at
+    #: the working size (*ours*, a speed lever: at half size a step has 4x fewer tokens); None: the working
+    #: size, as in the paper. Edited later frames (stage 2) keep the working size.
+    train_size: tuple[int, int] | float | None = None
     stage2_steps: int | None = None  # None: stage2_epochs epochs of the stage-2 schedule (the authors')
     stage2_epochs: int = 10  # the authors' 10 epochs of (motion samples + 9 per edited frame): 100 steps for one
     stage2_repeats: int = 9

@@ -32,7 +32,7 @@ import torch
 from . import appearance, conditioning, media
 from .api import compose_prompt
 from .encoding import Encoder, encode_appearance_variants
-from .backends import Backend
+from .backends import Backend, read_model_folder
 from .step_cache import choose_step_cache
 from .lora_io import remove_lora
 from .metrics import edit_metrics, masked_psnr
@@ -96,7 +96,11 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
     mask_cond = enc.sample(conditioning.inference_condition("mask-aware", video, masks, first, prompt))
     plain_cond = enc.sample(conditioning.inference_condition("no-lora", video, masks, first, prompt))
 
-    motion_video, motion_masks = media.shrink_clip(video, masks, cfg.train.train_size)
+    small = cfg.train.train_size
+    if isinstance(small, (int, float)):  # a fraction of the world's size, in the model's size steps
+        step = read_model_folder(backend.model_dir).size_multiple
+        small = media.scaled_size((video.shape[-1], video.shape[-2]), small, step)
+    motion_video, motion_masks = media.shrink_clip(video, masks, small)
 
     def recipe(mode: str, **options):  # the same samples `loraedit train` builds for the mode (conditioning)
         return conditioning.training_samples(mode, motion_video, motion_masks, train_prompt, **options)

@@ -72,6 +72,7 @@ class CheckedRun:
     edited_first_frame: torch.Tensor | None  # [3, H, W] fitted; None when not sampling
     edited_frames: tuple[FittedEditedFrame, ...]
     notes: tuple[str, ...]  # how inputs were fitted, for the user to read
+    train_size: tuple[int, int] | None = None  # where the motion samples train (--train-size resolved); None: size
 
 
 def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: RunOptions, *,
@@ -90,7 +91,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
     folder = found.attempt(read_model_folder, resolve_model_dir(model))
     # 3. Frame count and size against the model's constraints.
     frames, size = _check_geometry(found, inputs, folder)
-    _check_train_size(found, cfg, size, folder.size_multiple if folder else 16)
+    train_size = _check_train_size(found, cfg, size, folder.size_multiple if folder else 16)
     window = _check_window(found, opts, scfg, folder, frames)
     # 4. The clip: video, masks, their match, enough frames, masks that leave something to edit and keep.
     source, clip = _check_clip(found, inputs, frames, size)
@@ -120,7 +121,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
         found.problems.extend(plan.gpu_memory_problems(folder, shape, opts.performance.memory_mode, opts.device))
     if found.problems:
         raise InputError(*found.problems)
-    return CheckedRun(folder, frames, size, clip, window, first, edited, tuple(found.notes))
+    return CheckedRun(folder, frames, size, clip, window, first, edited, tuple(found.notes), train_size)
 
 
 # ---- 3. geometry --------------------------------------------------------------------------------------
@@ -151,12 +152,22 @@ def _check_geometry(found: Findings, inputs: ClipInputs,
     return frames, size
 
 
-def _check_train_size(found: Findings, cfg: TrainConfig | None, size: tuple[int, int] | None, multiple: int) -> None:
-    """--train-size: smaller than the working size on both sides, its aspect, and a multiple of the model's step."""
+def _check_train_size(found: Findings, cfg: TrainConfig | None, size: tuple[int, int] | None,
+                      multiple: int) -> tuple[int, int] | None:
+    """--train-size resolved (a fraction of the working size, or WxH) and checked: smaller than the working size
+    on both sides, its aspect, a multiple of the model's step. None: train at the working size."""
     if cfg is None or cfg.train_size is None or size is None:
-        return
-    (w, h), (sw, sh) = cfg.train_size, size
-    half = f"{max(multiple, sw // 2 // multiple * multiple)}x{max(multiple, sh // 2 // multiple * multiple)}"
+        return None
+    sw, sh = size
+    half = "x".join(map(str, media.scaled_size(size, 0.5, multiple)))
+    if isinstance(cfg.train_size, (int, float)):
+        if not 0 < cfg.train_size <= 1:
+            found.problems.append(f"--train-size {cfg.train_size:g} is not a fraction of the working size in (0, 1]: "
+                                  "use e.g. 0.5")
+            return None
+        w, h = media.scaled_size(size, cfg.train_size, multiple)
+    else:
+        w, h = cfg.train_size
     if min(w, h) <= 0 or w % multiple or h % multiple:
         found.problems.append(f"--train-size {w}x{h} is not a multiple of {multiple} on both sides: use e.g. {half}")
     elif w > sw or h > sh:
@@ -165,6 +176,9 @@ def _check_train_size(found: Findings, cfg: TrainConfig | None, size: tuple[int,
     elif abs(w * sh - h * sw) > multiple * max(sw, sh):  # within one size step of the working aspect
         found.problems.append(f"--train-size {w}x{h} has another aspect ratio than the working size {sw}x{sh}: "
                               f"use e.g. {half}")
+    else:
+        return None if (w, h) == (sw, sh) else (w, h)
+    return None
 
 
 def _check_window(found: Findings, opts: RunOptions, scfg: SampleConfig | None, folder: ModelFolder | None,

@@ -179,6 +179,7 @@ class ModelFolder(Protocol):
 class Backend(Protocol):
     """A loaded model and everything the method does with it."""
 
+    model_dir: Path  # the folder it was loaded from (its `ModelFolder` constraints: `read_model_folder`)
     device: torch.device
     dtype: torch.dtype
     perf: object  # performance.PerformanceConfig

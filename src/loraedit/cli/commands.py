@@ -14,7 +14,7 @@ from pathlib import Path
 from ..cache import default_cache_dir
 from ..config import APPEARANCE_REGIONS, SAMPLERS, TIMESTEP_SAMPLING
 from ..errors import InputError
-from .options import parse_box, parse_caption, parse_modes, parse_point, parse_size
+from .options import parse_box, parse_caption, parse_modes, parse_point, parse_size, parse_train_size
 
 
 def add_bench_parser(sub) -> None:
@@ -30,8 +30,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for JSON, table, chart, contact "
                    "sheets (default docs/results)")
     p.add_argument("--stage1-steps", type=int, default=100, help="LoRA steps on the clip (default 100)")
-    p.add_argument("--train-size", type=parse_size, metavar="WxH", help="train the motion LoRAs at this smaller "
-                   "size, sample at the world's (default: the world's 96x96)")
+    p.add_argument("--train-size", type=parse_train_size, metavar="WxH|F", help="train the motion LoRAs at this "
+                   "smaller size or fraction of the world's, sample at the world's (default: the world's 96x96)")
     p.add_argument("--stage2-steps", type=int, help="LoRA steps with the edited later frame (default: 10 epochs, "
                    "100 steps)")
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (default 1e-3, the toy world's; "

@@ -21,6 +21,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def parse_train_size(text: str) -> tuple[int, int] | float:
+    """`--train-size`: WIDTHxHEIGHT, or a fraction of the working size (0.5)."""
+    if "x" not in text.lower():
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--train-size {text!r} is not WIDTHxHEIGHT or a fraction of the "
+                                             "working size, e.g. 416x240 or 0.5") from None
+    return parse_size(text)
+
+
 def parse_blocks(text: str) -> int:
     from ..performance import ALL_BLOCKS
 
@@ -183,9 +194,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    "authors' code (default: written by --caption's Florence-2, else the training prompt); repeatable")
     g.add_argument("--low-cost", action="store_true", help="train on overlapping short clips (less memory)")
     g.add_argument("--low-cost-clip-frames", type=int, default=13, help="clip length for --low-cost (default 13)")
-    g.add_argument("--train-size", type=parse_size, metavar="WxH", help="train the motion at this smaller size of "
-                   "the working size's aspect, sample at the working size (ours, faster: half size = 4x fewer tokens "
-                   "a step; default: the working size, the paper's)")
+    g.add_argument("--train-size", type=parse_train_size, metavar="WxH|F", help="train the motion at this smaller "
+                   "size of the working size's aspect, or this fraction of it (0.5), and sample at the working size "
+                   "(ours, faster: half size = 4x fewer tokens a step; default: the working size, the paper's)")
     g.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     g.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; scale = alpha/rank (default 16)")
     g.add_argument("--targets", help="peft regex of the Linear layers to adapt (default: every block Linear "

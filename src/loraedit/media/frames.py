@@ -77,6 +77,12 @@ def cover_crop(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinea
     return out.contiguous()
 
 
+def scaled_size(size: tuple[int, int], fraction: float, multiple: int) -> tuple[int, int]:
+    """`fraction` of a (width, height), each side rounded to a multiple of `multiple` (at least one step):
+    `--train-size 0.5` at 832x480 with Wan's 16 is 416x240."""
+    return tuple(max(multiple, round(side * fraction / multiple) * multiple) for side in size)
+
+
 def shrink_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Edit masks [..., H, W] down to `size` = (width, height) of the same aspect: a pixel of the result is
     editable when any source pixel it covers is, so the region keeps every edge of the object it marks."""
