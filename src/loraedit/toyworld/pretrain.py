@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                    "frame and noise level on held-out scenes (does it carry frame 0 forward?), and stop")
     p.add_argument("--preview", type=Path, help="write a contact sheet of what the checkpoint generates from held-out "
                    "first frames (standard I2V), with PSNR against the real continuation, and stop")
+    p.add_argument("--preview-scenes", type=int, default=4, help="held-out scenes --preview scores (the sheet shows "
+                   "the first four)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     if args.threads:
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         export(work, parts, codec, args.export, args, levels)
         return
     if args.preview:
-        preview(work, parts, codec, args.preview, levels)
+        preview(work, parts, codec, args.preview, levels, scenes=args.preview_scenes)
         return
     if args.diagnose:
         print(json.dumps(diagnose(work, parts, codec, levels), indent=1))
