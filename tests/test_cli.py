@@ -155,6 +155,29 @@ quiet = true
     assert main(["sample", "--config", str(config)]) == 2
 
 
+def test_fast_preset_fills_what_the_user_and_the_config_file_leave_unset(tmp_path):
+    from loraedit.cli import _apply_toml
+    from loraedit.cli.options import FAST_PRESET
+
+    clip = ["--video", "v.mp4", "--mask", "m.mp4"]
+
+    def parsed(command, *argv):
+        first = ["--edited-first-frame", "e.png"] if command != "train" else []
+        return _apply_toml(build_parser(), [command, *first, *argv])
+
+    plain, fast = parsed("edit", *clip), parsed("edit", *clip, "--fast")
+    assert (plain.train_size, plain.steps, plain.taylorseer) == (None, 30, 0)
+    assert {k: getattr(fast, k) for k in FAST_PRESET} == FAST_PRESET
+    assert parsed("edit", *clip, "--fast", "--steps", "20").steps == 20  # the command line wins
+    config = tmp_path / "c.toml"
+    config.write_text("steps = 25\nfast = true\n")
+    from_file = parsed("edit", *clip, "--config", str(config))
+    assert from_file.steps == 25 and from_file.train_size == 0.5  # the file beats the preset, which it turned on
+    train, sample = parsed("train", *clip, "--fast"), parsed("sample", *clip, "--fast")
+    assert train.train_size == 0.5 and not hasattr(train, "steps")  # each command takes the options it has
+    assert sample.steps == 15 and sample.taylorseer == 3 and not hasattr(sample, "train_size")
+
+
 def test_sampler_receives_the_mask_aware_condition(wan21_dir, toy_clip):
     """The pipeline's transformer input carries our keep mask (channels 16-19) and V_cond latents (20-35)."""
     backend = load_wan(wan21_dir)

@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import InputError, LoraEditError, error_text
 from . import batch, commands, multi_gpu
 from .options import (add_clip_options, add_edit_options, add_sample_options, add_train_options, configs,
-                      toml_option_values)
+                      preset_defaults, toml_option_values)
 
 try:
     import tomllib
@@ -54,24 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_toml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse argv, with the values of `--config FILE.toml` as the subcommand's defaults."""
+    """Parse argv over two layers of defaults: `--fast`'s preset, then the values of `--config FILE.toml` (so
+    the command line beats the file, and the file beats the preset)."""
     path = _config_path(argv)
     subparsers = parser._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public API)
     command = next((a for a in argv if a in subparsers), None)
-    if path is None or command is None:
+    if command is None:
         return parser.parse_args(argv)
-    try:
-        values = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"config file {path} does not exist: check the path") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"config file {path} is not valid TOML ({exc}): fix its syntax") from None
     sub = subparsers[command]
     actions = {a.dest: a for a in sub._actions}  # noqa: SLF001
-    defaults = toml_option_values(actions, values, f"config file {path}", command)
-    for dest in defaults:
+    values = {}
+    if path is not None:
+        try:
+            table = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError(f"config file {path} does not exist: check the path") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"config file {path} is not valid TOML ({exc}): fix its syntax") from None
+        values = toml_option_values(actions, table, f"config file {path}", command)
+    if "fast" in actions and ("--fast" in argv or values.get("fast")):
+        sub.set_defaults(**preset_defaults(actions))
+    for dest in values:
         actions[dest].required = False
-    sub.set_defaults(**defaults)
+    sub.set_defaults(**values)
     return parser.parse_args(argv)
 
 

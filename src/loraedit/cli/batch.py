@@ -18,7 +18,7 @@ from pathlib import Path
 from ..batch import BadJob, Job, counts, format_table, run_batch
 from ..config import EditedFrame, ExtraLora
 from ..errors import InputError, LoraEditError
-from .options import add_edit_options, configs, toml_option_values
+from .options import add_edit_options, configs, preset_defaults, toml_option_values
 
 try:
     import tomllib
@@ -120,7 +120,9 @@ def read_job(path: Path, index: int, table: dict, actions: dict[str, argparse.Ac
         if missing:
             raise InputError(f"{where} has no {', '.join(missing)}: add {missing[0]} = \"...\" to it or to [defaults]")
         base = path.resolve().parent
-        namespace = {a.dest: a.default for a in actions.values()} | {k: _anchored(v, base) for k, v in values.items()}
+        preset = preset_defaults(actions) if values.get("fast") else {}  # `fast = true`: the job's keys still win
+        namespace = ({a.dest: a.default for a in actions.values()} | preset
+                     | {k: _anchored(v, base) for k, v in values.items()})
         if (base / namespace["model"]).exists():  # a folder beside the batch file; otherwise a name or a path
             namespace["model"] = os.path.normpath(base / namespace["model"])
         args = argparse.Namespace(**namespace)

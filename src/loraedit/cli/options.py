@@ -131,10 +131,23 @@ def parse_caption(text: str) -> Path:
     return Path(folder)
 
 
+#: `--fast`: the speed levers measured in the toy world (docs/RESULTS.md section 10), as defaults that any
+#: option given on the command line or in a --config file overrides; each command takes those it has.
+FAST_PRESET = {"train_size": 0.5, "steps": 15, "taylorseer": 3}
+
+
+def preset_defaults(actions: dict[str, argparse.Action]) -> dict:
+    """The `--fast` values of the options a subcommand has (its parser's actions by dest)."""
+    return {dest: value for dest, value in FAST_PRESET.items() if dest in actions}
+
+
 def add_clip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input clip")
     g.add_argument("--model", default="toy", help="local diffusers Wan2.1/2.2-I2V or HunyuanVideo-I2V (latent_concat, "
                    "33 channels) folder, or 'toy' / 'toy-wan2.2' for the embedded toy-world model (default: toy)")
+    g.add_argument("--fast", action="store_true", help="the measured speed preset: " + ", ".join(
+                   f"--{k.replace('_', '-')} {v}" for k, v in FAST_PRESET.items()) + " where the command has them "
+                   "(options you give win; quality cost in docs/RESULTS.md section 10)")
     g.add_argument("--video", type=Path, required=True, help="input video (mp4/mov/webm/mkv) or folder of frames")
     g.add_argument("--mask", type=Path, required=True, help="edit masks: a video, a folder of PNGs (white = edit) "
                    "or PNGs with alpha, one per input frame")
