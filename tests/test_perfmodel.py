@@ -181,7 +181,7 @@ def test_the_14b_table():
 
 def test_edit_recipes():
     recipes = perftables.edit_recipes()
-    short = {"49 frames": "49 ", "low-cost (13-frame clips)": "low", "49 frames, --train-size 416x240": "half"}
+    short = {"49 frames": "49 ", "low-cost (13-frame clips)": "low", "49 frames, --train-size 0.5 (416x240)": "half"}
     rows = {(r["device"].split()[0], short[r["recipe"]], "keep" in r["mode"]): r for r in recipes}
     assert len(rows) == len(recipes)
     # --train-size at half the sides: 4x fewer tokens, so a training step costs less than a quarter (attention

@@ -16,11 +16,12 @@ run() {  # name, then bench quality options
   echo "$name took $((SECONDS - started)) s"
 }
 mkdir -p out/levers16
-want=" ${*:-base euler trainsize48 s50lr2 ts2 ts3 fbc01 st15 fast fastfbc stage2x50 stage2x200} "
+want=" ${*:-base euler trainsize48 trainsize72 s50lr2 ts2 ts3 fbc01 st15 fast fastfbc stage2x50 stage2x200} "
 has() { [[ "$want" == *" $1 "* ]]; }
 has base        && run base        --modes mask-aware,mask-aware+frames
 has euler       && run euler       --modes mask-aware --sampler euler
 has trainsize48 && run trainsize48 --modes mask-aware --train-size 48x48
+has trainsize72 && run trainsize72 --modes mask-aware --train-size 72x72
 has s50lr2      && run s50lr2      --modes mask-aware --stage1-steps 50 --lr 2e-3
 has ts2         && run ts2         --modes mask-aware --taylorseer 2
 has ts3         && run ts3         --modes mask-aware --taylorseer 3

@@ -17,21 +17,22 @@ from pathlib import Path
 
 from loraedit import perftables
 
-#: What each run changes, and its Wan-14B recipe: (training steps, sampling steps, half-size training,
-#: step-cache skip share: None = the measured one).
+#: What each run changes, and its Wan-14B recipe: (training steps, sampling steps, training size as a
+#: fraction of 832x480 or None, step-cache skip share: None = the measured one).
 LEVERS = {
-    "base": ("the toy world's settings (100 LoRA steps, 30 UniPC steps)", 100, 30, False, 0.0),
-    "euler": ("`--sampler euler` (the authors')", 100, 30, False, 0.0),
-    "trainsize48": ("`--train-size 0.5` (48x48 of 96x96)", 100, 30, True, 0.0),
-    "s50lr2": ("50 LoRA steps at lr 2e-3", 50, 30, False, 0.0),
-    "ts2": ("`--taylorseer 2`", 100, 30, False, None),
-    "ts3": ("`--taylorseer 3`", 100, 30, False, None),
-    "fbc01": ("`--first-block-cache 0.1`", 100, 30, False, None),
-    "st15": ("`--steps 15`", 100, 15, False, 0.0),
-    "fast": ("`--train-size 0.5 --steps 15 --taylorseer 3`", 100, 15, True, None),
-    "fastfbc": ("`--train-size 0.5 --steps 15 --first-block-cache 0.1`", 100, 15, True, None),
-    "stage2x50": ("stage 2: 50 steps (one edited frame)", 100, 30, False, 0.0),
-    "stage2x200": ("stage 2: 200 steps (one edited frame)", 100, 30, False, 0.0),
+    "base": ("the toy world's settings (100 LoRA steps, 30 UniPC steps)", 100, 30, None, 0.0),
+    "euler": ("`--sampler euler` (the authors')", 100, 30, None, 0.0),
+    "trainsize48": ("`--train-size 0.5` (48x48 of 96x96)", 100, 30, "0.5", 0.0),
+    "trainsize72": ("`--train-size 0.75` (72x72 of 96x96)", 100, 30, "0.75", 0.0),
+    "s50lr2": ("50 LoRA steps at lr 2e-3", 50, 30, None, 0.0),
+    "ts2": ("`--taylorseer 2`", 100, 30, None, None),
+    "ts3": ("`--taylorseer 3`", 100, 30, None, None),
+    "fbc01": ("`--first-block-cache 0.1`", 100, 30, None, None),
+    "st15": ("`--steps 15`", 100, 15, None, 0.0),
+    "fast": ("`--train-size 0.5 --steps 15 --taylorseer 3`", 100, 15, "0.5", None),
+    "fastfbc": ("`--train-size 0.5 --steps 15 --first-block-cache 0.1`", 100, 15, "0.5", None),
+    "stage2x50": ("stage 2: 50 steps (one edited frame)", 100, 30, None, 0.0),
+    "stage2x200": ("stage 2: 200 steps (one edited frame)", 100, 30, None, 0.0),
 }
 
 
@@ -39,11 +40,12 @@ def rows(run: dict, mode: str) -> dict[int, dict]:
     return {s["seed"]: s["modes"][mode] for s in run["scenarios"] if mode in s["modes"]}
 
 
-def minutes(train_steps: int, sample_steps: int, half: bool, skipped: float) -> float:
-    recipe = "49 frames, --train-size 416x240" if half else "49 frames"
-    table = perftables.edit_recipes(train_steps=train_steps, sample_steps=sample_steps, cache_skipped=skipped)
+def minutes(train_steps: int, sample_steps: int, fraction: str | None, skipped: float) -> float:
+    table = perftables.edit_recipes(train_steps=train_steps, sample_steps=sample_steps, cache_skipped=skipped,
+                                    train_fraction=float(fraction or 1))
+    recipe = "49 frames" if fraction is None else "49 frames, --train-size " + fraction
     return next(r["edit_min"] for r in table if r["device"].startswith("H100") and r["mode"] == "full"
-                and r["recipe"] == recipe)
+                and r["recipe"].split(" (")[0] == recipe)
 
 
 def main(folder: Path) -> None:

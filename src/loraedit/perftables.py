@@ -66,15 +66,16 @@ def cached_sampling_fraction(layers: int, skipped: float) -> float:
     return (1 + (layers - 1) * (1 - skipped)) / layers
 
 
-def edit_recipes(train_steps: int = 100, sample_steps: int = 30, cache_skipped: float = 0.0) -> list[dict]:
+def edit_recipes(train_steps: int = 100, sample_steps: int = 30, cache_skipped: float = 0.0,
+                 train_fraction: float = 0.5) -> list[dict]:
     """Modelled minutes for one whole 49-frame 832x480 edit (stage-1 training + sampling), per device and recipe.
 
     `cache_skipped`: the share of blocks after the first that `--first-block-cache` skips (an input, not
     a prediction: what Wan skips depends on its weights; the toy world's is measured in docs/RESULTS.md).
 
     `low-cost` trains on 13-frame clips (the paper's Sec. 4.5; quality measured by `loraedit bench quality`)
-    and samples all 49 frames; `--train-size 416x240` trains the 49 frames at half size (4x fewer tokens)
-    and samples at 832x480. `--keep-attention` rows are listed where their memory fits the device.
+    and samples all 49 frames; `--train-size F` trains the 49 frames at `train_fraction` of each side (0.5:
+    416x240, 4x fewer tokens) and samples at 832x480. `--keep-attention` rows are listed where their memory fits the device.
     Offloaded weights stream over the host link three times per training step (forward, recomputed
     forward, backward) and once per sampling step; compute and transfers overlap.
     """
@@ -82,7 +83,8 @@ def edit_recipes(train_steps: int = 100, sample_steps: int = 30, cache_skipped: 
     params = parameter_counts(dims)
     full = Clip(video_tokens(dims, 49, 480, 832), image_tokens=CLIP_TOKENS_14B)
     short = Clip(video_tokens(dims, 13, 480, 832), image_tokens=CLIP_TOKENS_14B)
-    half = Clip(video_tokens(dims, 49, 240, 416), image_tokens=CLIP_TOKENS_14B)  # --train-size 416x240
+    small_w, small_h = (max(16, round(side * train_fraction / 16) * 16) for side in (832, 480))  # media.scaled_size
+    small = Clip(video_tokens(dims, 49, small_h, small_w), image_tokens=CLIP_TOKENS_14B)
     rows = []
     for device, mode in ((H100, "full"), (RTX4090, "fp8+offload")):
         weights = params["fp8"] * (1 if "fp8" in mode else 2) + (params["total"] - params["fp8"]) * 2
@@ -90,7 +92,7 @@ def edit_recipes(train_steps: int = 100, sample_steps: int = 30, cache_skipped: 
         sample_s = step_seconds(sample_step_flops(dims, full), device, streamed)
         sample_s *= cached_sampling_fraction(dims.layers, cache_skipped)
         for recipe, clip in (("49 frames", full), ("low-cost (13-frame clips)", short),
-                             ("49 frames, --train-size 416x240", half)):
+                             (f"49 frames, --train-size {train_fraction:g} ({small_w}x{small_h})", small)):
             for keep in (False, True):
                 peak = train_step_memory(dims, clip, mode, keep_attention=keep)["peak"]
                 if keep and peak > device.memory_gib:
