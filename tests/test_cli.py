@@ -166,16 +166,16 @@ def test_fast_preset_fills_what_the_user_and_the_config_file_leave_unset(tmp_pat
         return _apply_toml(build_parser(), [command, *first, *argv])
 
     plain, fast = parsed("edit", *clip), parsed("edit", *clip, "--fast")
-    assert (plain.train_size, plain.steps, plain.taylorseer) == (None, 30, 0)
+    assert (plain.stage1_steps, plain.lr, plain.steps, plain.taylorseer) == (100, 1e-4, 30, 0)
     assert {k: getattr(fast, k) for k in FAST_PRESET} == FAST_PRESET
     assert parsed("edit", *clip, "--fast", "--steps", "20").steps == 20  # the command line wins
     config = tmp_path / "c.toml"
     config.write_text("steps = 25\nfast = true\n")
     from_file = parsed("edit", *clip, "--config", str(config))
-    assert from_file.steps == 25 and from_file.train_size == 0.5  # the file beats the preset, which it turned on
+    assert from_file.steps == 25 and from_file.stage1_steps == 50  # the file beats the preset, which it turned on
     train, sample = parsed("train", *clip, "--fast"), parsed("sample", *clip, "--fast")
-    assert train.train_size == 0.5 and not hasattr(train, "steps")  # each command takes the options it has
-    assert sample.steps == 15 and sample.taylorseer == 3 and not hasattr(sample, "train_size")
+    assert (train.stage1_steps, train.lr) == (50, 2e-4) and not hasattr(train, "steps")  # what each command has
+    assert sample.steps == 15 and sample.taylorseer == 3 and not hasattr(sample, "stage1_steps")
 
 
 def test_sampler_receives_the_mask_aware_condition(wan21_dir, toy_clip):

@@ -16,7 +16,7 @@ run() {  # name, then bench quality options
   echo "$name took $((SECONDS - started)) s"
 }
 mkdir -p out/levers16
-want=" ${*:-base euler trainsize48 trainsize72 s50lr2 ts2 ts3 fbc01 st15 fast fastfbc stage2x50 stage2x200} "
+want=" ${*:-base euler trainsize48 trainsize72 s50lr2 ts2 ts3 fbc01 st15 fast fastfbc fastlr stage2x50 stage2x200} "
 has() { [[ "$want" == *" $1 "* ]]; }
 has base        && run base        --modes mask-aware,mask-aware+frames
 has euler       && run euler       --modes mask-aware --sampler euler
@@ -29,6 +29,7 @@ has fbc01       && run fbc01       --modes mask-aware --first-block-cache 0.1
 has st15        && run st15        --modes mask-aware --steps 15
 has fast        && run fast        --modes mask-aware --train-size 0.5 --steps 15 --taylorseer 3
 has fastfbc     && run fastfbc     --modes mask-aware --train-size 0.5 --steps 15 --first-block-cache 0.1
+has fastlr      && run fastlr      --modes mask-aware --stage1-steps 50 --lr 2e-3 --steps 15 --taylorseer 3
 has stage2x50   && run stage2x50   --modes mask-aware+frames --stage2-steps 50
 has stage2x200  && run stage2x200  --modes mask-aware+frames --stage2-steps 200
 echo "all done ($(date +%H:%M))"

@@ -1,6 +1,6 @@
 """Issue 16's lever table from `bench/levers/issue16.sh`'s runs: toy-world quality beside Wan-14B minutes.
 
-    python bench/levers/summarize16.py [out/levers16]
+    python bench/levers/summarize16.py [out/levers16]     # or docs/results/levers16 (the committed runs)
 
 Each lever is compared with the `base` run (the toy world's table settings) on the same held-out scenarios:
 mean edit-region / background PSNR of mask-aware, the paired per-scenario difference, the back face where
@@ -31,6 +31,7 @@ LEVERS = {
     "st15": ("`--steps 15`", 100, 15, None, 0.0),
     "fast": ("`--train-size 0.5 --steps 15 --taylorseer 3`", 100, 15, "0.5", None),
     "fastfbc": ("`--train-size 0.5 --steps 15 --first-block-cache 0.1`", 100, 15, "0.5", None),
+    "fastlr": ("50 LoRA steps at lr 2e-3, `--steps 15 --taylorseer 3` (`--fast`)", 50, 15, None, None),
     "stage2x50": ("stage 2: 50 steps (one edited frame)", 100, 30, None, 0.0),
     "stage2x200": ("stage 2: 200 steps (one edited frame)", 100, 30, None, 0.0),
 }
@@ -50,6 +51,7 @@ def minutes(train_steps: int, sample_steps: int, fraction: str | None, skipped: 
 
 def main(folder: Path) -> None:
     runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/quality.json"))}
+    runs = runs or {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}  # committed copies
     base = runs["base"]
     print("| lever | mode | n | edit PSNR | vs base (paired) | background PSNR | vs base | back face | "
           "skipped | Wan 14B min (H100, modelled) |")
