@@ -51,6 +51,31 @@ def test_plan_for_wan21_480p_on_24_48_and_80_gb_cards(capsys):
     assert rows[("49", "RTX 4090 24GB", "fp8+offload")][3] == f"{table[(49, 'fp8+offload')]['peak_gib']:.1f}"
 
 
+def test_fast_and_train_size_are_planned_as_the_levers_table_models_them(capsys):
+    plain_rows, fast_rows, small_rows = ({}, {}, {})
+    for extra, into in (([], plain_rows), (["--fast"], fast_rows), (["--train-size", "0.5"], small_rows)):
+        assert main(["plan", "--model", str(WAN21), "--gpu", "h100", *extra]) == 0
+        into.update(_rows(capsys.readouterr().out))
+    key = ("49", "H100 SXM 80GB", "full")
+    plain, fast, small = plain_rows[key], fast_rows[key], small_rows[key]
+    # --fast: half the training steps; 15 sampling steps of which TaylorSeer (every 3rd) runs 6 in full.
+    assert float(fast[7]) == pytest.approx(float(plain[7]) / 2, abs=0.06)
+    assert float(fast[8]) == pytest.approx(float(plain[8]) * 6 / 30, abs=0.06)
+    assert float(fast[9]) == pytest.approx(float(fast[7]) + float(fast[8]), abs=0.11) and float(fast[9]) < 6
+    # --train-size 0.5 trains 4x fewer tokens (416x240) and samples at 832x480: the levers table's 3.3 minutes.
+    half = next(r for r in perftables.edit_recipes() if r["recipe"].startswith("49 frames, --train-size 0.5")
+                and r["device"].startswith("H100") and r["mode"] == "full")
+    assert small[9] == f"{half['edit_min']:.1f}" and small[8] == plain[8] and float(small[3]) < float(plain[3])
+
+
+def test_taylorseer_full_steps_follow_diffusers_rule():
+    from loraedit.step_cache import taylorseer_full_steps
+
+    assert taylorseer_full_steps(30, 3) == 11  # steps 1, 2, then 4, 7, ..., 28
+    assert taylorseer_full_steps(15, 3) == 6
+    assert taylorseer_full_steps(8, 2) == 5  # 1, 2, 4, 6, 8
+
+
 def test_wan22_keeps_both_experts_and_trains_each():
     wan21, wan22 = read_wan_folder(WAN21), read_wan_folder(WAN22)
     gpu, shape = devices.named_gpu("h100"), plan.RunShape(49, (832, 480))

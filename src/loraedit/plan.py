@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from . import devices, perfmodel
+from . import devices, media, perfmodel
+from .step_cache import taylorseer_full_steps
 from .config import TrainConfig
 from .train import stage2_steps
 from .backends.wan_folder import WanFolder
@@ -40,6 +41,8 @@ class RunShape:
     rank: int = 16
     train_steps: int = 100  # per expert: stage 1 + stage 2
     sample_steps: int = 30
+    sample_full_steps: int | None = None  # steps that run every block (a TaylorSeer interval); None = all of them
+    train_size: tuple[int, int] | None = None  # (width, height) the motion trains at (--train-size); None = size
     guidance: bool = True  # classifier-free guidance: two forwards a sampling step
     checkpoint_blocks: int | None = None  # None = every block (the GPU default)
     keep_attention: bool = False
@@ -87,7 +90,8 @@ def plan_run(model: WanFolder, shape: RunShape, gpu: devices.Gpu | None) -> Plan
     dims = perfmodel.WanDims.from_folder(model, model.experts[0])
     width, height = shape.size
     tokens = perfmodel.video_tokens(dims, shape.frames, height, width, model.spatial_factor, model.temporal_factor)
-    train_tokens = perfmodel.video_tokens(dims, shape.train_frames or shape.frames, height, width,
+    train_width, train_height = shape.train_size or shape.size
+    train_tokens = perfmodel.video_tokens(dims, shape.train_frames or shape.frames, train_height, train_width,
                                           model.spatial_factor, model.temporal_factor)
     host_free = devices.host_available_gib() if gpu is not None and gpu.detected else None
     costs = tuple(_mode_cost(model, dims, shape, mode, tokens, train_tokens, gpu, host_free) for mode in MODES)
@@ -124,7 +128,8 @@ def _mode_cost(model: WanFolder, dims: perfmodel.WanDims, shape: RunShape, mode:
         sample_gib = memory["peak"] + idle_weights + (experts * lora * 2 / GIB if shape.trains else 0.0)
         if device is not None:
             flops = perfmodel.sample_step_flops(dims, clip, shape.guidance)
-            sample_min = shape.sample_steps * perfmodel.step_seconds(flops, device, weight_bytes if offload else 0) / 60
+            full = shape.sample_steps if shape.sample_full_steps is None else shape.sample_full_steps
+            sample_min = full * perfmodel.step_seconds(flops, device, weight_bytes if offload else 0) / 60
     host_gib = experts * weight_bytes / GIB if offload else 0.0
     peak = max(v for v in (train_gib, sample_gib, 0.0) if v is not None)
     fits = gpu is not None and peak <= gpu.free_gib * (1 - HEADROOM) and (host_free is None or host_gib <= host_free)
@@ -165,9 +170,8 @@ def smaller_settings(model: WanFolder, shape: RunShape, gpu: devices.Gpu, low_co
         if fits(replace(shape, frames=frames, train_frames=train_frames)):
             found.append(f"--frames {frames}")
             break
-    m, (w, h) = model.size_multiple, shape.size
     for scale in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
-        size = (max(m, round(w * scale / m) * m), max(m, round(h * scale / m) * m))
+        size = media.scaled_size(shape.size, scale, model.size_multiple)
         if size != shape.size and fits(replace(shape, size=size)):
             found.append(f"--size {size[0]}x{size[1]}")
             break
@@ -215,7 +219,9 @@ def describe(plan: Plan, command: str = "edit") -> list[str]:
                      f"({plan.lora_parameters / 1e6:.1f}M parameters per expert)")
     if s.samples:
         lines.append(f"  sampling: {s.sample_steps} steps, " + ("CFG (two forwards a step, batched)" if s.guidance
-                                                                 else "no CFG (one forward a step)"))
+                                                                 else "no CFG (one forward a step)")
+                     + (f"; TaylorSeer runs every block in {s.sample_full_steps} of them" if s.sample_full_steps
+                        is not None else ""))
     return lines
 
 
@@ -273,8 +279,9 @@ def as_json(plans: list[Plan]) -> list[dict]:
 
 
 def shape_for(model: WanFolder, command: str, frames: int, size: tuple[int, int], opts, cfg=None, scfg=None,
-              edited_frames: int = 0) -> RunShape:
-    """The RunShape of `loraedit {command}` with these RunOptions / TrainConfig / SampleConfig (api's types)."""
+              edited_frames: int = 0, train_size: tuple[int, int] | None = None) -> RunShape:
+    """The RunShape of `loraedit {command}` with these RunOptions / TrainConfig / SampleConfig (api's types);
+    `train_size`: --train-size resolved (`CheckedRun.train_size`)."""
     trains = command != "sample" and cfg is not None and opts.mode in ("mask-aware", "naive")
     samples = command != "train" and scfg is not None
     guidance = scfg.guidance if scfg is not None and scfg.guidance is not None else model.guidance
@@ -286,8 +293,17 @@ def shape_for(model: WanFolder, command: str, frames: int, size: tuple[int, int]
         train_steps=(cfg.stage1_steps + (stage2_steps(cfg, 1, edited_frames) if edited_frames else 0))
         if cfg is not None else 0,
         sample_steps=scfg.steps if scfg is not None else 0, guidance=(5.0 if guidance is None else guidance) > 1,
+        sample_full_steps=taylorseer_full_steps(scfg.steps, scfg.taylorseer) if scfg is not None and scfg.taylorseer
+        else None, train_size=train_size,
         checkpoint_blocks=perf.checkpoint_blocks, keep_attention=perf.keep_attention,
         attention="math" if perf.attention == "_native_math" else "flash")
+
+
+def _train_size(value, size: tuple[int, int], multiple: int) -> tuple[int, int] | None:
+    """`plan --train-size` (WxH or a fraction of the working size) as (width, height); None: the working size."""
+    if value is None:
+        return None
+    return media.scaled_size(size, value, multiple) if isinstance(value, (int, float)) else tuple(value)
 
 
 def gpu_memory_problems(model: WanFolder, shape: RunShape, mode: str, device: str | None) -> list[str]:
@@ -339,7 +355,9 @@ def plan_command(args) -> str:
                          train_steps=args.stage1_steps + (stage2_steps(
                              TrainConfig(stage2_steps=args.stage2_steps), 1, args.edited_frames)
                              if args.edited_frames else 0),
-                         sample_steps=args.steps, guidance=_guidance(args.guidance, model.guidance) > 1)
+                         sample_steps=args.steps, guidance=_guidance(args.guidance, model.guidance) > 1,
+                         sample_full_steps=taylorseer_full_steps(args.steps, args.taylorseer) if args.taylorseer
+                         else None, train_size=_train_size(args.train_size, size, model.size_multiple))
         plans += [plan_run(model, shape, gpu) for gpu in gpus]
     return json.dumps(as_json(plans), indent=1) if args.json else format_plans(plans, args.run_command)
 

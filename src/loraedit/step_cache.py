@@ -56,6 +56,13 @@ class StepCache:
                                      taylor_factors_dtype=torch.float32, cache_identifiers=names)
 
 
+def taylorseer_full_steps(steps: int, interval: int) -> int:
+    """How many of `steps` sampling steps run every block under TaylorSeer at `interval` (diffusers' rule: the
+    first two, then step 4 and every `interval`-th after it; 1-based), per cache context: what the planner
+    counts. A model-independent count, unlike the first-block cache's skips."""
+    return sum(1 for step in range(1, steps + 1) if step < 3 or (step - 4) % interval == 0)
+
+
 def choose_step_cache(first_block: float, taylorseer: int) -> StepCache | None:
     """The step cache that a sampling config asks for (at most one; `option_checks` refuses both)."""
     if first_block and taylorseer:

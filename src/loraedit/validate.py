@@ -117,7 +117,7 @@ def check_run(command: str, model: str | os.PathLike, inputs: ClipInputs, opts: 
             train_dir=train_dir if params else None, lora_params=params, video_out=video_out))
     # 8. GPU memory: the modelled peak of this run against the GPU's free memory (nothing on a CPU).
     if not found.problems and opts.memory_check:
-        shape = plan.shape_for(folder, command, min(frames, window), size, opts, cfg, scfg, len(edited))
+        shape = plan.shape_for(folder, command, min(frames, window), size, opts, cfg, scfg, len(edited), train_size)
         found.problems.extend(plan.gpu_memory_problems(folder, shape, opts.performance.memory_mode, opts.device))
     if found.problems:
         raise InputError(*found.problems)

@@ -158,6 +158,12 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--edited-frames", type=int, default=0, metavar="N", help="edited later frames (stage 2 runs "
                    "when N > 0)")
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    p.add_argument("--taylorseer", type=int, default=0, metavar="N", help="TaylorSeer every N-th step: only those "
+                   "steps (and the first 3) count as full forwards (default 0 = off)")
+    p.add_argument("--train-size", type=parse_train_size, metavar="WxH|F", help="train the motion at this size or "
+                   "fraction of the working size (default: the working size)")
+    p.add_argument("--fast", action="store_true", help="plan `--fast`'s settings (the options it sets that you "
+                   "do not give)")
     p.add_argument("--guidance", type=float, help="CFG scale (default: the model's; above 1 means two forwards)")
     p.add_argument("--device", help="torch device whose GPU to plan for (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the plans as JSON")
