@@ -443,14 +443,22 @@ def _inputs(f, **kw) -> api.ClipInputs:
 
 def test_valid_input_passes_and_is_read_once_fitted(files, tmp_path):
     opts = api.RunOptions(cache_dir=tmp_path / "cache", train_prompt="a red square")
-    run = validate.check_run("edit", files.model, _inputs(files, edited_frames=(api.EditedFrame(8, files.edited8),)),
+    later = api.EditedFrame(8, files.edited8, caption="the square, later")
+    run = validate.check_run("edit", files.model, _inputs(files, edited_frames=(later,)),
                              opts, cfg=api.TrainConfig(rank=4), scfg=api.SampleConfig(),
                              edited_first_frame=files.edited0, video_out=tmp_path / "o.mp4",
                              train_dir=tmp_path / "o.work")
     assert run.clip.video.shape == (9, 3, 64, 64) and run.clip.masks.shape == (9, 64, 64)
     assert run.edited_first_frame.shape == (3, 64, 64)
     assert [e.index for e in run.edited_frames] == [8] and run.edited_frames[0].mask.sum() > 0
+    assert run.edited_frames[0].caption == "the square, later"
     assert run.model.kind == "wan2.1-i2v" and run.notes == ()
+    # Without its caption, stage 2 would train the frame on the training prompt: one note says so and how.
+    bare = _inputs(files, edited_frames=(api.EditedFrame(8, files.edited8),))
+    uncaptioned = validate.check_run("train", files.model, bare, opts, cfg=api.TrainConfig(rank=4),
+                                     train_dir=tmp_path / "o.work")
+    assert [n for n in uncaptioned.notes if "stage 2 trains edited frame(s) 8 on the training prompt" in n
+            and "--edited-caption" in n]
 
 
 def test_edited_image_of_another_aspect_is_fitted_with_a_note(files, tmp_path):
