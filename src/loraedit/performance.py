@@ -223,7 +223,7 @@ def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None,
     chosen = {id(b) for b in all_blocks[:count]}
     options = {"use_reentrant": False}
     if keep_attention:
-        options["context_fn"] = _keepself_attention_context
+        options["context_fn"] = _keep_self_attention_context
     if "respect_saved_tensors_hooks" in inspect.signature(torch.utils.checkpoint.checkpoint).parameters:
         options["respect_saved_tensors_hooks"] = True  # what it keeps is seen by saved-tensor hooks (perfmodel counts)
 
@@ -236,7 +236,7 @@ def set_gradient_checkpointing(transformer: torch.nn.Module, blocks: int | None,
     return count
 
 
-def _isself_attention_kernel(op, args) -> bool:
+def _is_self_attention_kernel(op, args) -> bool:
     """A fused attention kernel (PyTorch SDPA's flash / memory-efficient / cuDNN, or flash-attn's) whose
     queries and keys are the same tokens. Cross-attention to the text and CLIP tokens is cheap to redo
     and its output as large as the self-attention's, so it is recomputed. Textbook attention
@@ -252,18 +252,18 @@ def _isself_attention_kernel(op, args) -> bool:
     return query.shape[token_axis] == key.shape[token_axis]
 
 
-def _keepself_attention_policy(ctx, op, *args, **kwargs):
+def _keep_self_attention_policy(ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy
 
-    if _isself_attention_kernel(op, args):
+    if _is_self_attention_kernel(op, args):
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _keepself_attention_context():
+def _keep_self_attention_context():
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    return create_selective_checkpoint_contexts(_keepself_attention_policy)
+    return create_selective_checkpoint_contexts(_keep_self_attention_policy)
 
 
 # ---- sampling: batched classifier-free guidance ---------------------------------------------------------
