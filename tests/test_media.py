@@ -295,3 +295,5 @@ def test_scaled_size_rounds_each_side_to_the_model_step():
     assert media.scaled_size((832, 480), 0.5, 16) == (416, 240)
     assert media.scaled_size((96, 96), 0.5, 8) == (48, 48)
     assert media.scaled_size((64, 64), 0.1, 16) == (16, 16)  # never below one step
+    assert media.resolve_size(0.5, (832, 480), 16) == (416, 240)  # a fraction, or WxH as given
+    assert media.resolve_size((64, 32), (832, 480), 16) == (64, 32) and media.resolve_size(None, (832, 480), 16) is None

@@ -61,7 +61,7 @@ def main(folder: Path) -> None:
     for name, mode in pairs:
         if name not in runs:
             continue
-        what, train, sample, half, skip = LEVERS[name]
+        what, train, sample, fraction, skip = LEVERS[name]
         mine, ref = rows(runs[name], mode), rows(base, mode)
         seeds = sorted(set(mine) & set(ref))
         edit = statistics.mean(mine[s]["edit_psnr"] for s in seeds)
@@ -72,7 +72,7 @@ def main(folder: Path) -> None:
         back = f"{statistics.mean(backs):.2f}" if backs else "-"
         skips = [mine[s]["cache_skipped"] for s in seeds if "cache_skipped" in mine[s]]
         skipped = statistics.mean(skips) if skips else 0.0
-        wan = minutes(train, sample, half, skipped if skip is None else skip)
+        wan = minutes(train, sample, fraction, skipped if skip is None else skip)
         print(f"| {what} | {mode} | {len(seeds)} | {edit:.2f} | {d_edit:+.2f} | {bg:.2f} | {d_bg:+.2f} | {back} | "
               f"{skipped:.0%} | {wan:.1f} |")
 

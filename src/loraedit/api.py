@@ -139,9 +139,9 @@ def training_samples(run: CheckedRun, opts: RunOptions, train_size: tuple[int, i
 
     `train_size` (width, height): the clip's motion samples at that smaller size (`TrainConfig.train_size`)."""
     prompt = compose_prompt(opts.concept_token, opts.train_prompt if opts.train_prompt is not None else opts.prompt)
-    edited = tuple(conditioning.EditedFrameSample(ef.index, ef.frame, ef.image, ef.mask,
-                                                  compose_prompt(opts.concept_token, ef.caption) if ef.caption else None)
-                   for ef in run.edited_frames)
+    edited = tuple(conditioning.EditedFrameSample(
+        ef.index, ef.frame, ef.image, ef.mask, compose_prompt(opts.concept_token, ef.caption) if ef.caption else None)
+        for ef in run.edited_frames)
     clip_frames = opts.low_cost_clip_frames if opts.low_cost else None
     if run.frames > run.window:  # a long clip: one LoRA over overlapping windows (long_video)
         clip_frames = min(clip_frames or run.window, run.window)

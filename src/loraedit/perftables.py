@@ -75,7 +75,8 @@ def edit_recipes(train_steps: int = 100, sample_steps: int = 30, cache_skipped: 
 
     `low-cost` trains on 13-frame clips (the paper's Sec. 4.5; quality measured by `loraedit bench quality`)
     and samples all 49 frames; `--train-size F` trains the 49 frames at `train_fraction` of each side (0.5:
-    416x240, 4x fewer tokens) and samples at 832x480. `--keep-attention` rows are listed where their memory fits the device.
+    416x240, 4x fewer tokens) and samples at 832x480. `--keep-attention` rows are listed where their memory
+    fits the device.
     Offloaded weights stream over the host link three times per training step (forward, recomputed
     forward, backward) and once per sampling step; compute and transfers overlap.
     """
@@ -83,7 +84,8 @@ def edit_recipes(train_steps: int = 100, sample_steps: int = 30, cache_skipped: 
     params = parameter_counts(dims)
     full = Clip(video_tokens(dims, 49, 480, 832), image_tokens=CLIP_TOKENS_14B)
     short = Clip(video_tokens(dims, 13, 480, 832), image_tokens=CLIP_TOKENS_14B)
-    small_w, small_h = (max(16, round(side * train_fraction / 16) * 16) for side in (832, 480))  # media.scaled_size
+    # media.scaled_size's rounding, spelled out: the cost model imports no torch, PyAV or Pillow.
+    small_w, small_h = (max(16, round(side * train_fraction / 16) * 16) for side in (832, 480))
     small = Clip(video_tokens(dims, 49, small_h, small_w), image_tokens=CLIP_TOKENS_14B)
     rows = []
     for device, mode in ((H100, "full"), (RTX4090, "fp8+offload")):

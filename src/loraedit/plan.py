@@ -299,13 +299,6 @@ def shape_for(model: WanFolder, command: str, frames: int, size: tuple[int, int]
         attention="math" if perf.attention == "_native_math" else "flash")
 
 
-def _train_size(value, size: tuple[int, int], multiple: int) -> tuple[int, int] | None:
-    """`plan --train-size` (WxH or a fraction of the working size) as (width, height); None: the working size."""
-    if value is None:
-        return None
-    return media.scaled_size(size, value, multiple) if isinstance(value, (int, float)) else tuple(value)
-
-
 def gpu_memory_problems(model: WanFolder, shape: RunShape, mode: str, device: str | None) -> list[str]:
     """The check before a run: nothing on a CPU; on a GPU, one line if `mode` will not fit (`memory_problems`)."""
     gpu = devices.detect_gpu(device)
@@ -357,7 +350,7 @@ def plan_command(args) -> str:
                              if args.edited_frames else 0),
                          sample_steps=args.steps, guidance=_guidance(args.guidance, model.guidance) > 1,
                          sample_full_steps=taylorseer_full_steps(args.steps, args.taylorseer) if args.taylorseer
-                         else None, train_size=_train_size(args.train_size, size, model.size_multiple))
+                         else None, train_size=media.resolve_size(args.train_size, size, model.size_multiple))
         plans += [plan_run(model, shape, gpu) for gpu in gpus]
     return json.dumps(as_json(plans), indent=1) if args.json else format_plans(plans, args.run_command)
 

@@ -97,20 +97,21 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
     plain_cond = enc.sample(conditioning.inference_condition("no-lora", video, masks, first, prompt))
 
     small = cfg.train.train_size
-    if isinstance(small, (int, float)):  # a fraction of the world's size, in the model's size steps
-        step = read_model_folder(backend.model_dir).size_multiple
-        small = media.scaled_size((video.shape[-1], video.shape[-2]), small, step)
+    if small is not None:  # WxH, or a fraction of the world's size in the model's size steps
+        small = media.resolve_size(small, (video.shape[-1], video.shape[-2]),
+                                   read_model_folder(backend.model_dir).size_multiple)
     motion_video, motion_masks = media.shrink_clip(video, masks, small)
 
     def recipe(mode: str, **options):  # the same samples `loraedit train` builds for the mode (conditioning)
         return conditioning.training_samples(mode, motion_video, motion_masks, train_prompt, **options)
 
+    cache = choose_step_cache(cfg.first_block_cache, cfg.taylorseer)
     skipped: dict[str, float] = {}  # per sampled mode: the blocks the step cache did not run
 
     def sample(encoded, mode: str) -> torch.Tensor:
         video = backend.generate(encoded.condition, first, encoded.text, negative, encoded.image, steps=cfg.steps,
                                  guidance=cfg.guidance, shift=cfg.shift, seed=cfg.sample_seed, sampler=cfg.sampler,
-                                 step_cache=choose_step_cache(cfg.first_block_cache, cfg.taylorseer))
+                                 step_cache=cache)
         skipped[mode] = backend.last_block_counter.skipped_fraction
         return video
 
@@ -157,7 +158,7 @@ def run_scenario(backend: Backend, scenario, cfg: QualityConfig, work: Path, pro
         if scenario.later_frame is not None:  # the back face: frames from the edited later frame on
             j = scenario.later_frame
             row["back_psnr"] = masked_psnr(out[j:], gt[j:], masks[j:])
-        if (cfg.first_block_cache or cfg.taylorseer) and mode in skipped:
+        if cache is not None and mode in skipped:
             row["cache_skipped"] = skipped[mode]
         results[mode] = {"video": out, **row}
     return results

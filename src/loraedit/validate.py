@@ -160,14 +160,11 @@ def _check_train_size(found: Findings, cfg: TrainConfig | None, size: tuple[int,
         return None
     sw, sh = size
     half = "x".join(map(str, media.scaled_size(size, 0.5, multiple)))
-    if isinstance(cfg.train_size, (int, float)):
-        if not 0 < cfg.train_size <= 1:
-            found.problems.append(f"--train-size {cfg.train_size:g} is not a fraction of the working size in (0, 1]: "
-                                  "use e.g. 0.5")
-            return None
-        w, h = media.scaled_size(size, cfg.train_size, multiple)
-    else:
-        w, h = cfg.train_size
+    if isinstance(cfg.train_size, (int, float)) and not 0 < cfg.train_size <= 1:
+        found.problems.append(f"--train-size {cfg.train_size:g} is not a fraction of the working size in (0, 1]: "
+                              "use e.g. 0.5")
+        return None
+    w, h = media.resolve_size(cfg.train_size, size, multiple)
     if min(w, h) <= 0 or w % multiple or h % multiple:
         found.problems.append(f"--train-size {w}x{h} is not a multiple of {multiple} on both sides: use e.g. {half}")
     elif w > sw or h > sh:

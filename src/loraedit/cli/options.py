@@ -320,7 +320,8 @@ def configs(args: argparse.Namespace):
         memory_check=not args.no_memory_check)
     cfg = TrainConfig(
         rank=args.rank, alpha=args.alpha, targets=args.targets, learning_rate=args.lr,
-        stage1_steps=args.stage1_steps, train_size=args.train_size, stage2_steps=args.stage2_steps, stage2_epochs=args.stage2_epochs,
+        stage1_steps=args.stage1_steps, train_size=args.train_size, stage2_steps=args.stage2_steps,
+        stage2_epochs=args.stage2_epochs,
         stage2_repeats=args.stage2_repeats,
         timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift,
         appearance_augment=args.appearance_augment, appearance_region=args.appearance_region,
@@ -351,7 +352,8 @@ def performance(args: argparse.Namespace, config_class):
 
 
 #: TOML keys that name an option by its flag where the option's destination is plural.
-TOML_ALIASES = {"edited_frame": "edited_frames", "edited_caption": "edited_captions", "lora": "loras", "extra_lora": "extra_loras"}
+TOML_ALIASES = {"edited_frame": "edited_frames", "edited_caption": "edited_captions", "lora": "loras",
+                "extra_lora": "extra_loras"}
 
 
 def toml_option_values(actions: dict[str, argparse.Action], table: dict, where: str, command: str) -> dict:

@@ -26,6 +26,7 @@ from .frames import (
     largest_valid_frame_count,
     prepare_masks,
     prepare_video,
+    resolve_size,
     scaled_size,
     shrink_clip,
     shrink_masks,
@@ -37,5 +38,5 @@ from .writing import atomic_path, to_uint8, write_image, write_video
 
 __all__ = ["FOLDER_FPS", "IMAGE_EXTENSIONS", "atomic_path", "check_masks_match", "contact_sheet", "cover_crop",
            "cover_size", "largest_valid_frame_count", "natural_key", "prepare_masks", "prepare_video", "read_image",
-           "read_mask_image", "read_masks", "read_video", "scaled_size", "shrink_clip", "shrink_masks", "to_uint8",
+           "read_mask_image", "read_masks", "read_video", "resolve_size", "scaled_size", "shrink_clip", "shrink_masks", "to_uint8",
            "uniform_frame_indices", "write_contact_sheet", "write_image", "write_video"]

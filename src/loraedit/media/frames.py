@@ -83,6 +83,15 @@ def scaled_size(size: tuple[int, int], fraction: float, multiple: int) -> tuple[
     return tuple(max(multiple, round(side * fraction / multiple) * multiple) for side in size)
 
 
+def resolve_size(value: tuple[int, int] | float | None, size: tuple[int, int], multiple: int
+                 ) -> tuple[int, int] | None:
+    """A size given as (width, height) or as a fraction of `size` (`scaled_size`), as (width, height); None
+    stays None (`--train-size`: the working size)."""
+    if value is None:
+        return None
+    return scaled_size(size, value, multiple) if isinstance(value, (int, float)) else tuple(value)
+
+
 def shrink_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Edit masks [..., H, W] down to `size` = (width, height) of the same aspect: a pixel of the result is
     editable when any source pixel it covers is, so the region keeps every edge of the object it marks."""

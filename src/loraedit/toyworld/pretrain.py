@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             save_checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift,
                             args.motion_weight)
             losses, last_ckpt = [], time.perf_counter()
-    save_checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift,
-                            args.motion_weight)
+    save_checkpoint(ckpt, transformer, optimizer, state, losses, held_enc, args.timestep_shift, args.motion_weight)
     bar.close()
 
 
