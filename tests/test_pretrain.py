@@ -9,7 +9,7 @@ import torch
 
 from loraedit.toyworld import models, pretrain
 from loraedit.toyworld.codec import fit_codec, psnr
-from loraedit.toyworld.pretrain_checkpoint import work_levels
+from loraedit.toyworld.pretrain_checkpoint import switch_levels, work_levels
 from loraedit.toyworld.pretrain_data import Encoded, level_of, moving_cells, parse_levels
 from loraedit.toyworld.pretrain_export import hours_spent
 from loraedit.toyworld.pretrain_objective import (flow_errors, heldout_loss, noise_levels, propagation_errors,
@@ -137,6 +137,13 @@ def test_levels_cycle_by_seed_and_a_work_keeps_the_levels_it_started_with(tmp_pa
     assert work_levels(tmp_path, None) == (1, 1, 2)  # resumed, exported and previewed on its own world
     with pytest.raises(SystemExit, match="trained on levels 1,1,2"):
         work_levels(tmp_path, "3")
+    # ... unless the run is switched to another world on purpose: recorded with the step it happened at
+    assert switch_levels(tmp_path, "0") == (0,)
+    assert work_levels(tmp_path, None) == (0,)
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["worlds"] == [{"from_step": 0, "levels": [1, 1, 2]}, {"from_step": 5, "levels": [0]}]
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        switch_levels(tmp_path / "new", "0")
 
 
 def test_a_run_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):

@@ -289,6 +289,29 @@ def test_level_1_is_slower_and_simpler_than_level_3():
         assert torch.equal(s.edited_video * (1 - s.silhouette_masks[:, None]), s.video * (1 - s.silhouette_masks[:, None]))
 
 
+def test_level_0_is_level_1_with_nothing_left_to_guess():
+    """Level 0 is determined by frame 0 and the caption: every object moves at the one speed along its named
+    heading, and the camera never pans (the background of every frame is frame 0's)."""
+    speed, moved, still = DIFFICULTY[0].speed[0] * 96, [], 0
+    for i in range(6):
+        s = generate(HELDOUT_SEED_BASE + i, level=0)
+        assert not s.is_card and " moving " in s.caption
+        if " and " not in s.caption.split(" on ")[0]:  # one object: all else is background, which must not move
+            outside = s.box_masks.sum(0) == 0
+            assert torch.equal(s.video[:, :, outside], s.video[:1, :, outside].expand_as(s.video[:, :, outside]))
+            still += 1
+        # the edited object's silhouette moves by the one speed: its centre after 16 frames
+        ys, xs = [], []
+        for t in (0, 16):
+            y, x = s.silhouette_masks[t].nonzero(as_tuple=True)
+            ys.append(y.float().mean()), xs.append(x.float().mean())
+        moved.append(math.hypot(xs[1] - xs[0], ys[1] - ys[0]))
+    # each as far as the one speed takes it, except where the object leaves the frame or hides
+    assert sum(abs(m - 16 * speed) < 1.5 for m in moved) >= 4, moved
+    assert max(moved) < 16 * speed + 1.5, moved
+    assert still >= 2
+
+
 def test_level_3_is_the_default_and_level_2_has_cards():
     assert torch.equal(generate(5).video, generate(5, level=3).video)
     assert generate(HELDOUT_SEED_BASE + 3, kind="card", level=2).is_card
@@ -301,7 +324,7 @@ def test_levels_one_and_two_name_each_heading_and_level_three_names_none():
     be learnt from frame 0 + caption; the first world (level 3) is unchanged and says nothing."""
     from loraedit.toyworld.scene_captions import heading_words
 
-    for level in (1, 2):
+    for level in (0, 1, 2):
         for seed in range(6):
             s = generate(2_000_000 + seed, level=level)
             assert " moving " in s.caption and " moving " in s.edited_caption

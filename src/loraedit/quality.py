@@ -197,7 +197,7 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
     per_scenario = []
     started = time.perf_counter()
     for i, seed in enumerate(scenario_seeds(cfg)):
-        card = cfg.card_every and i % cfg.card_every == 0 and cfg.level > 1  # level 1 has no cards
+        card = cfg.card_every and i % cfg.card_every == 0 and cfg.level > 1  # levels 0-1 have no cards
         scenario = generate(seed, kind="card" if card else "object", level=cfg.level)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="loraedit-quality-") as work:  # LoRAs: scratch, not results

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from . import models
 from .codec import PatchCodec, fit_codec, psnr
-from .pretrain_checkpoint import optimizer_to, save_checkpoint, unflatten_optimizer_state, work_levels
+from .pretrain_checkpoint import (
+    optimizer_to,
+    save_checkpoint,
+    switch_levels,
+    unflatten_optimizer_state,
+    work_levels,
+)
 from .pretrain_data import Encoded, render_dataset, to_unit
 from .pretrain_export import diagnose, export, preview
 from .pretrain_objective import train_step
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
                    "give frame 0's latents the spread of the later ones (docs/RESULTS.md, variant V1)")
     p.add_argument("--levels", help="difficulty levels of the training scenes, cycled by seed (e.g. 1,1,2: two "
                    "of level 1 for each of level 2); fixed by the first run of a --work (default 3, the first world)")
+    p.add_argument("--switch-levels", metavar="LEVELS", help="continue a --work's checkpoint on another world "
+                   "(e.g. 0): its state takes these levels from its current step on, and records the switch")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--total-steps", type=int, default=60000, help="length of the cosine schedule")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.switch_levels:
+        switch_levels(work, args.switch_levels)
     levels = work_levels(work, args.levels)
 
     # 1. The codec: fitted once, in closed form, on its own scenes; held-out PSNR recorded.

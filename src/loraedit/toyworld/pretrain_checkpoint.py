@@ -80,3 +80,24 @@ def work_levels(work: Path, requested: str | None) -> tuple[int, ...]:
         raise SystemExit(f"--levels {requested}: {work} was trained on levels {','.join(map(str, stored))}; "
                          f"use those, or a new --work")
     return levels
+
+
+def switch_levels(work: Path, requested: str) -> tuple[int, ...]:
+    """Continue a --work's run on another world: its state takes the new levels (so the resumed run, its
+    export, preview and diagnosis all see that world), and `worlds` records from which step each held."""
+    levels = parse_levels(requested)
+    state_file = work / "checkpoint" / "state.json"
+    if not state_file.is_file():
+        raise SystemExit(f"--switch-levels {requested}: {work} has no checkpoint to continue; start it with --levels")
+    state = json.loads(state_file.read_text())
+    old = tuple(state.get("levels", FIRST_WORLD_LEVELS))
+    if levels != old:
+        worlds = state.get("worlds") or [{"from_step": 0, "levels": list(old)}]
+        state["worlds"] = worlds + [{"from_step": state["step"], "levels": list(levels)}]
+        state["levels"] = list(levels)
+        tmp = state_file.with_name(state_file.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(state_file)
+        print(f"{work}: from step {state['step']} on, levels {','.join(map(str, levels))} "
+              f"(were {','.join(map(str, old))})")
+    return levels

@@ -93,6 +93,7 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
                                   "heldout_scenes": f"{HELDOUT_SEED_BASE}.."},
                         "frames": FRAMES, "size": list(SIZE), "device": "CPU, 2 cores",
                         "levels": list(levels),
+                        "worlds": state.get("worlds", [{"from_step": 0, "levels": list(levels)}]),
                         "hours_approx": round(hours_spent(state["log"], args.checkpoint_minutes), 2),
                         "objective": "standard I2V (frame-0 mask, zeros after), flow matching, logit-normal "
                                      "timesteps (shifted where a log entry says timestep_shift), caption dropout "

@@ -14,7 +14,8 @@ Everything is drawn from a local ``numpy`` Generator seeded by ``seed``: the sam
 bit-identical tensors. Seeds from ``HELDOUT_SEED_BASE`` up are for evaluation only; pretraining draws
 below it, so evaluation clips are never trained on.
 
-Difficulty ``level``s (``DIFFICULTY``): 1 is slow, smooth motion of one or two objects on a static or
+Difficulty ``level``s (``DIFFICULTY``): 0 is level 1 made fully determined by frame 0 and the caption
+(one speed, no camera pan); 1 is slow, smooth motion of one or two objects on a static or
 slowly panning background, so copying frame 0 stays close to every later frame and a tiny model can
 learn to carry it forward; 2 adds spin, breathing scale, a third object (occlusion) and turning cards
 at moderate speed; 3 is the first world (fast objects crossing half the frame), kept bit-identical:
@@ -74,6 +75,13 @@ class Difficulty:
 
 
 DIFFICULTY: dict[int, Difficulty] = {
+    # Level 0 is level 1 with nothing left to guess: one speed (1.2 px a frame at 96 px), a static camera,
+    # a named heading. From frame 0 and the caption the whole clip is determined, so the best prediction is
+    # the crisp clip itself. At level 1 the speed (3x range) and a quarter of unnamed pans are not: the
+    # best a model can do there is blur the possible clips, and a sampler that cannot commit to one draws
+    # the speckled object the v2 base drew (docs/RESULTS.md section 8).
+    0: Difficulty(speed=(0.0125, 0.0125), spin_share=0.0, spin_max=0.0, breathing_share=0.0, max_objects=2,
+                  card_share=0.0, other_card_share=0.0, pan_probability=0.0, pan_speed=(0.008, 0.012), compass=8),
     1: Difficulty(speed=(0.005, 0.016), spin_share=0.0, spin_max=0.0, breathing_share=0.0, max_objects=2,
                   card_share=0.0, other_card_share=0.0, pan_probability=0.25, pan_speed=(0.008, 0.012), compass=8),
     2: Difficulty(speed=(0.008, 0.028), spin_share=0.5, spin_max=0.06, breathing_share=0.5, max_objects=3,
@@ -81,7 +89,7 @@ DIFFICULTY: dict[int, Difficulty] = {
     3: Difficulty(speed=(0.01, 0.045), spin_share=0.5, spin_max=0.12, breathing_share=0.5, max_objects=3,
                   card_share=0.3, other_card_share=0.15, pan_probability=0.35, pan_speed=(0.008, 0.02)),
 }
-LEVELS = tuple(DIFFICULTY)
+LEVELS = tuple(sorted(DIFFICULTY))
 _MIN_VISIBLE = 0.04  # the edited object covers at least this much of frame 0 (and of the later frame)
 _MAX_TRIES = 200
 
