@@ -37,7 +37,7 @@ from loraedit.sampling import PreparedSampling, sample_windows
 from loraedit.config import RunOptions, SampleConfig
 from loraedit.lora_io import remove_lora
 from loraedit.metrics import edit_colour_error, masked_psnr
-from loraedit.quality import TOY_WORLD_TRAIN
+from loraedit.tools.quality import TOY_WORLD_TRAIN
 from loraedit.toyworld.scenes import HELDOUT_SEED_BASE, generate
 from loraedit.train import train_lora
 from loraedit.validate import Clip

@@ -2,7 +2,7 @@
 
 The command line, the api, the web app and the bench build these frozen dataclasses; `validate` checks
 them against the choices below before any model loads. Defaults are the authors' (METHOD.md) unless a
-comment says otherwise; the toy world's bench overrides a few (`quality.TOY_WORLD_TRAIN`).
+comment says otherwise; the toy world's bench overrides a few (`tools.quality.TOY_WORLD_TRAIN`).
 """
 
 from __future__ import annotations

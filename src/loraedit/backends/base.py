@@ -3,9 +3,9 @@
 The method (`conditioning`) speaks pixels: a condition video, a keep mask, a first frame, prompts. A
 backend turns those into its model's own inputs and back: it encodes a clip, packs the method's
 condition and keep mask into its channels, names its LoRA targets, predicts the flow velocity in a
-training step and samples a video. Trainer, sampler, api, quality and the UI see only this protocol
-(and `ModelFolder`, the facts read from a folder before any weight loads), so a new family is a new
-module under `backends/` and one line in the registry (`backends/__init__.py`).
+training step and samples a video. Trainer, sampler, api, the quality bench (`tools.quality`) and the UI
+see only this protocol (and `ModelFolder`, the facts read from a folder before any weight loads), so a
+new family is a new module under `backends/` and one line in the registry (`backends/__init__.py`).
 
 A family also owns how its LoRA files name their weights (`LoraKeyMap`): each family's ComfyUI layout
 differs (Wan renames modules one to one; HunyuanVideo fuses q, k and v into one layer), and `lora_io` only

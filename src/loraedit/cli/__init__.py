@@ -91,7 +91,7 @@ def _config_path(argv: list[str]) -> Path | None:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "demo":
-        from ..demo import run_demo
+        from ..tools.demo import run_demo
 
         run_demo(args.out, model=args.model, progress=not args.quiet)
         return

@@ -264,7 +264,7 @@ def run_bench_quality(args: argparse.Namespace) -> None:
     import json
 
     from ..api import load_backend
-    from ..quality import TOY_WORLD_TRAIN, QualityConfig, run_quality
+    from ..tools.quality import TOY_WORLD_TRAIN, QualityConfig, run_quality
 
     train = replace(TOY_WORLD_TRAIN, rank=args.rank, alpha=float(args.rank), learning_rate=args.lr,
                     stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,

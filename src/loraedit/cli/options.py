@@ -96,7 +96,7 @@ def parse_box(text: str) -> tuple[int | None, tuple[float, float, float, float]]
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
-    from ..quality import ALL_MODES
+    from ..tools.quality import ALL_MODES
 
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = [m for m in modes if m not in ALL_MODES]

@@ -15,10 +15,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import api, media
-from .metrics import edit_metrics
+from .. import api, media
+from ..metrics import edit_metrics
 from .quality import QualityConfig
-from .toyworld.scenes import HELDOUT_SEED_BASE, Scenario, generate
+from ..toyworld.scenes import HELDOUT_SEED_BASE, Scenario, generate
 
 #: A held-out scenario (never seen in pretraining) with a clearly visible recolouring edit.
 DEMO_SEED = HELDOUT_SEED_BASE + 900_000

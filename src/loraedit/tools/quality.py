@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from . import appearance, conditioning, media
-from .api import compose_prompt
-from .encoding import Encoder, encode_appearance_variants
-from .backends import Backend, read_model_folder
-from .step_cache import choose_step_cache
-from .lora_io import remove_lora
-from .metrics import edit_metrics, masked_psnr
-from .config import TrainConfig
-from .train import train_lora
+from .. import appearance, conditioning, media
+from ..api import compose_prompt
+from ..encoding import Encoder, encode_appearance_variants
+from ..backends import Backend, read_model_folder
+from ..step_cache import choose_step_cache
+from ..lora_io import remove_lora
+from ..metrics import edit_metrics, masked_psnr
+from ..config import TrainConfig
+from ..train import train_lora
 
 METHOD_MODES = ("no-lora", "mask-no-lora", "naive", "mask-aware", "mask-aware+frames", "low-cost")
 #: Beyond the paper, each its own row so the main rows stay the method: mask-aware's output with the input
@@ -79,7 +79,7 @@ class QualityConfig:
 
 
 def scenario_seeds(cfg: QualityConfig) -> list[int]:
-    from .toyworld.scenes import HELDOUT_SEED_BASE
+    from ..toyworld.scenes import HELDOUT_SEED_BASE
 
     return [HELDOUT_SEED_BASE + 10_000 * cfg.seed + i for i in range(cfg.scenarios)]
 
@@ -187,7 +187,7 @@ def _mean(values: list[float]) -> float:
 
 def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bool = True) -> dict:
     """Run the bench; write JSON, a markdown table, a bar chart and contact sheets into `out_dir`."""
-    from .toyworld.scenes import generate
+    from ..toyworld.scenes import generate
 
     out_dir = Path(out_dir)
     if cfg.guidance is None or cfg.sampler is None:  # the JSON records what was used
