@@ -104,7 +104,7 @@ def test_one_draw_per_step_keeps_the_keys_of_earlier_runs():
 
 
 def test_draws_must_split_evenly_over_the_processes():
-    with pytest.raises(InputError, match="--draws-per-step 3 does not split over 2 processes"):
+    with pytest.raises(InputError, match="`draws_per_step` 3 does not split over 2 processes"):
         distributed.Parallel(rank=0, world=2).draws(3)
     assert list(distributed.Parallel(rank=1, world=2).draws(4)) == [1, 3]
     assert list(distributed.SINGLE.draws(2)) == [0, 1]

@@ -137,7 +137,7 @@ def test_uniform_frame_indices():
 
 
 def test_uniform_frame_indices_errors():
-    with pytest.raises(InputError, match="--frames 45"):
+    with pytest.raises(InputError, match="`frames` 45"):
         media.uniform_frame_indices(48, 49)
     with pytest.raises(InputError, match="ask for 45 or 49"):
         media.uniform_frame_indices(100, 48)

@@ -30,7 +30,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "loraedit"
 def test_uniform_frame_indices_property(num_source, k):
     num_target = 4 * k + 1
     if num_target > num_source:
-        with pytest.raises(InputError, match=f"--frames {media.largest_valid_frame_count(num_source)}"):
+        with pytest.raises(InputError, match=f"`frames` {media.largest_valid_frame_count(num_source)}"):
             media.uniform_frame_indices(num_source, num_target)
         return
     idx = media.uniform_frame_indices(num_source, num_target)

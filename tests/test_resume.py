@@ -165,7 +165,7 @@ def _same_lora(a: Path, b: Path) -> bool:
 def test_ctrl_c_saves_says_how_to_resume_and_resumes_exactly(wan21_dir, encoded, reference, tmp_path):
     """Interrupted right after step 2's checkpoint: the checkpoint of the same step is replaced, never edited."""
     backend = _failing_at(load_wan(wan21_dir), 3, KeyboardInterrupt())
-    with pytest.raises(Interrupted, match="run the same command with --resume") as info:
+    with pytest.raises(Interrupted, match="run the same command with `resume`") as info:
         train_lora(backend, *encoded, CFG, tmp_path, progress=False)
     assert info.value.exit_code == 130
     assert latest_checkpoint(tmp_path / "checkpoints").name == "ckpt-0000002"

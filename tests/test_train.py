@@ -107,7 +107,7 @@ def test_resume_after_crash_gives_the_same_lora(wan21_dir, toy_clip, tmp_path, c
     with pytest.raises(_Crash):
         train_lora(crashed, motion, edited, CFG, tmp_path / "run", progress=False)
     assert latest_checkpoint(tmp_path / "run" / "checkpoints") is not None
-    with pytest.raises(InputError, match="--resume"):  # never silently restarts over a checkpoint
+    with pytest.raises(InputError, match="`resume`"):  # never silently restarts over a checkpoint
         train_lora(load_wan(wan21_dir), motion, edited, CFG, tmp_path / "run", progress=False)
     train_lora(load_wan(wan21_dir), motion, edited, CFG, tmp_path / "run", resume=True, progress=False)
 

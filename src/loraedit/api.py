@@ -25,7 +25,7 @@ from .conditioning import TRAINING_MODES
 # The settings live in `config`; they are importable from here too, where the jobs that take them are.
 from .config import (CONCEPT_TOKEN, ClipInputs, EditedFrame, ExtraLora, RunOptions, SampleConfig,  # noqa: F401
                      TrainConfig)
-from .errors import out_of_memory_advice
+from .errors import out_of_memory_advice, setting
 from .lora_io import inspect_lora, load_lora, remove_lora
 from .performance import ALL_BLOCKS, PerformanceConfig
 from .results import EditResult
@@ -82,18 +82,19 @@ def _memory_advice(run: CheckedRun, opts: RunOptions, cfg: TrainConfig | None = 
     tips = []
     perf = opts.performance
     if cfg is not None and perf.checkpoint_blocks is not None and perf.checkpoint_blocks < ALL_BLOCKS:
-        tips.append("checkpoint every block (--checkpoint-blocks all, or drop --no-gradient-checkpointing)")
+        tips.append(f"turn gradient checkpointing on in every block ({setting('checkpoint_blocks')} all)")
     if cfg is not None and perf.keep_attention:
-        tips.append("drop --keep-attention")
+        tips.append(f"drop {setting('keep_attention')}")
     if not perf.offload:
-        tips.append("add --memory-mode " + ("fp8+offload" if perf.fp8_base else "fp8 (or fp8+offload on a 24 GB card)"))
+        tips.append(f"add {setting('memory_mode')} "
+                    + ("fp8+offload" if perf.fp8_base else "fp8 (or fp8+offload on a 24 GB card)"))
     if cfg is not None and not opts.low_cost:
-        tips.append(f"add --low-cost (trains on {opts.low_cost_clip_frames}-frame clips)")
+        tips.append(f"add {setting('low_cost')} (trains on {opts.low_cost_clip_frames}-frame clips)")
     if run.frames > 5:
-        tips.append(f"use fewer --frames (e.g. {fewer} instead of {run.frames})")
-    tips.append(f"use a smaller --size (e.g. {smaller} instead of {run.size[0]}x{run.size[1]})")
-    tail = ("; --memory-mode and gradient checkpointing may change on --resume, any other changed setting "
-            "starts a new run") if cfg else ""
+        tips.append(f"use fewer {setting('frames')} (e.g. {fewer} instead of {run.frames})")
+    tips.append(f"use a smaller {setting('size')} (e.g. {smaller} instead of {run.size[0]}x{run.size[1]})")
+    tail = (f"; {setting('memory_mode')} and gradient checkpointing may change on {setting('resume')}, any other "
+            "changed setting starts a new run") if cfg else ""
     return "try to " + ", or ".join(tips) + "; close other programs using the GPU" + tail
 
 

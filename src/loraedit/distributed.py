@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, setting
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,9 @@ class Parallel:
     def draws(self, per_step: int) -> range:
         """The draws of a step this rank computes: r, r + N, ... (all of them in one process)."""
         if per_step % self.world:
-            raise InputError(f"--draws-per-step {per_step} does not split over {self.world} processes: give a "
-                             f"multiple of {self.world} (each process computes an equal share of a step's draws)")
+            raise InputError(f"{setting('draws_per_step')} {per_step} does not split over {self.world} processes: "
+                             f"give a multiple of {self.world} (each process computes an equal share of a step's "
+                             "draws)")
         return range(self.rank, per_step, self.world)
 
     def shard(self, transformer: torch.nn.Module) -> None:
@@ -127,8 +128,8 @@ def from_torchrun(device: str | None = None) -> Parallel:
     """
     global _active
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise InputError("--fsdp needs one process per GPU started by torchrun: run `torchrun --nproc-per-node N "
-                         "-m loraedit.cli train ... --fsdp` (or drop --fsdp)")
+        raise InputError(f"{setting('fsdp')} needs one process per GPU started by torchrun: run `torchrun "
+                         f"--nproc-per-node N -m loraedit.cli train ... --fsdp` (or drop {setting('fsdp')})")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if cuda:

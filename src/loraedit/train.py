@@ -40,7 +40,7 @@ from .backends.base import EncodedSample, Expert
 from .cache import content_key
 from .conditioning import stage2_schedule
 from .config import TrainConfig  # noqa: F401 (re-exported: the loop's settings)
-from .errors import Cancelled, InputError, Interrupted, LoraEditError
+from .errors import Cancelled, InputError, Interrupted, LoraEditError, setting
 from .media import atomic_path
 from .performance import checkpointed_blocks, set_attention, set_gradient_checkpointing
 
@@ -196,8 +196,8 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
               file=sys.stderr)
         return finished
     if latest is not None and not resume:
-        raise InputError(f"{out_dir} holds a checkpoint of an earlier run ({latest.name}): pass --resume to "
-                         "continue it, or choose another output folder / delete it to start over")
+        raise InputError(f"{out_dir} holds a checkpoint of an earlier run ({latest.name}): pass {setting('resume')} "
+                         "to continue it, or choose another output folder / delete it to start over")
     optimizer_state = None
     if latest is not None:
         state, optimizer_state = checkpoints.load_checkpoint(latest, backend, run_key)
@@ -275,7 +275,7 @@ def train_lora(backend, motion: list[EncodedSample], edited: list[EncodedSample]
         except KeyboardInterrupt:
             save_checkpoint(ckpt_dir, backend, state, optimizer, run_key)
             raise Interrupted(f"interrupted at step {done_before}; saved a checkpoint in {ckpt_dir}: "
-                              "run the same command with --resume to continue") from None
+                              f"run the same command with {setting('resume')} to continue") from None
         transformer.eval()
         if stage1 is not None and phase.stage == 1 and reused is None and parallel.writes:
             stage1.store(phase.expert, transformer, state.losses[phase_index])
@@ -366,7 +366,8 @@ def _stop_if_diverged(what: str, value: torch.Tensor, history: list[float], step
             else "no checkpoint was written yet")
     raise LoraEditError(f"training stopped at step {step} (stage {phase.stage}, {phase.expert.name}): the {what} "
                         f"{why}; {kept}. Resuming would repeat this step (training is deterministic): start again "
-                        f"in a new --out folder with a lower --lr (e.g. {cfg.learning_rate / 3:.2g})")
+                        f"in a new {setting('out')} folder with a lower {setting('learning_rate')} "
+                        f"(e.g. {cfg.learning_rate / 3:.2g})")
 
 
 def _step_seed(seed: int, phase: int | str, step: int) -> int:

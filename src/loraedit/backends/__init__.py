@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, setting
 from .base import Backend, EncodedSample, Expert, LoraKeyMap, ModelFolder
 
 __all__ = ["Backend", "EncodedSample", "Expert", "LoraKeyMap", "ModelFolder", "FAMILIES", "resolve_model_dir",
@@ -65,7 +65,7 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
     if str(model) == "toy":
         if not (WORLD_WEIGHTS / "model_index.json").is_file():
             raise InputError(f"the toy-world weights are missing from {WORLD_WEIGHTS}: reinstall loraedit from a "
-                             "full checkout, or use --model toy-random")
+                             f"full checkout, or use {setting('model')} toy-random")
         return WORLD_WEIGHTS
     if str(model) in ("toy-random", "toy-wan2.1"):
         return toy_model_folder("wan2.1")

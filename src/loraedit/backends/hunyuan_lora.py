@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, setting
 
 #: diffusers module inside a block -> (original module, position in the fused layer). Order within a
 #: fused layer is the original's row order: q, k, v (then the MLP input for `linear1`).
@@ -61,7 +61,7 @@ def incomplete_fused_layers(peft_names) -> list[str]:
     """One line per fused layer the names adapt only in part (e.g. to_q without to_k and to_v).
 
     Such a LoRA has no exact fused form (the missing members' rows have no size to pad to), so a
-    `--targets` regex must take all of a fused layer's members or none.
+    `targets` regex must take all of a fused layer's members or none.
     """
     seen: dict[tuple[str, str, str], set[str]] = {}
     for name in peft_names:
@@ -75,7 +75,7 @@ def incomplete_fused_layers(peft_names) -> list[str]:
         absent = [d for d in MEMBERS[orig_blocks, orig] if d not in present]
         if absent:
             ours = _ORIGINAL[orig_blocks][0]
-            lines.append(f"--targets adapts {', '.join(sorted(present))} of {ours}.{index} without "
+            lines.append(f"{setting('targets')} adapts {', '.join(sorted(present))} of {ours}.{index} without "
                          f"{', '.join(absent)}: HunyuanVideo's LoRA files hold them as one fused layer ({orig}); "
                          "adapt all of them or none")
     return lines

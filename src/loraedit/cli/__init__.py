@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import InputError, LoraEditError, error_text
 from . import batch, commands, multi_gpu
+from .flags import FLAGS
 from .options import (add_clip_options, add_edit_options, add_sample_options, add_train_options, configs,
                       preset_defaults, toml_option_values)
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except LoraEditError as exc:
         if debug:
             raise
-        print(error_text(exc), file=sys.stderr)
+        print(error_text(exc, FLAGS), file=sys.stderr)  # settings worded as their flags
         return exc.exit_code
     except KeyboardInterrupt:
         print("loraedit: interrupted", file=sys.stderr)

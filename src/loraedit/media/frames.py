@@ -11,7 +11,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from loraedit.errors import InputError
+from loraedit.errors import InputError, setting
 
 
 def largest_valid_frame_count(n: int) -> int:
@@ -29,12 +29,12 @@ def uniform_frame_indices(num_source: int, num_target: int) -> list[int]:
     if num_target < 1 or (num_target - 1) % 4:
         low = largest_valid_frame_count(max(num_target, 1))
         options = f"{low} or {low + 4}" if num_target > 1 else "1 or 5"
-        raise InputError(f"--frames {num_target} is not of the form 4k+1: ask for {options}")
+        raise InputError(f"{setting('frames')} {num_target} is not of the form 4k+1: ask for {options}")
     if num_source < 1:
         raise InputError("the video has no frames: give a video with at least one frame")
     if num_target > num_source:
         raise InputError(f"the video has {num_source} frames, fewer than the {num_target} asked: "
-                         f"ask for --frames {largest_valid_frame_count(num_source)}")
+                         f"ask for {setting('frames')} {largest_valid_frame_count(num_source)}")
     if num_target == 1:
         return [0]
     span, steps = num_source - 1, num_target - 1
