@@ -1,6 +1,6 @@
 """The flag that sets each setting a message from below the command line names.
 
-Modules under `cli` know settings, not flags (`errors.setting("learning_rate")`): the web app has no flags
+Modules below `cli` know settings, not flags (`errors.setting("learning_rate")`): the web app has no flags
 and a batch job's keys are the settings' own names. The command line prints each setting as the flag a
 user types (`errors.error_text(exc, FLAGS)`), so its messages still name the option and the fix.
 `tests/test_errors.py` checks that every setting the package names is here and every flag exists.
