@@ -242,6 +242,7 @@ def test_bench_quality_writes_every_mode(wan21_dir, tmp_path, capsys):
     config = json.loads((out / "quality.json").read_text())["config"]  # the settings used, written down
     assert (config["train"]["learning_rate"], config["train"]["timestep_sampling"]) == (1e-3, "shifted")
     assert config["guidance"] == 5.0  # a Wan folder without its own CFG: the authors' 5
+    assert config["level"] == 3  # ... and without a toy-world level: the first world's
 
 
 def test_bench_quality_runs_only_the_modes_asked_for(wan21_dir, tmp_path, capsys):

@@ -12,7 +12,7 @@ from loraedit import media
 from loraedit.backends.wan_folder import read_wan_folder
 from loraedit.cli import main
 from loraedit.metrics import masked_psnr
-from loraedit.toyworld.models import WORLD_WEIGHTS
+from loraedit.toyworld.models import WORLD_WEIGHTS, world_level
 from loraedit.toyworld.scenes import HELDOUT_SEED_BASE, generate
 from loraedit.backends import resolve_model_dir
 
@@ -64,6 +64,27 @@ def test_a_model_folder_declares_its_own_guidance(wan21_dir, tmp_path):
     info.write_text(json.dumps({**base, "guidance": "high"}))
     with pytest.raises(InputError, match=r"loraedit_model.json has guidance 'high': give a number >= 0"):
         read_wan_folder(model)
+
+
+def test_a_world_model_says_which_level_it_was_taught(wan21_dir, tmp_path):
+    """The demo and `bench quality` draw their clips from the level a base was pretrained on (its folder says;
+    the first world's where it says nothing); a bad value is a one-line error naming the file."""
+    import shutil
+
+    from loraedit.errors import InputError
+    from loraedit.tools.demo import demo_scenario
+
+    assert world_level(WORLD_WEIGHTS) == 3 and world_level(wan21_dir) == 3
+    model = tmp_path / "model"
+    shutil.copytree(wan21_dir, model)
+    info = model / "loraedit_model.json"
+    base = json.loads(info.read_text()) if info.is_file() else {}
+    info.write_text(json.dumps({**base, "toy_world_level": 0}))
+    assert world_level(model) == 0
+    assert " moving " in demo_scenario((96, 96), 17, world_level(model)).caption  # level 0 names headings
+    info.write_text(json.dumps({**base, "toy_world_level": 7}))
+    with pytest.raises(InputError, match="toy_world_level 7: give one of 0, 1, 2, 3"):
+        world_level(model)
 
 
 @pytest.fixture(scope="module")

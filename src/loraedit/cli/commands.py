@@ -24,9 +24,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--model", default="toy", help="model (default: the embedded toy model)")
     p.add_argument("--scenarios", type=int, default=12, help="held-out scenarios (default 12)")
     p.add_argument("--seed", type=int, default=0, help="which held-out scenarios (disjoint sets per seed)")
-    p.add_argument("--level", type=int, choices=[0, 1, 2, 3], default=3, help="toy-world difficulty: 0 one speed, "
-                   "static camera, 1 slow smooth motion, 2 adds spin/scale/occlusion/cards, 3 the first world "
-                   "(default 3)")
+    p.add_argument("--level", type=int, choices=[0, 1, 2, 3], help="toy-world difficulty: 0 one speed, static "
+                   "camera, 1 slow smooth motion, 2 adds spin/scale/occlusion/cards, 3 the first world (default: the "
+                   "level the model was pretrained on, as its folder says; 3 where it says none)")
     p.add_argument("--json", type=Path, help="also write the summary JSON here")
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for JSON, table, chart, contact "
                    "sheets (default docs/results)")

@@ -18,21 +18,23 @@ from pathlib import Path
 from .. import api, media
 from ..metrics import edit_metrics
 from .quality import QualityConfig
+from ..toyworld.models import FIRST_WORLD_LEVEL, world_level
 from ..toyworld.scenes import HELDOUT_SEED_BASE, Scenario, generate
 
 #: A held-out scenario (never seen in pretraining) with a clearly visible recolouring edit.
 DEMO_SEED = HELDOUT_SEED_BASE + 900_000
 
 
-def demo_scenario(backend_size: tuple[int, int], frames: int) -> Scenario:
-    return generate(DEMO_SEED, frames=frames, size=backend_size, kind="object")
+def demo_scenario(backend_size: tuple[int, int], frames: int, level: int = FIRST_WORLD_LEVEL) -> Scenario:
+    """The demo's clip, drawn at the level of the toy world the model was pretrained on."""
+    return generate(DEMO_SEED, frames=frames, size=backend_size, kind="object", level=level)
 
 
 def run_demo(out_dir: Path, model: str = "toy", progress: bool = True) -> Path:
     out_dir = Path(out_dir)
     started = time.perf_counter()
     backend = api.load_backend(model)
-    clip = demo_scenario(backend.working_size, backend.default_frames)
+    clip = demo_scenario(backend.working_size, backend.default_frames, world_level(backend.model_dir))
     inputs_dir = out_dir / "inputs"
     for t in range(clip.video.shape[0]):
         media.write_image(inputs_dir / "frames" / f"{t:03d}.png", clip.video[t])
@@ -56,7 +58,7 @@ def run_demo(out_dir: Path, model: str = "toy", progress: bool = True) -> Path:
     baseline = {k: round(v, 2) for k, v in
                 edit_metrics(static, clip.video, clip.edited_video, clip.box_masks).items()}
     metrics = {"seconds": round(time.perf_counter() - started, 1), "scenario_seed": DEMO_SEED,
-               "caption": clip.caption, "edited_caption": clip.edited_caption,
+               "level": world_level(backend.model_dir), "caption": clip.caption, "edited_caption": clip.edited_caption,
                "result_vs_ground_truth": scores, "static_first_frame_vs_ground_truth": baseline,
                "how_to_read": "frames after the first; edit_* inside the box mask against the true edited video, "
                               "bg_* outside it against the input (higher PSNR/SSIM is better)"}

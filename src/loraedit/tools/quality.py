@@ -33,6 +33,7 @@ from .. import appearance, conditioning, media
 from ..api import compose_prompt
 from ..encoding import Encoder, encode_appearance_variants
 from ..backends import Backend, read_model_folder
+from ..toyworld.models import world_level
 from ..step_cache import choose_step_cache
 from ..lora_io import remove_lora
 from ..metrics import edit_metrics, masked_psnr
@@ -63,7 +64,7 @@ class QualityConfig:
     scenarios: int = 12
     seed: int = 0
     card_every: int = 3  # every n-th scenario is a turning card (for mask-aware+frames)
-    level: int = 3  # the toy world's difficulty level (toyworld.scenes.DIFFICULTY); 3 = the first world
+    level: int | None = None  # toy-world difficulty (toyworld.scenes.DIFFICULTY); None: the model's own
     low_cost_clip_frames: int = 5  # 17 frames -> clips 1-5, 5-9, 9-13, 13-17 (the paper's 49/13, scaled)
     recolour_copies: int = 0  # appearance augmentation of mask-aware training (ours; 0 = the paper's method)
     train: TrainConfig = TOY_WORLD_TRAIN
@@ -190,10 +191,11 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
     from ..toyworld.scenes import generate
 
     out_dir = Path(out_dir)
-    if cfg.guidance is None or cfg.sampler is None:  # the JSON records what was used
+    if cfg.guidance is None or cfg.sampler is None or cfg.level is None:  # the JSON records what was used
         backend = backend_factory()
         cfg = replace(cfg, guidance=backend.default_guidance if cfg.guidance is None else cfg.guidance,
-                      sampler=cfg.sampler or backend.default_sampler)
+                      sampler=cfg.sampler or backend.default_sampler,
+                      level=world_level(backend.model_dir) if cfg.level is None else cfg.level)
     per_scenario = []
     started = time.perf_counter()
     for i, seed in enumerate(scenario_seeds(cfg)):

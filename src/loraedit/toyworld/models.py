@@ -140,6 +140,8 @@ def toy_model_folder(variant: str = "wan2.1") -> Path:
 
 #: The committed, pretrained toy-world model (a diffusers folder inside the package).
 WORLD_WEIGHTS = Path(__file__).parent / "weights"
+#: The difficulty level a world model is meant for when its folder does not say: the first world's.
+FIRST_WORLD_LEVEL = 3
 WORLD_SIZE = (96, 96)
 WORLD_FRAMES = 17
 #: The world model samples at CFG 1 (no guidance): its text encoder is frozen at a seeded random init, so
@@ -193,7 +195,21 @@ def build_world_components(seed: int = 0) -> dict:
     return parts
 
 
-def write_world_folder(path: Path, parts: dict, manifest: dict) -> Path:
+def world_level(model_dir: str | os.PathLike) -> int:
+    """The toy-world difficulty level a model folder was pretrained for (`loraedit_model.json`'s
+    "toy_world_level"; the first world's for folders that do not say, real models included). The demo and
+    `bench quality` draw their clips from it, so a base is judged on the world it was taught."""
+    from ..errors import InputError
+    from .scenes import LEVELS
+
+    info = Path(model_dir) / "loraedit_model.json"
+    level = json.loads(info.read_text()).get("toy_world_level", FIRST_WORLD_LEVEL) if info.is_file() else FIRST_WORLD_LEVEL
+    if level not in LEVELS:
+        raise InputError(f"{info} has toy_world_level {level!r}: give one of {', '.join(map(str, LEVELS))}")
+    return level
+
+
+def write_world_folder(path: Path, parts: dict, manifest: dict, level: int = FIRST_WORLD_LEVEL) -> Path:
     """Save the world model as a diffusers folder: fp16 transformer, fp32 codec, manifest with sha256s."""
     from ..backends.wan import MaskAwareWanImageToVideoPipeline
 
@@ -208,4 +224,5 @@ def write_world_folder(path: Path, parts: dict, manifest: dict) -> Path:
                                                  "window": WORLD_FRAMES,  # 17 at once; longer clips chain
                                                  "negative_prompt": "",  # caption dropout's empty caption
                                                  "guidance": WORLD_GUIDANCE,
+                                                 "toy_world_level": level,  # the clips it was taught on
                                                  "note": "toy world, pretrained"}, manifest)

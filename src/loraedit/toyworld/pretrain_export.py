@@ -116,7 +116,8 @@ def export(work: Path, parts: dict, codec: PatchCodec, out: Path, args: argparse
                                                               "static_first_frame_db": scores["box_static"]}},
         "clean_latent_error_per_latent_frame": {"what": "16 held-out scenes; frame 0 is given, 1-4 propagated",
                                                 **errors},
-        "export_command": f"python -m loraedit.toyworld.pretrain --work {work} --export {out}"})
+        "export_command": f"python -m loraedit.toyworld.pretrain --work {work} --export {out}"},
+        level=max(levels, key=levels.count))  # the level most of its clips came from
     print(f"exported {out}")
 
 
