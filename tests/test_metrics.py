@@ -46,6 +46,21 @@ def test_edit_metrics_skips_the_first_frame_and_splits_regions():
     assert m["temporal_err"] == pytest_approx(0.0)
 
 
+def test_edit_kept_tells_the_edit_from_the_original_returning():
+    """PSNR against the truth rewards the original object in the right place; `edit_kept` says which object is
+    drawn where the edit changed the picture: 1 the edit, 0 the original, 0.5 halfway (a blur of both)."""
+    from loraedit.metrics import edit_kept
+
+    src = torch.zeros(3, 3, 8, 8)
+    gt = src.clone()
+    gt[:, 0, :4] = 0.8  # the edit: a redder top half
+    assert edit_kept(gt, src, gt) == pytest_approx(1.0)
+    assert edit_kept(src, src, gt) == pytest_approx(0.0)
+    assert edit_kept((src + gt) / 2, src, gt) == pytest_approx(0.5)
+    assert math.isnan(edit_kept(src, src, src))  # no edit, nothing to keep
+    assert edit_metrics(gt, src, gt, (gt[:, 0] != 0).float())["edit_kept"] == pytest_approx(1.0)
+
+
 def test_border_band_is_the_strip_either_side_of_the_mask_edge():
     from loraedit.metrics import border_band
 

@@ -46,7 +46,7 @@ METHOD_MODES = ("no-lora", "mask-no-lora", "naive", "mask-aware", "mask-aware+fr
 EXTRA_MODES = ("mask-aware+paste",)
 SANITY_MODES = ("codec-ceiling", "static-first-frame")
 ALL_MODES = METHOD_MODES + EXTRA_MODES + SANITY_MODES
-METRICS = ("edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err", "border_psnr")
+METRICS = ("edit_psnr", "edit_ssim", "bg_psnr", "bg_ssim", "psnr", "temporal_err", "border_psnr", "edit_kept")
 
 
 #: The LoRA settings of the toy world's table: the authors' (METHOD.md) but lr 1e-3 and noise levels shifted
@@ -227,8 +227,8 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
 
 def markdown_table(modes: dict) -> str:
     head = ("| mode | n | edit PSNR | edit SSIM | bg PSNR | bg SSIM | PSNR | temporal err | border PSNR "
-            "| back-face PSNR |\n")
-    head += "|---|---|---|---|---|---|---|---|---|---|\n"
+            "| edit kept | back-face PSNR |\n")
+    head += "|---|---|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for mode, m in modes.items():
         cells = [(f"{m[k]:.2f}" if k.endswith("psnr") else f"{m[k]:.3f}") if k in m else "" for k in METRICS]
