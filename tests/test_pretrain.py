@@ -36,6 +36,36 @@ def test_encoded_scenes_carry_the_standard_i2v_condition(encoded):
     assert enc.texts.shape[0] == 5  # four captions and the empty one for caption dropout
 
 
+def test_a_mirrored_clip_is_trained_with_its_mirrored_caption_and_image(encoded):
+    """Training mirrors half the clips left-right; a named heading must turn with the clip ("moving left" ->
+    "moving right"), and CLIP must see the mirrored frame 0, or the caption contradicts the motion."""
+    import copy
+
+    from loraedit.toyworld.scene_captions import mirror_caption
+
+    assert mirror_caption("a red star moving up left and a blue circle moving right on grass.") == \
+        "a red star moving up right and a blue circle moving left on grass."
+    _, enc = encoded
+    assert torch.equal(enc.texts_mirrored, enc.texts)  # "scene i": nothing to mirror
+    assert enc.images_mirrored.shape == enc.images.shape and not torch.equal(enc.images_mirrored, enc.images)
+    marked = copy.copy(enc)
+    marked.texts_mirrored, marked.images_mirrored = enc.texts + 100, enc.images + 100
+    seen = {}
+
+    def spy(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image, return_dict):
+        seen.update(cond=hidden_states[:, 16:], text=encoder_hidden_states, image=encoder_hidden_states_image)
+        return (torch.zeros_like(hidden_states[:, :16]),)
+
+    idx = torch.arange(4).repeat(4)
+    flow_errors(spy, marked, idx, torch.Generator().manual_seed(3), dropout=0.0)
+    flipped = [not torch.equal(seen["cond"][i], enc.conditions[j]) for i, j in enumerate(idx.tolist())]
+    assert 0 < sum(flipped) < len(idx)
+    for i, j in enumerate(idx.tolist()):
+        offset = 100 if flipped[i] else 0
+        assert torch.equal(seen["text"][i], enc.texts[j] + offset)
+        assert torch.equal(seen["image"][i], enc.images[j] + offset)
+
+
 def test_a_training_step_lowers_the_loss_on_its_batch(encoded):
     parts, enc = encoded
     transformer = parts["transformer"]

@@ -18,6 +18,7 @@ from .. import conditioning
 from ..backends import wan_layout
 from ..media import atomic_path
 from .codec import PatchCodec
+from .scene_captions import mirror_caption
 from .scenes import DIFFICULTY, LEVELS, generate
 
 FRAMES, SIZE = 17, (96, 96)
@@ -70,10 +71,11 @@ def to_unit(videos_uint8: torch.Tensor) -> torch.Tensor:
 
 
 class Encoded:
-    """Everything training needs, encoded once: target latents, standard-I2V conditions, text, CLIP."""
+    """Everything training needs, encoded once: target latents, standard-I2V conditions, text, CLIP, and
+    the text and CLIP of each clip mirrored left-right (training mirrors clips; "left" must become "right")."""
 
     def __init__(self, parts: dict, codec: PatchCodec, data: dict, batch: int = 64):
-        self.latents, self.conditions, self.images, self.moving = [], [], [], []
+        self.latents, self.conditions, self.images, self.images_mirrored, self.moving = [], [], [], [], []
         mean = torch.tensor(codec.config.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(codec.config.latents_std).view(1, -1, 1, 1, 1)
         keep = conditioning.first_frame_keep_mask(FRAMES, SIZE[1], SIZE[0])
@@ -89,21 +91,24 @@ class Encoded:
                 cond_video[:, :, 0] = x[:, :, 0]
                 cond = (codec.encode(cond_video).latent_dist.mode() - mean) / std
                 self.conditions.append(torch.cat([mask.expand(len(x), *mask.shape), cond], dim=1))
-                pixels = processor(images=((videos[:, 0] + 1) / 2).clamp(0, 1), do_rescale=False,
-                                   return_tensors="pt")["pixel_values"]
-                self.images.append(clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2])
+                for first, out in ((videos[:, 0], self.images), (videos[:, 0].flip(-1), self.images_mirrored)):
+                    pixels = processor(images=((first + 1) / 2).clamp(0, 1), do_rescale=False,
+                                       return_tensors="pt")["pixel_values"]
+                    out.append(clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2])
         self.latents = torch.cat(self.latents)
         self.conditions = torch.cat(self.conditions)
         self.images = torch.cat(self.images)
+        self.images_mirrored = torch.cat(self.images_mirrored)
         self.moving = torch.cat(self.moving)
         self.texts = encode_captions(parts, list(data["captions"]) + [""])  # last one: the empty caption
+        self.texts_mirrored = encode_captions(parts, [mirror_caption(c) for c in data["captions"]] + [""])
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def to(self, device: torch.device) -> Encoded:
         """Move every tensor to `device` (a GPU holds the whole encoded set: ~0.6 GB for 3,000 scenes)."""
-        for name in ("latents", "conditions", "images", "texts", "moving"):
+        for name in ("latents", "conditions", "images", "images_mirrored", "texts", "texts_mirrored", "moving"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 

@@ -37,14 +37,16 @@ def flow_errors(transformer, enc: Encoded, idx: torch.Tensor, gen: torch.Generat
     carry frame 0 forward, and a 180-token proxy learnt that regime faster with k = 3 (docs/RESULTS.md).
     """
     device = enc.latents.device
-    x0, cond, image, moving = enc.latents[idx], enc.conditions[idx], enc.images[idx], enc.moving[idx]
+    x0, cond, moving = enc.latents[idx], enc.conditions[idx], enc.moving[idx]
     text_index = idx.clone()
     text_index[torch.rand(len(idx), generator=gen) < dropout] = len(enc.texts) - 1  # caption dropout -> CFG
-    text = enc.texts[text_index]
     flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device).view(-1, 1, 1, 1, 1)
-    x0 = torch.where(flip, x0.flip(-1), x0)  # mirror whole clips: new motion, same physics
+    x0 = torch.where(flip, x0.flip(-1), x0)  # mirror whole clips: new motion, same physics ...
     cond = torch.where(flip, cond.flip(-1), cond)
     moving = torch.where(flip, moving.flip(-1), moving)
+    # ... and the caption and CLIP image with them: a mirrored clip "moving left" moves right
+    text = torch.where(flip.view(-1, 1, 1), enc.texts_mirrored[text_index], enc.texts[text_index])
+    image = torch.where(flip.view(-1, 1, 1), enc.images_mirrored[idx], enc.images[idx])
     noise = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same numbers on any device
     sigma = noise_levels(len(idx), gen, shift).view(-1, 1, 1, 1, 1).to(device)
     noisy = (1 - sigma) * x0 + sigma * noise

@@ -51,6 +51,12 @@ def scene_caption(things: list[Thing], background: str, narrate: bool = False) -
     return f"{objects} on {background}."
 
 
+def mirror_caption(caption: str) -> str:
+    """The caption of the clip mirrored left-right: "moving up left" becomes "moving up right" (pretraining
+    mirrors clips, and a named heading must turn with them or the caption contradicts the motion)."""
+    return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", caption)
+
+
 def caption_tokens(caption: str) -> list[str]:
     """Split a caption the way the toy tokenizer does (words, and punctuation as separate tokens)."""
     return re.findall(r"\w+|[^\w\s]", caption)
