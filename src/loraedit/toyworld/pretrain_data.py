@@ -48,6 +48,8 @@ def render_dataset(seeds: range, cache: Path, levels: tuple[int, ...] = FIRST_WO
     tag = "" if levels == FIRST_WORLD_LEVELS else "-levels" + "".join(map(str, levels))
     if any(DIFFICULTY[level].compass for level in levels):  # headings named in the captions (2026-12-04 on)
         tag += "-compass"
+    if any(DIFFICULTY[level].lattice for level in levels):  # level 0 on the token lattice (2026-12-05 on)
+        tag += "-lattice"
     path = cache / f"videos-{seeds.start}-{seeds.stop}{tag}.safetensors"
     if path.is_file():
         data = load_file(str(path))

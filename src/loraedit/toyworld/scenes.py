@@ -15,7 +15,7 @@ bit-identical tensors. Seeds from ``HELDOUT_SEED_BASE`` up are for evaluation on
 below it, so evaluation clips are never trained on.
 
 Difficulty ``level``s (``DIFFICULTY``): 0 is level 1 made fully determined by frame 0 and the caption
-(one speed, no camera pan); 1 is slow, smooth motion of one or two objects on a static or
+(one speed on the model's token lattice, no camera pan); 1 is slow, smooth motion of one or two objects on a static or
 slowly panning background, so copying frame 0 stays close to every later frame and a tiny model can
 learn to carry it forward; 2 adds spin, breathing scale, a third object (occlusion) and turning cards
 at moderate speed; 3 is the first world (fast objects crossing half the frame), kept bit-identical:
@@ -72,16 +72,23 @@ class Difficulty:
     #: and the caption says which ("a red star moving up left"). From frame 0 alone a heading cannot be known,
     #: so a model shown only frame 0 can at best blur the possible paths; named, the motion is learnable.
     compass: int = 0
+    #: Motion on the world model's token grid: each axis moves by `speed` or stands (velocities (+-s, 0),
+    #: (0, +-s), (+-s, +-s)), and the path stays inside the frame (no bounce). At 2 px a frame on 96 px, four
+    #: frames (one latent frame) move an object by exactly one 8-px token, so every latent frame after the
+    #: first is the one before shifted by a token: a copy the model's attention can make (its RoPE scores
+    #: time and space offsets separately), where a sub-token shift must be resampled inside each token.
+    lattice: bool = False
 
 
 DIFFICULTY: dict[int, Difficulty] = {
-    # Level 0 is level 1 with nothing left to guess: one speed (1.2 px a frame at 96 px), a static camera,
-    # a named heading. From frame 0 and the caption the whole clip is determined, so the best prediction is
-    # the crisp clip itself. At level 1 the speed (3x range) and a quarter of unnamed pans are not: the
-    # best a model can do there is blur the possible clips, and a sampler that cannot commit to one draws
-    # the speckled object the v2 base drew (docs/RESULTS.md section 8).
-    0: Difficulty(speed=(0.0125, 0.0125), spin_share=0.0, spin_max=0.0, breathing_share=0.0, max_objects=2,
-                  card_share=0.0, other_card_share=0.0, pan_probability=0.0, pan_speed=(0.008, 0.012), compass=8),
+    # Level 0 is level 1 with nothing left to guess: one speed (2 px a frame along each axis at 96 px, on the
+    # token lattice), a static camera, a named heading. From frame 0 and the caption the whole clip is
+    # determined, so the best prediction is the crisp clip itself. At level 1 the speed (3x range) and a
+    # quarter of unnamed pans are not: the best a model can do there is blur the possible clips, and a
+    # sampler that cannot commit to one draws the speckled object the v2 base drew (docs/RESULTS.md section 8).
+    0: Difficulty(speed=(2 / 96, 2 / 96), spin_share=0.0, spin_max=0.0, breathing_share=0.0, max_objects=2,
+                  card_share=0.0, other_card_share=0.0, pan_probability=0.0, pan_speed=(0.008, 0.012), compass=8,
+                  lattice=True),
     1: Difficulty(speed=(0.005, 0.016), spin_share=0.0, spin_max=0.0, breathing_share=0.0, max_objects=2,
                   card_share=0.0, other_card_share=0.0, pan_probability=0.25, pan_speed=(0.008, 0.012), compass=8),
     2: Difficulty(speed=(0.008, 0.028), spin_share=0.5, spin_max=0.06, breathing_share=0.5, max_objects=3,
@@ -172,8 +179,14 @@ def _motion(rng: np.random.Generator, frames: int, width: int, height: int, rx: 
         turn = (start, min(start + rng.uniform(0.2, 0.35) * (frames - 1), 0.6 * (frames - 1)))
     s = 1.0 + amp
     ex, ey = (s * math.hypot(rx, ry),) * 2 if spin or angle0 else (s * rx, s * ry)
-    return Motion(x0=rng.uniform(ex, max(ex, width - ex)), y0=rng.uniform(ey, max(ey, height - ey)),
-                  vx=speed * math.cos(heading), vy=speed * math.sin(heading), angle0=angle0, spin=spin,
+    vx, vy = speed * math.cos(heading), speed * math.sin(heading)
+    x_range, y_range = (ex, width - ex), (ey, height - ey)
+    if level.lattice:  # each axis moves by `speed` or stands; the whole path inside the frame where it fits
+        vx, vy = round(speed * round(math.cos(heading)), 9), round(speed * round(math.sin(heading)), 9)
+        x_range = (ex + max(0.0, -vx * (frames - 1)), width - ex - max(0.0, vx * (frames - 1)))
+        y_range = (ey + max(0.0, -vy * (frames - 1)), height - ey - max(0.0, vy * (frames - 1)))
+    return Motion(x0=rng.uniform(x_range[0], max(x_range)), y0=rng.uniform(y_range[0], max(y_range)),
+                  vx=vx, vy=vy, angle0=angle0, spin=spin,
                   scale_amp=amp, scale_period=rng.uniform(0.5, 2.0) * max(frames, 2),
                   scale_phase=rng.uniform(0, 2 * math.pi), turn=turn)
 
