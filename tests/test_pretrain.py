@@ -116,10 +116,14 @@ def test_motion_weight_raises_the_share_of_moving_cells_and_zero_is_the_plain_me
 def test_propagation_errors_compare_each_latent_frame_with_predicting_zeros(encoded):
     parts, enc = encoded
     report = propagation_errors(parts["transformer"], enc, sigmas=(0.1, 1.0))
-    assert set(report) == {"zero_prediction", "sigma 0.1", "sigma 1.0"}
+    assert set(report) == {"zero_prediction", "sigma 0.1", "sigma 1.0", "moving zero_prediction",
+                           "moving sigma 0.1", "moving sigma 1.0"}
     assert all(len(v) == 5 for v in report.values())
     # At low noise the clean latent is nearly visible: far below the latent's own energy.
     assert all(e < z for e, z in zip(report["sigma 0.1"][1:], report["zero_prediction"][1:]))
+    # Latent frame 0 never moves, so its moving-cell errors are empty (0); later frames' cells are objects.
+    assert report["moving sigma 1.0"][0] == 0 and report["moving zero_prediction"][0] == 0
+    assert all(z > 0 for z in report["moving zero_prediction"][1:])
 
 
 def test_hours_spent_counts_gaps_within_runs_and_one_interval_per_restart():

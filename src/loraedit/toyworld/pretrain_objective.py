@@ -91,18 +91,29 @@ def propagation_errors(transformer, enc: Encoded, sigmas=(0.1, 0.3, 0.5, 0.7, 0.
 
     Frame 0 is given by the condition (copying it is easy); frames 1+ must be propagated from it. Beside
     each error sits the error of predicting zeros (the latent's own energy): a model that has not learnt
-    to carry frame 0 forward scores near that at high noise, whatever its overall loss says.
+    to carry frame 0 forward scores near that at high noise, whatever its overall loss says. The same
+    over the moving cells alone ("moving ..."): the background is carried forward long before the objects
+    are, and an average over every cell hides that.
     """
     transformer.eval()
-    x0 = enc.latents
+    x0, moving = enc.latents, enc.moving.float()
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    report = {"zero_prediction": [round(float(x0[:, :, f].pow(2).mean()), 4) for f in range(x0.shape[2])]}
+
+    def per_frame(err: torch.Tensor, weight: torch.Tensor | None = None) -> list[float]:
+        if weight is None:
+            return [round(float(err[:, :, f].mean()), 4) for f in range(x0.shape[2])]
+        cells = weight.expand_as(err)
+        return [round(float((err[:, :, f] * cells[:, :, f]).sum() / cells[:, :, f].sum().clamp(min=1)), 4)
+                for f in range(x0.shape[2])]
+
+    report = {"zero_prediction": per_frame(x0.pow(2)), "moving zero_prediction": per_frame(x0.pow(2), moving)}
     with torch.no_grad():
         for s in sigmas:
             noisy = (1 - s) * x0 + s * noise
             v = predict_velocity(transformer, noisy, enc.conditions, torch.full((len(x0),), s), enc.texts[:len(x0)],
                                  enc.images)
             err = (noisy - s * v - x0).pow(2)
-            report[f"sigma {s}"] = [round(float(err[:, :, f].mean()), 4) for f in range(x0.shape[2])]
+            report[f"sigma {s}"] = per_frame(err)
+            report[f"moving sigma {s}"] = per_frame(err, moving)
     transformer.train()
     return report
