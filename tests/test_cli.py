@@ -256,3 +256,22 @@ def test_bench_quality_runs_only_the_modes_asked_for(wan21_dir, tmp_path, capsys
         main(["bench", "quality", "--modes", "mask-aware,magic"])
     assert exit_info.value.code == 2
     assert "unknown mode(s) magic" in capsys.readouterr().err
+
+
+def test_bench_quality_resumes_after_its_last_finished_scenario(wan21_dir, tmp_path, capsys):
+    """A long bench killed part way keeps what it finished: each scenario's numbers are saved as it ends,
+    and a rerun with the same settings and model reuses them (more scenarios only adds the new ones)."""
+    out, common = tmp_path / "r", ["bench", "quality", "--model", str(wan21_dir), "--stage1-steps", "2", "--rank",
+                                  "4", "--steps", "2", "--modes", "naive", "--out", str(tmp_path / "r")]
+    assert main(common + ["--scenarios", "1"]) == 0
+    saved = json.loads(next((out / "scenarios").glob("*.json")).read_text())
+    assert saved["settings"]["model"] and "scenarios" not in saved["settings"]
+    first = json.loads((out / "quality.json").read_text())["scenarios"][0]
+    capsys.readouterr()
+    assert main(common + ["--scenarios", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2] seed 1000000: done earlier" in printed and "[2/2] seed 1000001: mask-aware edit" in printed
+    again = json.loads((out / "quality.json").read_text())["scenarios"]
+    assert again[0] == first and len(again) == 2 and len(list((out / "scenarios").glob("*.json"))) == 2
+    assert main(common + ["--scenarios", "1", "--lr", "5e-4"]) == 0  # other settings: computed afresh
+    assert "done earlier" not in capsys.readouterr().out

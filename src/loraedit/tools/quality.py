@@ -191,14 +191,21 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
     from ..toyworld.scenes import generate
 
     out_dir = Path(out_dir)
-    if cfg.guidance is None or cfg.sampler is None or cfg.level is None:  # the JSON records what was used
-        backend = backend_factory()
-        cfg = replace(cfg, guidance=backend.default_guidance if cfg.guidance is None else cfg.guidance,
-                      sampler=cfg.sampler or backend.default_sampler,
-                      level=world_level(backend.model_dir) if cfg.level is None else cfg.level)
+    backend = backend_factory()  # the JSON records what was used, and which model
+    cfg = replace(cfg, guidance=backend.default_guidance if cfg.guidance is None else cfg.guidance,
+                  sampler=cfg.sampler or backend.default_sampler,
+                  level=world_level(backend.model_dir) if cfg.level is None else cfg.level)
     per_scenario = []
     started = time.perf_counter()
+    settings = {**_scenario_settings(cfg), "model": backend.fingerprint()}
+    del backend  # each scenario loads its own, fresh
     for i, seed in enumerate(scenario_seeds(cfg)):
+        done = out_dir / "scenarios" / f"{seed}.json"
+        if done.is_file() and (earlier := json.loads(done.read_text()))["settings"] == settings:
+            per_scenario.append(earlier["result"])  # finished by an earlier run with the same settings
+            if progress:
+                print(f"[{i + 1}/{cfg.scenarios}] seed {seed}: done earlier ({done})", flush=True)
+            continue
         card = cfg.card_every and i % cfg.card_every == 0 and cfg.level > 1  # levels 0-1 have no cards
         scenario = generate(seed, kind="card" if card else "object", level=cfg.level)
         t0 = time.perf_counter()
@@ -210,6 +217,9 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
         sheet = {"input": scenario.video, "mask": scenario.box_masks, "truth": scenario.edited_video}
         sheet.update({m: r["video"] for m, r in results.items() if m not in SANITY_MODES + EXTRA_MODES})
         media.write_contact_sheet(out_dir / "sheets" / f"scenario-{seed}.png", sheet, num_columns=6)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        with media.atomic_path(done) as tmp:  # a killed run resumes after its last finished scenario
+            tmp.write_text(json.dumps({"settings": settings, "result": per_scenario[-1]}, indent=1))
         if progress:
             ma = rows.get("mask-aware", {})
             print(f"[{i + 1}/{cfg.scenarios}] seed {seed}: mask-aware edit {ma.get('edit_psnr')} dB, "
@@ -223,6 +233,14 @@ def run_quality(backend_factory, cfg: QualityConfig, out_dir: Path, progress: bo
         tmp.write_text(markdown_table(summary["modes"]))
     write_bar_chart(out_dir / "chart.png", summary["modes"])
     return summary
+
+
+def _scenario_settings(cfg: QualityConfig) -> dict:
+    """What one scenario's numbers depend on besides the model: every setting but how many scenarios run (a
+    longer run of the same settings reuses the scenarios a shorter or killed one finished)."""
+    settings = _jsonable(asdict(cfg))
+    settings.pop("scenarios")
+    return settings
 
 
 def markdown_table(modes: dict) -> str:
