@@ -34,7 +34,8 @@ def run_demo(out_dir: Path, model: str = "toy", progress: bool = True) -> Path:
     out_dir = Path(out_dir)
     started = time.perf_counter()
     backend = api.load_backend(model)
-    clip = demo_scenario(backend.working_size, backend.default_frames, world_level(backend.model_dir))
+    level = world_level(backend.model_dir)
+    clip = demo_scenario(backend.working_size, backend.default_frames, level)
     inputs_dir = out_dir / "inputs"
     for t in range(clip.video.shape[0]):
         media.write_image(inputs_dir / "frames" / f"{t:03d}.png", clip.video[t])
@@ -58,7 +59,7 @@ def run_demo(out_dir: Path, model: str = "toy", progress: bool = True) -> Path:
     baseline = {k: round(v, 2) for k, v in
                 edit_metrics(static, clip.video, clip.edited_video, clip.box_masks).items()}
     metrics = {"seconds": round(time.perf_counter() - started, 1), "scenario_seed": DEMO_SEED,
-               "level": world_level(backend.model_dir), "caption": clip.caption, "edited_caption": clip.edited_caption,
+               "level": level, "caption": clip.caption, "edited_caption": clip.edited_caption,
                "result_vs_ground_truth": scores, "static_first_frame_vs_ground_truth": baseline,
                "how_to_read": "frames after the first; edit_* inside the box mask against the true edited video, "
                               "bg_* outside it against the input (higher PSNR/SSIM is better)"}

@@ -18,12 +18,13 @@ from .. import conditioning
 from ..backends import wan_layout
 from ..media import atomic_path
 from .codec import PatchCodec
+from .models import FIRST_WORLD_LEVEL, WORLD_FRAMES, WORLD_SIZE
 from .scene_captions import mirror_caption
 from .scenes import DIFFICULTY, LEVELS, generate
 
-FRAMES, SIZE = 17, (96, 96)
+FRAMES, SIZE = WORLD_FRAMES, WORLD_SIZE
 #: The first world's levels, for checkpoints written before levels existed.
-FIRST_WORLD_LEVELS = (3,)
+FIRST_WORLD_LEVELS = (FIRST_WORLD_LEVEL,)
 
 
 def level_of(seed: int, levels: tuple[int, ...]) -> int:
